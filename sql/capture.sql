@@ -1,0 +1,249 @@
+-- pgfeed capture: the event log, the commit stamp and the NOTIFY wake-up.
+--
+-- This file is the one source of the capture code. `pgfeed migrate` / `pgfeed serve` apply it
+-- before the schema migrations, and it can be installed by hand into any PostgreSQL >= 13
+-- database with `psql -1 -f sql/capture.sql`. Every statement is idempotent, so applying it again
+-- (a new pgfeed version, several servers starting at once) is safe.
+--
+-- How it works (see DESIGN.md, "The commit order problem, and the stamp"):
+--   1. `pgfeed.capture()`, an AFTER ROW trigger on every tracked table, appends the change to
+--      `pgfeed.events`, tagged with its transaction id and its position in the transaction.
+--   2. The transaction's first event queues `pgfeed.stamp()`, a deferred constraint trigger that
+--      runs just before commit: under an advisory lock held until the transaction is committed
+--      and visible, it draws the next `commit_seq`, records `(seq, txid)` in `pgfeed.commits` and
+--      sends `NOTIFY pgfeed` as a wake-up. Seq order is therefore commit order.
+--   3. Readers ask for commits with seq greater than their cursor, joined to their events,
+--      ordered by (seq, pos). NOTIFY carries no data: a missed notification costs latency only.
+
+-- Serialize concurrent installers (several servers starting at once). Run inside one
+-- transaction (`psql -1`), so the lock is held to the end of the file.
+select pg_advisory_xact_lock(7133001);
+set local client_min_messages = warning;
+
+create schema if not exists pgfeed;
+
+-- One row: the log's epoch goes into every cursor, so a cursor from another database (or from a
+-- restored backup) is recognised; `pruned_upto` is the newest seq that retention has deleted.
+create table if not exists pgfeed.meta (
+    singleton   boolean primary key default true check (singleton),
+    epoch       text not null default substr(md5(random()::text || clock_timestamp()::text), 1, 12),
+    pruned_upto bigint not null default 0
+);
+insert into pgfeed.meta default values on conflict do nothing;
+
+-- Numbers commits, not rows. Drawn only under the stamp lock, hence in commit order.
+create sequence if not exists pgfeed.commit_seq;
+
+create table if not exists pgfeed.commits (
+    seq          bigint primary key,
+    txid         xid8 not null unique,
+    committed_at timestamptz not null
+);
+create index if not exists commits_committed_at on pgfeed.commits (committed_at);
+
+-- The log. `id` is a global insertion order, kept for a later snapshot-batch reader; readers of
+-- this version order by (commits.seq, pos).
+create table if not exists pgfeed.events (
+    id     bigserial primary key,
+    txid   xid8 not null,
+    pos    int not null,
+    type   text not null,
+    tbl    text not null,
+    op     text not null,
+    row_id jsonb not null,
+    topics text[] not null,
+    data   jsonb not null
+);
+create index if not exists events_txid_pos on pgfeed.events (txid, pos);
+
+-- Tables in the feed: topic name -> table, for the server's topic validation and snapshots.
+create table if not exists pgfeed.tracked (
+    topic       text primary key,
+    relid       regclass not null unique,
+    type_prefix text not null,
+    pk          text[] not null,
+    parent_col  text,
+    parent_topic text
+);
+
+-- The row trigger. Arguments: topic, type prefix, primary key columns (comma-separated),
+-- parent column and parent topic (both '' when the table has no room to report to).
+-- `set timezone` makes timestamps render the same whatever the writer's session uses;
+-- `security definer` lets writers that cannot touch the pgfeed schema still be captured.
+create or replace function pgfeed.capture() returns trigger
+    language plpgsql
+    security definer
+    set search_path = pg_catalog, pgfeed
+    set timezone = 'UTC'
+as $$
+declare
+    topic        text := tg_argv[0];
+    type_prefix  text := tg_argv[1];
+    pk           text[] := string_to_array(tg_argv[2], ',');
+    parent_col   text := tg_argv[3];
+    parent_topic text := tg_argv[4];
+    rec          jsonb;
+    row_id       jsonb;
+    key          text;
+    topics       text[];
+    op           text;
+    type         text;
+    pos          int;
+begin
+    if tg_op = 'DELETE' then
+        rec := to_jsonb(old); op := 'delete'; type := type_prefix || '_deleted';
+    elsif tg_op = 'UPDATE' then
+        rec := to_jsonb(new); op := 'update'; type := type_prefix || '_updated';
+    else
+        rec := to_jsonb(new); op := 'insert'; type := type_prefix || '_created';
+    end if;
+
+    if cardinality(pk) = 1 then
+        row_id := rec -> pk[1];
+        key := rec ->> pk[1];
+    else
+        select jsonb_agg(rec -> c), string_agg(rec ->> c, ',') into row_id, key from unnest(pk) c;
+    end if;
+
+    topics := array[topic, topic || ':' || key];
+    if parent_col <> '' and rec ->> parent_col is not null then
+        topics := topics || (parent_topic || ':' || (rec ->> parent_col));
+    end if;
+
+    -- Position within the transaction. A transaction-local setting: it starts again at 1 in
+    -- the next transaction, and a rolled-back savepoint rolls it back with its events.
+    pos := coalesce(nullif(current_setting('pgfeed.pos', true), ''), '0')::int + 1;
+    perform set_config('pgfeed.pos', pos::text, true);
+
+    insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data)
+    values (pg_current_xact_id(), pos, type, topic, op, row_id, topics, rec);
+    return null;
+end
+$$;
+
+-- The commit stamp. Runs once per transaction (only the first event queues it), just before
+-- commit. Keep this critical section to the lock, the sequence, one insert and the notify.
+create or replace function pgfeed.stamp() returns trigger
+    language plpgsql
+    security definer
+    set search_path = pg_catalog, pgfeed
+as $$
+declare
+    seq bigint;
+begin
+    -- Held until this transaction has committed and become visible (or aborted): the next
+    -- committer waits here, so it draws a larger seq only once this one can be read.
+    perform pg_advisory_xact_lock(7133002);
+    seq := nextval('pgfeed.commit_seq');
+    insert into pgfeed.commits (seq, txid, committed_at) values (seq, pg_current_xact_id(), clock_timestamp());
+    perform pg_notify('pgfeed', seq::text);
+    -- A synchronous_commit=off writer would otherwise release the lock before its commit is durable.
+    perform set_config('synchronous_commit', 'on', true);
+    return null;
+end
+$$;
+
+-- Created once: dropping and re-creating it would lock the log against writers at every start.
+do $$
+begin
+    if not exists (select from pg_trigger where tgname = 'stamp' and tgrelid = 'pgfeed.events'::regclass) then
+        create constraint trigger stamp
+            after insert on pgfeed.events
+            deferrable initially deferred
+            for each row
+            when (new.pos = 1)
+            execute function pgfeed.stamp();
+    end if;
+end
+$$;
+
+-- Attach `tbl` to the feed under `topic`, with events named `<type_prefix>_created` etc. When
+-- `parent_col` is given, each change is also published on `<parent_topic>:<parent_col value>`.
+create or replace function pgfeed.track_as(
+    tbl regclass, topic text, type_prefix text, parent_col text default null, parent_topic text default null
+) returns void
+    language plpgsql
+    set search_path = pg_catalog, pgfeed
+as $$
+declare
+    pk text[];
+begin
+    select array_agg(a.attname::text order by k.ord) into pk
+    from pg_index i
+    cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+    join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+    where i.indrelid = tbl and i.indisprimary;
+    if pk is null then
+        raise exception 'pgfeed.track: table % has no primary key', tbl
+            using hint = 'Events name their row by its primary key; add one, then track the table.';
+    end if;
+
+    insert into pgfeed.tracked (topic, relid, type_prefix, pk, parent_col, parent_topic)
+    values (topic, tbl, type_prefix, pk, parent_col, parent_topic)
+    on conflict (relid) do update
+        set topic = excluded.topic, type_prefix = excluded.type_prefix, pk = excluded.pk,
+            parent_col = excluded.parent_col, parent_topic = excluded.parent_topic;
+
+    execute format('drop trigger if exists pgfeed_capture on %s', tbl);
+    execute format(
+        'create trigger pgfeed_capture after insert or update or delete on %s '
+        'for each row execute function pgfeed.capture(%L, %L, %L, %L, %L)',
+        tbl, topic, type_prefix, array_to_string(pk, ','), coalesce(parent_col, ''), coalesce(parent_topic, ''));
+end
+$$;
+
+-- PROTOCOL §2: any table with a primary key joins the feed. Its topic is the table name,
+-- schema-qualified when not in `public`; its events are `<table>_created|updated|deleted`.
+create or replace function pgfeed.track(tbl regclass) returns void
+    language plpgsql
+    set search_path = pg_catalog, pgfeed
+as $$
+declare
+    nsp  text;
+    name text;
+begin
+    select n.nspname, c.relname into nsp, name
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.oid = tbl;
+    perform pgfeed.track_as(tbl, case when nsp = 'public' then name else nsp || '.' || name end, name);
+end
+$$;
+
+create or replace function pgfeed.untrack(tbl regclass) returns void
+    language plpgsql
+    set search_path = pg_catalog, pgfeed
+as $$
+begin
+    execute format('drop trigger if exists pgfeed_capture on %s', tbl);
+    delete from pgfeed.tracked where relid = tbl;
+end
+$$;
+
+-- Retention: deletes up to `batch` of the oldest commits older than `keep`, with their events,
+-- and returns how many commits went. Small batches keep locks short; call it until it returns 0.
+create or replace function pgfeed.prune(keep interval, batch int default 1000) returns int
+    language plpgsql
+    set search_path = pg_catalog, pgfeed
+as $$
+declare
+    n   int;
+    top bigint;
+begin
+    with old as (
+        select seq, txid from pgfeed.commits
+        where committed_at < clock_timestamp() - keep
+        order by seq
+        limit batch
+    ), ev as (
+        delete from pgfeed.events e using old where e.txid = old.txid
+    ), gone as (
+        delete from pgfeed.commits c using old where c.seq = old.seq returning c.seq
+    )
+    select count(*), max(seq) into n, top from gone;
+    -- Readers compare a cursor with `pruned_upto` in the same snapshot as their read.
+    if n > 0 then
+        update pgfeed.meta set pruned_upto = greatest(pruned_upto, top);
+    end if;
+    return n;
+end
+$$;

@@ -1,0 +1,137 @@
+//! The server: `App::build(config)` → `addr()` → `run_until_stopped()` (zero2prod's shape).
+//!
+//! Build connects to PostgreSQL (or starts the embedded cluster), applies the capture code and
+//! migrations, and binds the socket; run serves HTTP and WebSockets beside the listener and the
+//! retention task until the shutdown token is cancelled, then closes everything in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::config::{DbConfig, ServeConfig};
+use crate::embedded::Cluster;
+use crate::feed::Feed;
+use crate::http::{self, AppState};
+use crate::hub::Hub;
+use crate::listener::{self, log, ListenerStatus};
+use crate::shutdown::{Shutdown, GRACE};
+use crate::transport::session::SessionConfig;
+
+/// The database pgfeed creates and uses inside its embedded cluster.
+pub const EMBEDDED_DATABASE: &str = "pgfeed";
+
+/// A database to talk to: its URL, and the embedded cluster behind it, if any.
+pub struct Database {
+    pub url: String,
+    /// The embedded cluster; stopped by [`Database::close`]. `None` with `--database-url`.
+    pub cluster: Option<Cluster>,
+}
+
+impl Database {
+    /// The configured URL, or the embedded cluster under the data dir (started, with the
+    /// `pgfeed` database created on first use).
+    pub async fn open(config: &DbConfig) -> anyhow::Result<Database> {
+        if let Some(url) = &config.database_url {
+            return Ok(Database { url: url.clone(), cluster: None });
+        }
+        let cluster = Cluster::start(&config.data_dir).await?;
+        let admin = crate::db::connect(&cluster.url("postgres")).await?;
+        let exists: bool = sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
+            .bind(EMBEDDED_DATABASE)
+            .fetch_one(&admin)
+            .await?;
+        if !exists {
+            sqlx::query(&format!("create database {EMBEDDED_DATABASE}")).execute(&admin).await?;
+        }
+        admin.close().await;
+        Ok(Database { url: cluster.url(EMBEDDED_DATABASE), cluster: Some(cluster) })
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await.context("stopping the embedded cluster")?;
+        }
+        Ok(())
+    }
+}
+
+pub struct App {
+    config: ServeConfig,
+    tcp: tokio::net::TcpListener,
+    database: Database,
+    pool: PgPool,
+    state: AppState,
+}
+
+impl App {
+    pub async fn build(config: ServeConfig, shutdown: Shutdown) -> anyhow::Result<App> {
+        if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {} without auth: pass --jwt-secret (PGFEED_JWT_SECRET) or bind a loopback address",
+                config.bind
+            );
+        }
+        let database = Database::open(&config.db).await?;
+        let pool = crate::db::connect(&database.url).await?;
+        crate::db::migrate(&pool).await?;
+
+        let epoch = log::epoch(&pool).await.context("reading the log's epoch")?;
+        let head = log::head(&pool).await.context("reading the log's head")?;
+        let hub = Arc::new(Hub::new(epoch, head));
+        let feed = Feed::new(pool.clone(), hub).await.context("loading tracked tables")?;
+        let session = SessionConfig { ping_interval: config.ws_ping_interval, ..SessionConfig::default() };
+        let state = AppState { feed, listener: Arc::new(ListenerStatus::default()), session, shutdown };
+
+        let tcp = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+        Ok(App { config, tcp, database, pool, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.tcp.local_addr().unwrap_or(self.config.bind)
+    }
+
+    /// Serves until the shutdown token is cancelled; then closes WebSockets with 1001, waits for
+    /// sessions and background tasks (up to [`GRACE`]), and stops the embedded cluster.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let App { config, tcp, database, pool, state } = self;
+        let shutdown = state.shutdown.clone();
+        shutdown.tracker.spawn(listener::run(
+            database.url.clone(),
+            pool.clone(),
+            state.feed.hub.clone(),
+            state.listener.clone(),
+            shutdown.token.clone(),
+        ));
+        shutdown.tracker.spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));
+
+        tracing::info!("listening on http://{}", tcp.local_addr()?);
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(tcp, app).with_graceful_shutdown(shutdown.token.clone().cancelled_owned()).await?;
+
+        shutdown.tracker.close();
+        if tokio::time::timeout(GRACE, shutdown.tracker.wait()).await.is_err() {
+            tracing::warn!("some sessions did not finish within {GRACE:?}");
+        }
+        pool.close().await;
+        database.close().await
+    }
+}
+
+/// Retention (DESIGN "Retention"): deletes commits older than `keep`, in small batches.
+async fn prune(pool: PgPool, keep: Duration, stop: tokio_util::sync::CancellationToken) {
+    let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => match log::prune(&pool, keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(commits = n, "pruned the log"),
+                Err(e) => tracing::warn!(error = %e, "pruning the log failed"),
+            },
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Database access: the pool, migrations, and one async fn per statement in each area's module.
+//! Nothing here knows about HTTP or sockets.
+
+pub mod snapshot;
+pub mod tracked;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// The capture code: one source, applied by `migrate` and installable by hand with psql.
+pub const CAPTURE_SQL: &str = include_str!("../../sql/capture.sql");
+
+/// Connections the server's pool may hold: REST, snapshots, resumes and the listener's reads.
+const POOL_SIZE: u32 = 16;
+
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
+    let options = options.application_name("pgfeed").log_statements(tracing::log::LevelFilter::Debug);
+    PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+/// Installs (or updates) the capture code, then applies the schema migrations, which attach
+/// studies, messages and files to the feed. Safe to run from several servers at once.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(CAPTURE_SQL).execute(&mut *tx).await.context("installing sql/capture.sql")?;
+    tx.commit().await?;
+    sqlx::migrate!("./migrations").run(pool).await.context("applying migrations")?;
+    Ok(())
+}

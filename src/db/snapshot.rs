@@ -1,0 +1,77 @@
+//! Snapshots (PROTOCOL §5): a topic's current rows and the log position they reflect, read in one
+//! REPEATABLE READ transaction, so that streaming from that position neither misses nor repeats.
+//!
+//! Rows are rendered with `to_jsonb` under UTC, exactly as the capture trigger renders them, so a
+//! snapshot row and an event's `data` are byte-for-byte comparable.
+
+use sqlx::PgPool;
+
+use super::tracked::Tracked;
+use crate::event::Position;
+
+/// What to take a snapshot of.
+#[derive(Debug, Clone, Copy)]
+pub enum Of<'a> {
+    /// Every row of the table, in primary key order.
+    Table(&'a Tracked),
+    /// One row (`null` when there is none).
+    Row(&'a Tracked, &'a str),
+    /// A study's room: `{"study":…,"messages":[…],"files":[…]}`.
+    Room(i64),
+}
+
+pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+    // Every commit with a seq up to this one is visible in this snapshot, and none after it
+    // (seqs are drawn in commit order), so the rows below are exactly the log up to here.
+    let seq: i64 = sqlx::query_scalar(
+        r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let data: String = match of {
+        Of::Table(t) => {
+            let sql = format!(
+                r#"select coalesce(jsonb_agg(to_jsonb(r) order by {pk}), '[]')::text from {rel} r"#,
+                pk = t.pk.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
+                rel = t.relation,
+            );
+            sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?
+        }
+        Of::Row(t, key) => {
+            let sql = match (t.pk.as_slice(), t.pk_types.as_slice()) {
+                ([col], [ty]) => {
+                    // Compare in the key's own type where the cast cannot fail, so the index serves.
+                    let cond = match ty.as_str() {
+                        "bigint" | "integer" | "smallint" => format!("r.{col} = $1::text::bigint"),
+                        "text" => format!("r.{col} = $1"),
+                        _ => format!("r.{col}::text = $1"),
+                    };
+                    format!(r#"select coalesce((select to_jsonb(r) from {} r where {cond}), 'null')::text"#, t.relation)
+                }
+                _ => format!(
+                    r#"select coalesce((select to_jsonb(r) from {} r where concat_ws(',', {}) = $1), 'null')::text"#,
+                    t.relation,
+                    t.pk.iter().map(|c| format!("r.{c}::text")).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            sqlx::query_scalar(&sql).bind(key).fetch_one(&mut *tx).await?
+        }
+        Of::Room(id) => {
+            sqlx::query_scalar(
+                r#"select jsonb_build_object(
+                       'study', (select to_jsonb(s) from studies s where s.id = $1),
+                       'messages', coalesce((select jsonb_agg(to_jsonb(m) order by m.id) from messages m where m.study_id = $1), '[]'),
+                       'files', coalesce((select jsonb_agg(to_jsonb(f) order by f.id) from files f where f.study_id = $1), '[]')
+                   )::text"#,
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok((Position::end_of(seq), data))
+}

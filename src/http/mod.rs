@@ -1,0 +1,30 @@
+//! HTTP: the router and the state every handler shares. One file per area; `router()` merges them.
+
+pub mod health;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+use crate::feed::Feed;
+use crate::listener::ListenerStatus;
+use crate::shutdown::Shutdown;
+use crate::transport::{session::SessionConfig, ws};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub feed: Feed,
+    pub listener: Arc<ListenerStatus>,
+    pub session: SessionConfig,
+    pub shutdown: Shutdown,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::handler))
+        .route("/healthz", get(health::healthz))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

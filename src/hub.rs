@@ -1,0 +1,280 @@
+//! The hub: fans relayed events out to subscribers, and remembers the recent ones.
+//!
+//! The listener [`publish`](Hub::publish)es events in log order. Each subscription is an
+//! [`Outbox`] (one bounded queue per connection) registered under a topic; publishing puts a
+//! [`Delivery`] (a shared pointer to the event's pre-serialized frame) into every subscriber's
+//! queue without waiting. A queue that is full marks its connection as overflowed: the transport
+//! closes it (WebSocket 4008) and the client resumes from its cursor, losing nothing. A slow
+//! client therefore never slows the listener or anyone else, and memory stays bounded.
+//!
+//! The hub knows no sockets and no SQL.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Epoch, Event, Position};
+
+/// Deliveries one connection may have waiting. A connection that falls further behind is closed
+/// with 4008 and resumes from its cursor: it loses nothing, it re-reads the log. 4096 slots of a
+/// pointer each cost nothing until used, and cover a burst of several thousand rows in one commit.
+pub const CONNECTION_QUEUE: usize = 4096;
+
+/// Recent events kept for resume without a database read. A cursor older than the ring is served
+/// from the log instead: slower, never different.
+pub const RING: usize = 10_000;
+
+/// One event for one subscription: the event and which of its topics it was delivered on.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: Arc<Event>,
+    topic: usize,
+}
+
+impl Delivery {
+    /// `event` as published on its `topic`-th topic.
+    pub fn new(event: Arc<Event>, topic: usize) -> Self {
+        Delivery { event, topic }
+    }
+
+    pub fn at(&self) -> Position {
+        self.event.at
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.event.topics[self.topic]
+    }
+
+    /// The event's JSON for this topic, shared with every other subscriber of the topic.
+    pub fn frame(&self) -> &Bytes {
+        &self.event.frames[self.topic]
+    }
+}
+
+/// The sending half of a connection's queue, registered under each topic it subscribes to.
+/// The receiving half is held by the connection's session task; when that task ends, the hub
+/// drops the outbox at its next publish.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    /// Cancelled by the hub when a delivery did not fit; the session watches it and closes with 4008.
+    overflow: CancellationToken,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Delivery>) {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        (Outbox { id, tx, overflow: CancellationToken::new() }, rx)
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.overflow.is_cancelled()
+    }
+
+    /// Completes when the hub could not deliver to this connection.
+    pub async fn overflowed_wait(&self) {
+        self.overflow.cancelled().await
+    }
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    epoch: Epoch,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The newest relayed position.
+    last: Position,
+    /// `ring` holds every event after `floor`.
+    floor: Position,
+    ring: VecDeque<Arc<Event>>,
+    topics: HashMap<String, Vec<Outbox>>,
+}
+
+/// What a new subscription must be sent before its live events.
+#[derive(Debug)]
+pub enum Backlog {
+    /// Nothing (a live subscription).
+    None,
+    /// These, from memory.
+    Ring(Vec<Delivery>),
+    /// The ring does not reach back far enough: read the log after the cursor.
+    Log,
+}
+
+impl Hub {
+    /// A hub whose feed starts after `head`.
+    pub fn new(epoch: Epoch, head: Position) -> Self {
+        let inner = Inner { last: head, floor: head, ring: VecDeque::new(), topics: HashMap::new() };
+        Hub { epoch, inner: Mutex::new(inner) }
+    }
+
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding this lock; if something did, the data is still consistent
+        // enough to keep serving, so take it back rather than poisoning the whole server.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest relayed position: the cursor of a live subscription.
+    pub fn last(&self) -> Position {
+        self.lock().last
+    }
+
+    /// Whether the ring holds every event after `since`.
+    pub fn covers(&self, since: Position) -> bool {
+        since >= self.lock().floor
+    }
+
+    /// Registers `outbox` under `topic`. Returns the current position and, when `since` is given,
+    /// what was published after it before this call. Everything published after this call reaches
+    /// the outbox, so backlog + queue has no gap; the caller drops what it already sent by position.
+    pub fn subscribe(&self, topic: &str, outbox: &Outbox, since: Option<Position>) -> (Position, Backlog) {
+        let mut inner = self.lock();
+        let subs = inner.topics.entry(topic.to_owned()).or_default();
+        subs.retain(|o| o.id != outbox.id);
+        subs.push(outbox.clone());
+        let backlog = match since {
+            None => Backlog::None,
+            Some(since) if since < inner.floor => Backlog::Log,
+            Some(since) => {
+                let start = inner.ring.partition_point(|e| e.at <= since);
+                let found = inner
+                    .ring
+                    .range(start..)
+                    .filter_map(|e| e.topic_index(topic).map(|topic| Delivery { event: e.clone(), topic }))
+                    .collect();
+                Backlog::Ring(found)
+            }
+        };
+        (inner.last, backlog)
+    }
+
+    pub fn unsubscribe(&self, topic: &str, outbox: &Outbox) {
+        let mut inner = self.lock();
+        if let Some(subs) = inner.topics.get_mut(topic) {
+            subs.retain(|o| o.id != outbox.id);
+            if subs.is_empty() {
+                inner.topics.remove(topic);
+            }
+        }
+    }
+
+    /// Fans `events` (in log order, after everything published before) out to their topics'
+    /// subscribers. Never waits: a full queue overflows its connection instead.
+    pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
+        let mut inner = self.lock();
+        for event in events {
+            let event = Arc::new(event);
+            for (i, topic) in event.topics.iter().enumerate() {
+                let Some(subs) = inner.topics.get_mut(topic) else { continue };
+                subs.retain(|o| match o.tx.try_send(Delivery { event: event.clone(), topic: i }) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        o.overflow.cancel();
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                if subs.is_empty() {
+                    inner.topics.remove(topic);
+                }
+            }
+            inner.last = event.at;
+            if inner.ring.len() == RING {
+                if let Some(old) = inner.ring.pop_front() {
+                    inner.floor = old.at;
+                }
+            }
+            inner.ring.push_back(event);
+        }
+    }
+
+    /// Starts the feed over after `head`, dropping the ring and overflowing every subscriber, so
+    /// that each one resumes from its cursor and learns whether it can still be served.
+    pub fn reset(&self, head: Position) {
+        let mut inner = self.lock();
+        for outbox in inner.topics.values().flatten() {
+            outbox.overflow.cancel();
+        }
+        inner.topics.clear();
+        inner.ring.clear();
+        inner.last = head;
+        inner.floor = head;
+    }
+
+    /// Topics with at least one subscriber, and subscriptions in all.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.topics.len(), inner.topics.values().map(Vec::len).sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::LogRow;
+
+    fn event(seq: i64, topics: &[&str]) -> Event {
+        let row = LogRow {
+            seq,
+            pos: 1,
+            kind: "study_created".into(),
+            tbl: "studies".into(),
+            op: "insert".into(),
+            row_id: seq.to_string(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            data: "{}".into(),
+            committed_at: chrono::Utc::now(),
+        };
+        Event::from_row(row, &Epoch::new("e")).unwrap()
+    }
+
+    #[test]
+    fn a_subscriber_gets_its_topics_events_in_order_and_no_others() {
+        let hub = Hub::new(Epoch::new("e"), Position::default());
+        let (outbox, mut rx) = Outbox::new(8);
+        hub.subscribe("studies:1", &outbox, None);
+        hub.publish([event(1, &["studies", "studies:1"]), event(2, &["studies", "studies:2"]), event(3, &["studies:1"])]);
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|d| (d.at().seq, d.topic().to_owned())).collect();
+        assert_eq!(got, [(1, "studies:1".to_owned()), (3, "studies:1".to_owned())]);
+    }
+
+    #[test]
+    fn a_full_queue_overflows_its_connection_without_blocking_others() {
+        let hub = Hub::new(Epoch::new("e"), Position::default());
+        let (slow, _slow_rx) = Outbox::new(2);
+        let (fast, mut fast_rx) = Outbox::new(16);
+        hub.subscribe("studies", &slow, None);
+        hub.subscribe("studies", &fast, None);
+        hub.publish((1..=5).map(|s| event(s, &["studies"])));
+        assert!(slow.overflowed());
+        assert!(!fast.overflowed());
+        assert_eq!(std::iter::from_fn(|| fast_rx.try_recv().ok()).count(), 5);
+        assert_eq!(hub.counts(), (1, 1), "the overflowed outbox is dropped");
+    }
+
+    #[test]
+    fn resume_is_served_from_the_ring_while_it_reaches_back_far_enough() {
+        let hub = Hub::new(Epoch::new("e"), Position::end_of(10));
+        hub.publish((11..=RING as i64 + 20).map(|s| event(s, &["studies"])));
+        let (outbox, _rx) = Outbox::new(1);
+        assert!(matches!(hub.subscribe("studies", &outbox, Some(Position::end_of(10))).1, Backlog::Log));
+        let (last, backlog) = hub.subscribe("studies", &outbox, Some(Position { seq: RING as i64 + 15, pos: 1 }));
+        assert_eq!(last.seq, RING as i64 + 20);
+        let Backlog::Ring(found) = backlog else { panic!("expected the ring") };
+        assert_eq!(found.iter().map(|d| d.at().seq).collect::<Vec<_>>(), (RING as i64 + 16..=RING as i64 + 20).collect::<Vec<_>>());
+    }
+}

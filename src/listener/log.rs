@@ -1,0 +1,116 @@
+//! Reading the change log: the listener's relay and every client's resume use these queries.
+//!
+//! Readers ask for events after a [`Position`], ordered by (commit seq, pos). Because seqs are
+//! drawn in commit order under the stamp lock (sql/capture.sql), a reader that has seen seq N
+//! never later finds a commit with a smaller seq: "after my cursor" never skips anything.
+
+use sqlx::{PgPool, Row};
+
+use crate::event::{Epoch, LogRow, Position};
+
+/// Events per read. Bounds the memory of one read, whatever the backlog.
+pub const PAGE: i64 = 1000;
+
+/// The answer to "events after P": a page, or the news that retention already deleted some of them.
+#[derive(Debug)]
+pub enum Page {
+    Rows(Vec<LogRow>),
+    Expired,
+}
+
+/// Where a client's cursor stands against what the log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Every event after it is still in the log.
+    Kept,
+    /// Retention deleted events after it: the client needs a snapshot.
+    Expired,
+    /// Beyond anything this log ever committed (a restored backup, another database): snapshot.
+    Unknown,
+}
+
+pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
+    let epoch: String = sqlx::query_scalar("select epoch from pgfeed.meta").fetch_one(pool).await?;
+    Ok(Epoch::new(&epoch))
+}
+
+/// Just after the newest commit the log holds (or has pruned): where a new reader starts.
+pub async fn head(pool: &PgPool) -> Result<Position, sqlx::Error> {
+    let seq: i64 = sqlx::query_scalar(
+        r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Position::end_of(seq))
+}
+
+fn expired(after: Position, pruned_upto: i64) -> bool {
+    pruned_upto > 0 && after < Position::end_of(pruned_upto)
+}
+
+pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::Error> {
+    let row = sqlx::query(
+        r#"select (select pruned_upto from pgfeed.meta) as pruned,
+                  coalesce((select max(seq) from pgfeed.commits), 0) as newest"#,
+    )
+    .fetch_one(pool)
+    .await?;
+    let (pruned, newest): (i64, i64) = (row.get("pruned"), row.get("newest"));
+    Ok(if expired(after, pruned) {
+        Standing::Expired
+    } else if after.seq > newest.max(pruned) {
+        Standing::Unknown
+    } else {
+        Standing::Kept
+    })
+}
+
+/// Up to `limit` events after `after`, in commit order; only those published on `topic` when given.
+/// The retention check and the read share one snapshot, so a concurrent prune can never turn
+/// into a silent gap: the answer is then `Expired`.
+pub async fn read_after(
+    pool: &PgPool,
+    after: Position,
+    topic: Option<&str>,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let pruned: i64 = sqlx::query_scalar("select pruned_upto from pgfeed.meta").fetch_one(&mut *tx).await?;
+    if expired(after, pruned) {
+        return Ok(Page::Expired);
+    }
+    let rows = sqlx::query_as::<_, LogRow>(
+        r#"select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
+                  e.data::text as data, c.committed_at
+           from pgfeed.commits c
+           join pgfeed.events e on e.txid = c.txid
+           where c.seq >= $1 and (c.seq > $1 or e.pos > $2)
+             and ($3::text is null or $3 = any(e.topics))
+           order by c.seq, e.pos
+           limit $4"#,
+    )
+    .bind(after.seq)
+    .bind(after.pos)
+    .bind(topic)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Page::Rows(rows))
+}
+
+/// Deletes what is older than `keep`, in small batches; returns the number of commits removed.
+pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> Result<i64, sqlx::Error> {
+    let mut total = 0i64;
+    loop {
+        let n: i32 = sqlx::query_scalar("select pgfeed.prune(make_interval(secs => $1), 1000)")
+            .bind(keep.as_secs_f64())
+            .fetch_one(pool)
+            .await?;
+        total += i64::from(n);
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}

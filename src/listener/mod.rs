@@ -1,0 +1,152 @@
+//! The listener: relays every committed change from the log to the hub, in commit order.
+//!
+//! One dedicated tokio-postgres session per server runs `LISTEN pgfeed`. A notification is only a
+//! wake-up: on every wake-up, on every (re)connect and on a slow safety tick, the listener reads
+//! every event after the last position it relayed, page by page (`log::read_after`), and
+//! publishes them. A notification missed while disconnected, or folded by PostgreSQL, therefore
+//! costs latency and never data; rows of any size arrive whole because NOTIFY carries none.
+
+pub mod log;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::hub::Hub;
+
+/// The channel the commit stamp notifies (sql/capture.sql).
+pub const CHANNEL: &str = "pgfeed";
+/// `application_name` of the listener's session, to find it in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "pgfeed-listener";
+/// Read the log this often even without a wake-up: a safety net, not the mechanism.
+const SAFETY_TICK: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Whether the listener holds a live LISTEN session (for `/healthz`).
+#[derive(Debug, Default)]
+pub struct ListenerStatus(AtomicBool);
+
+impl ListenerStatus {
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed)
+    }
+}
+
+/// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
+pub async fn run(url: String, pool: PgPool, hub: Arc<Hub>, status: Arc<ListenerStatus>, shutdown: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listen_and_relay(&url, &pool, &hub, &status) => r,
+        };
+        status.set(false);
+        if let Err(e) = outcome {
+            tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "listener lost its connection");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if status.is_up() {
+            backoff = BACKOFF_MIN;
+        }
+    }
+}
+
+/// One connection's life: returns when the connection or a log read fails.
+async fn listen_and_relay(url: &str, pool: &PgPool, hub: &Hub, status: &ListenerStatus) -> anyhow::Result<()> {
+    let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
+    config.application_name(APPLICATION_NAME);
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.context("connecting the listener")?;
+
+    let wake = Arc::new(Notify::new());
+    // The connection must be polled for the client to make progress and for notifications to
+    // arrive. This task ends when the connection does; its end is how we learn of it.
+    let mut driver = tokio::spawn({
+        let wake = wake.clone();
+        async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    });
+
+    let result = async {
+        client.batch_execute(&format!("listen {CHANNEL}")).await.context("LISTEN")?;
+        status.set(true);
+        tracing::info!("listener connected");
+        // Everything committed before LISTEN took effect is read now; everything after it wakes us.
+        relay(pool, hub).await?;
+        let mut tick = tokio::time::interval(SAFETY_TICK);
+        loop {
+            tokio::select! {
+                _ = wake.notified() => relay(pool, hub).await?,
+                _ = tick.tick() => relay(pool, hub).await?,
+                ended = &mut driver => {
+                    return match ended {
+                        Ok(Ok(())) => Err(anyhow::anyhow!("connection closed")),
+                        Ok(Err(e)) => Err(e).context("listener connection"),
+                        Err(e) => Err(e).context("listener connection task"),
+                    };
+                }
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// Publishes every event after the hub's last position, in log order, a page at a time.
+pub async fn relay(pool: &PgPool, hub: &Hub) -> anyhow::Result<()> {
+    loop {
+        let after = hub.last();
+        let rows = match log::read_after(pool, after, None, log::PAGE).await.context("reading the log")? {
+            log::Page::Rows(rows) => rows,
+            log::Page::Expired => {
+                // Only when this server was cut off from the database for longer than the
+                // retention: its subscribers may have missed pruned events, so they must resume
+                // (and will be told to refresh).
+                let head = log::head(pool).await.context("reading the log head")?;
+                tracing::error!(?after, ?head, "the log was pruned past the listener's position; subscribers must refresh");
+                hub.reset(head);
+                continue;
+            }
+        };
+        let full = rows.len() as i64 == log::PAGE;
+        let epoch = hub.epoch().clone();
+        hub.publish(rows.into_iter().filter_map(|row| match Event::from_row(row, &epoch) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                // The log holds jsonb, so this cannot happen; skipping is still better than stalling.
+                tracing::error!(error = %e, "unreadable event in the log");
+                None
+            }
+        }));
+        if !full {
+            return Ok(());
+        }
+    }
+}

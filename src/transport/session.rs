@@ -1,0 +1,359 @@
+//! One WebSocket connection's protocol (PROTOCOL §5): client frames in, answers and events out.
+//!
+//! One task runs one `select!` loop per connection: client frames, the connection's queue of
+//! live deliveries, the overflow signal, pings and shutdown. Subscribing (snapshot, resume from
+//! the log) runs inside that loop, so a connection's frames always go out in a defined order.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
+use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
+
+/// PROTOCOL §5 close codes.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// Largest client frame accepted; a larger one closes the connection with 1009.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Bad frames tolerated per [`ERROR_WINDOW`]; past that the connection is closed with 1008.
+const ERROR_BUDGET: u32 = 20;
+const ERROR_WINDOW: Duration = Duration::from_secs(10);
+/// How long one write may wait for a client that does not read before the client is dropped.
+/// Its queue overflows long before, so this only bounds how long a stuck socket is kept.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Deliveries written per flush when several are waiting.
+const WRITE_BATCH: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub ping_interval: Duration,
+    pub max_subscriptions: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ping_interval: Duration::from_secs(30), max_subscriptions: 100 }
+    }
+}
+
+/// Subscriptions requested on connect with `?topics=a,b&since=C`.
+#[derive(Debug, Clone, Default)]
+pub struct Initial {
+    pub topics: Vec<String>,
+    pub since: Option<String>,
+}
+
+/// A client frame. Unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+struct ClientFrame {
+    action: String,
+    topic: Option<String>,
+    since: Option<String>,
+    #[serde(default)]
+    snapshot: bool,
+    id: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct SnapshotFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    cursor: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Value>,
+}
+
+/// Runs the session until the client leaves, misbehaves, falls behind, or the server shuts down.
+pub async fn run<S>(socket: S, feed: Feed, initial: Initial, config: SessionConfig, shutdown: CancellationToken)
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+{
+    let (outbox, inbox) = Outbox::new(CONNECTION_QUEUE);
+    let mut session = Session {
+        socket,
+        subs: Subscriptions::new(feed.clone(), outbox),
+        feed,
+        config,
+        errors: (Instant::now(), 0),
+    };
+    if let Err(e) = session.run(initial, inbox, shutdown).await {
+        tracing::debug!(error = %e, "session ended");
+    }
+}
+
+struct Session<S> {
+    socket: S,
+    subs: Subscriptions,
+    feed: Feed,
+    config: SessionConfig,
+    /// Start of the current error window and the bad frames seen in it.
+    errors: (Instant, u32),
+}
+
+/// Why the loop ended early; the connection is gone either way.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("socket: {0}")]
+    Socket(#[from] axum::Error),
+    #[error("client stopped reading")]
+    Stalled,
+}
+
+impl<S> Session<S>
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+{
+    async fn run(&mut self, initial: Initial, mut inbox: mpsc::Receiver<Delivery>, shutdown: CancellationToken) -> Result<(), End> {
+        for topic in &initial.topics {
+            let frame = ClientFrame {
+                action: "subscribe".into(),
+                topic: Some(topic.clone()),
+                since: initial.since.clone(),
+                snapshot: false,
+                id: None,
+            };
+            self.subscribe(frame).await?;
+        }
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + self.config.ping_interval, self.config.ping_interval);
+        let mut awaiting_pong = false;
+        let overflow = self.subs.outbox().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.close(close::GOING_AWAY, "server shutting down").await,
+                _ = overflow.overflowed_wait() => return self.close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor").await,
+                msg = self.socket.next() => match msg {
+                    None | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                    Some(Ok(Message::Ping(_))) => {} // answered by the socket itself
+                    Some(Ok(Message::Text(text))) => {
+                        if text.len() > MAX_CLIENT_FRAME {
+                            return self.close(close::TOO_BIG, "frame over 64 KiB").await;
+                        }
+                        self.handle(text.as_str()).await?;
+                    }
+                    Some(Ok(Message::Binary(_))) => self.client_error("bad_request", "frames must be JSON text", None).await?,
+                    Some(Err(e)) => {
+                        let text = format!("{e:#}");
+                        if text.contains("too long") || text.contains("Space limit") {
+                            return self.close(close::TOO_BIG, "frame over 64 KiB").await;
+                        }
+                        return Err(e.into());
+                    }
+                },
+                Some(d) = inbox.recv() => self.deliver(d, &mut inbox).await?,
+                _ = ping.tick() => {
+                    if awaiting_pong {
+                        tracing::debug!("peer missed a ping; dropping it");
+                        return Ok(());
+                    }
+                    awaiting_pong = true;
+                    self.write(Message::Ping(Bytes::new())).await?;
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn deliver(&mut self, first: Delivery, inbox: &mut mpsc::Receiver<Delivery>) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(d) = next.take() {
+            if self.subs.accept(&d) {
+                let text = Utf8Bytes::try_from(d.frame().clone()).map_err(axum::Error::new)?;
+                stall(self.socket.feed(Message::Text(text))).await??;
+                fed += 1;
+            }
+            if fed < WRITE_BATCH {
+                next = inbox.try_recv().ok();
+            }
+        }
+        stall(self.socket.flush()).await??;
+        Ok(())
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<(), End> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let id = serde_json::from_str::<Value>(text).ok().and_then(|v| v.get("id").cloned());
+                return self.client_error("bad_request", &format!("invalid frame: {e}"), id.as_ref()).await;
+            }
+        };
+        match frame.action.as_str() {
+            "subscribe" => self.subscribe(frame).await,
+            "unsubscribe" => {
+                let Some(topic) = frame.topic.as_deref() else {
+                    return self.client_error("bad_request", "unsubscribe needs a topic", frame.id.as_ref()).await;
+                };
+                self.subs.remove(topic);
+                self.send_json(&with_id(json!({"type": "unsubscribed", "topic": topic}), frame.id.as_ref())).await
+            }
+            "refresh" => self.refresh(frame).await,
+            "ping" => self.send_json(&with_id(json!({"type": "pong"}), frame.id.as_ref())).await,
+            other => {
+                let message = format!("unknown action {other:?} (subscribe, unsubscribe, refresh, ping)");
+                self.client_error("bad_request", &message, frame.id.as_ref()).await
+            }
+        }
+    }
+
+    // PROTOCOL §5: subscribe live, with `since`, or with `snapshot`.
+    async fn subscribe(&mut self, frame: ClientFrame) -> Result<(), End> {
+        let id = frame.id.as_ref();
+        let Some(topic) = frame.topic.as_deref() else {
+            return self.client_error("bad_request", "subscribe needs a topic", id).await;
+        };
+        if !self.subs.contains(topic) && self.subs.len() >= self.config.max_subscriptions {
+            let message = format!("at most {} subscriptions per connection", self.config.max_subscriptions);
+            return self.client_error("too_many_subscriptions", &message, id).await;
+        }
+        let outcome = async {
+            let table = self.feed.check_topic(topic).await?;
+            let start = match (&frame.since, frame.snapshot) {
+                (_, true) => Start::Snapshot,
+                (Some(c), false) => Start::After(self.feed.parse_cursor(c).await?),
+                (None, false) => Start::Live,
+            };
+            let Session { socket, subs, feed, .. } = self;
+            subs.add(topic, &table, start, &mut Writer { socket, feed, topic, id }).await
+        }
+        .await;
+        self.answer(topic, id, outcome).await
+    }
+
+    // PROTOCOL §5: refresh sends a new snapshot; the stream continues after it.
+    async fn refresh(&mut self, frame: ClientFrame) -> Result<(), End> {
+        let id = frame.id.as_ref();
+        let Some(topic) = frame.topic.as_deref() else {
+            return self.client_error("bad_request", "refresh needs a topic", id).await;
+        };
+        if !self.subs.contains(topic) {
+            return self.client_error("bad_request", &format!("not subscribed to {topic:?}"), id).await;
+        }
+        let outcome = async {
+            let table = self.feed.check_topic(topic).await?;
+            let (at, data) = self.feed.snapshot(topic, &table).await?;
+            self.subs.advance(topic, at);
+            let msg = snapshot_text(topic, &self.feed.cursor(at), data, id);
+            match stall(self.socket.send(Message::Text(msg))).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(FeedError::Gone),
+            }
+        }
+        .await;
+        self.answer(topic, id, outcome).await
+    }
+
+    /// Turns a failed subscribe/refresh into the frame the client is owed.
+    async fn answer(&mut self, topic: &str, id: Option<&Value>, outcome: Result<(), FeedError>) -> Result<(), End> {
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(FeedError::Gone) => Err(End::Stalled),
+            Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
+            Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
+            Err(FeedError::Refresh(reason)) => {
+                self.send_json(&with_id(json!({"type": "refresh_needed", "topic": topic, "reason": reason}), id)).await
+            }
+            Err(e @ (FeedError::Db(_) | FeedError::Corrupt(_))) => {
+                tracing::error!(error = %e, topic, "subscription failed");
+                self.send_json(&with_id(json!({"type": "error", "code": "unavailable", "message": "the database is unavailable; try again"}), id)).await
+            }
+        }
+    }
+
+    /// An `error` frame for the client's mistake; too many in a short time close the connection.
+    async fn client_error(&mut self, code: &str, message: &str, id: Option<&Value>) -> Result<(), End> {
+        let now = Instant::now();
+        if now.duration_since(self.errors.0) > ERROR_WINDOW {
+            self.errors = (now, 0);
+        }
+        self.errors.1 += 1;
+        if self.errors.1 > ERROR_BUDGET {
+            return self.close(close::POLICY, "too many bad frames").await;
+        }
+        self.send_json(&with_id(json!({"type": "error", "code": code, "message": message}), id)).await
+    }
+
+    async fn send_json(&mut self, v: &Value) -> Result<(), End> {
+        self.write(Message::Text(json_text(v))).await
+    }
+
+    async fn write(&mut self, msg: Message) -> Result<(), End> {
+        stall(self.socket.send(msg)).await??;
+        Ok(())
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        // Best effort: a client that does not read will not get it, and is dropped anyway.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.socket.send(Message::Close(Some(frame)))).await;
+        Ok(())
+    }
+}
+
+/// Sends a subscription's opening frames (PROTOCOL §5) straight to the socket.
+struct Writer<'a, S> {
+    socket: &'a mut S,
+    feed: &'a Feed,
+    topic: &'a str,
+    id: Option<&'a Value>,
+}
+
+impl<S> Emit for Writer<'_, S>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin + Send,
+{
+    async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
+        let msg = match item {
+            Item::Subscribed(at) => {
+                let v = json!({"type": "subscribed", "topic": self.topic, "cursor": self.feed.cursor(at)});
+                json_text(&with_id(v, self.id))
+            }
+            Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
+            Item::Event(d) => Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?,
+        };
+        match stall(self.socket.send(Message::Text(msg))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(FeedError::Gone),
+        }
+    }
+}
+
+/// Bounds a write by [`WRITE_STALL`].
+async fn stall<T>(fut: impl std::future::Future<Output = T>) -> Result<T, End> {
+    tokio::time::timeout(WRITE_STALL, fut).await.map_err(|_| End::Stalled)
+}
+
+fn with_id(mut v: Value, id: Option<&Value>) -> Value {
+    if let (Some(id), Some(obj)) = (id, v.as_object_mut()) {
+        obj.insert("id".into(), id.clone());
+    }
+    v
+}
+
+fn json_text(v: &Value) -> Utf8Bytes {
+    Utf8Bytes::from(v.to_string())
+}
+
+fn snapshot_text(topic: &str, cursor: &str, data: String, id: Option<&Value>) -> Utf8Bytes {
+    // The database produced `data` as jsonb text; fall back to null rather than fail the client.
+    let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+    let frame = SnapshotFrame { kind: "snapshot", topic, cursor, data: &data, id };
+    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+}

@@ -1,0 +1,431 @@
+//! The feed's guarantees over a real WebSocket, with psql as the writer.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pgfeed::event::{CursorCheck, Epoch, Position};
+use serde_json::{json, Value};
+
+use crate::support::{ids, Seen, TestApp, TestDb};
+
+/// The position inside an (opaque) cursor, to check ordering in tests.
+fn position(cursor: &Value) -> Position {
+    let s = cursor.as_str().expect("cursor is a string");
+    let epoch = s.split('-').next().expect("epoch");
+    match Epoch::new(epoch).parse_cursor(s) {
+        Ok(CursorCheck::Ours(at)) => at,
+        other => panic!("unreadable cursor {s}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn psql_insert_update_delete_reach_a_studies_subscriber_with_the_row() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+
+    app.psql("insert into studies (label, title) values ('s1', 'First')");
+    app.psql("update studies set title = 'Renamed' where label = 's1'");
+    app.psql("delete from studies where label = 's1'");
+
+    let [created, updated, deleted] = <[Value; 3]>::try_from(ws.events(3).await).unwrap();
+    assert_eq!(created["type"], "study_created");
+    assert_eq!(created["op"], "insert");
+    assert_eq!(created["topic"], "studies");
+    assert_eq!(created["table"], "studies");
+    assert_eq!(created["data"]["label"], "s1");
+    assert_eq!(created["data"]["status"], "draft");
+    assert_eq!(created["id"], created["data"]["id"]);
+    assert_eq!(updated["type"], "study_updated");
+    assert_eq!(updated["data"]["title"], "Renamed");
+    assert_eq!(updated["data"]["version"], 2, "the database bumps version on every update");
+    assert_eq!(deleted["type"], "study_deleted");
+    assert_eq!(deleted["data"]["title"], "Renamed", "a delete carries the row as it was");
+    assert!(created["committed_at"].as_str().unwrap().ends_with('Z'));
+    assert!(position(&created["cursor"]) < position(&updated["cursor"]));
+}
+
+#[tokio::test]
+async fn messages_and_files_reach_their_own_study_room_and_no_other() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 'a', 'A'), (2, 'b', 'B')");
+    let mut room1 = app.ws().await;
+    room1.subscribe("studies:1").await;
+    let mut room2 = app.ws().await;
+    room2.subscribe("studies:2").await;
+
+    app.psql("insert into messages (study_id, author, body) values (2, 'bob', 'for room 2')");
+    app.psql("insert into messages (study_id, author, body) values (1, 'ana', 'hi')");
+    app.psql("insert into files (study_id, name, content_type, size_bytes, sha256) values (1, 'a.txt', 'text/plain', 1, 'x')");
+    app.psql("update studies set status = 'active' where id = 1");
+
+    let events = room1.events(3).await;
+    let kinds: Vec<_> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message_created", "file_created", "study_updated"]);
+    assert!(events.iter().all(|e| e["topic"] == "studies:1"));
+    assert_eq!(events[0]["data"]["body"], "hi");
+    assert_eq!(events[0]["table"], "messages");
+
+    let other = room2.next_event().await;
+    assert_eq!(other["data"]["body"], "for room 2");
+    room2.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_with_rollbacks_are_delivered_once_each_in_commit_order() {
+    // Arrange: 4 psql writers × 500 rows: single-row commits, multi-row transactions, and
+    // rolled-back transactions and savepoints whose rows must never appear.
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 'load', 'Load')");
+    let mut ws = app.ws().await;
+    ws.subscribe("messages").await;
+
+    const WRITERS: usize = 4;
+    const ROWS: usize = 500;
+    let scripts: Vec<String> = (0..WRITERS)
+        .map(|w| {
+            let mut sql = String::new();
+            let mut n = 0;
+            while n < ROWS {
+                let row = |n: usize| format!("insert into messages (study_id, author, body) values (1, 'w{w}', '{n}');\n");
+                match n % 7 {
+                    0 if n + 3 <= ROWS => {
+                        sql += "begin;\n";
+                        for k in 0..3 {
+                            sql += &row(n + k);
+                        }
+                        sql += "commit;\n";
+                        n += 3;
+                    }
+                    3 => {
+                        sql += &format!("begin;\n{}rollback;\n", row(9_000_000 + n));
+                        sql += &format!("begin;\n{}savepoint s;\n{}rollback to s;\ncommit;\n", row(n), row(9_000_000 + n));
+                        n += 1;
+                    }
+                    _ => {
+                        sql += &row(n);
+                        n += 1;
+                    }
+                }
+            }
+            sql
+        })
+        .collect();
+
+    // Act
+    let writers: Vec<_> = scripts.into_iter().map(|s| app.db.psql_script(s)).collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // Assert: exactly the committed rows, each once, in strictly increasing log order, and every
+    // writer's rows in the order that writer committed them.
+    let events = ws.events(WRITERS * ROWS).await;
+    ws.assert_quiet(Duration::from_millis(500)).await;
+    let committed: HashSet<i64> =
+        app.psql("select id from messages").lines().map(|l| l.parse().unwrap()).collect();
+    let got = ids(&events);
+    assert_eq!(got.iter().copied().collect::<HashSet<_>>(), committed, "every committed row, nothing else");
+    assert_eq!(got.len(), committed.len(), "no duplicates");
+    let positions: Vec<Position> = events.iter().map(|e| position(&e["cursor"])).collect();
+    assert!(positions.windows(2).all(|p| p[0] < p[1]), "cursors strictly increase");
+    for w in 0..WRITERS {
+        let seq: Vec<i64> = events
+            .iter()
+            .filter(|e| e["data"]["author"] == format!("w{w}"))
+            .map(|e| e["data"]["body"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(seq, (0..ROWS as i64).collect::<Vec<_>>(), "writer {w}'s rows in its own order");
+    }
+}
+
+#[tokio::test]
+async fn resume_with_since_gets_exactly_what_was_missed() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    app.psql("insert into studies (label, title) values ('a', 'A')");
+    let seen = ws.next_event().await;
+    ws.close().await;
+
+    app.psql("insert into studies (label, title) values ('b', 'B'), ('c', 'C')");
+    app.psql("update studies set title = 'A2' where label = 'a'");
+
+    let mut ws = app.ws().await;
+    let sub = ws.subscribe_since("studies", seen["cursor"].as_str().unwrap()).await;
+    assert_eq!(sub["cursor"], seen["cursor"]);
+    let missed = ws.events(3).await;
+    let labels: Vec<_> = missed.iter().map(|e| e["data"]["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["b", "c", "a"]);
+    ws.assert_quiet(Duration::from_millis(300)).await;
+
+    // And it goes on live.
+    app.psql("insert into studies (label, title) values ('d', 'D')");
+    assert_eq!(ws.next_event().await["data"]["label"], "d");
+}
+
+#[tokio::test]
+async fn resume_beyond_the_memory_ring_is_served_from_the_log_in_order() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    let start = ws.subscribe("messages").await["cursor"].clone();
+    app.psql("insert into studies (id, label, title) values (1, 'x', 'X')");
+    // More than the ring holds, so part of the resume must come from the database.
+    let n = pgfeed::hub::RING + 2_500;
+    app.psql(&format!("insert into messages (study_id, author, body) select 1, 'a', g::text from generate_series(1, {n}) g"));
+    let live = ws.events(n).await;
+    ws.close().await;
+
+    let mut ws = app.ws().await;
+    ws.subscribe_since("messages", start.as_str().unwrap()).await;
+    let resumed = ws.events(n).await;
+    assert_eq!(ids(&resumed), ids(&live));
+    assert_eq!(resumed.last().unwrap()["cursor"], live.last().unwrap()["cursor"]);
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn garbage_and_foreign_cursors_get_an_error_or_refresh_needed_never_data() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (label, title) values ('a', 'A')");
+    let mut ws = app.ws().await;
+
+    ws.send(json!({"action": "subscribe", "topic": "studies", "since": "not-a-cursor", "id": 1})).await;
+    let v = ws.next_json().await;
+    assert_eq!((v["type"].as_str(), v["code"].as_str(), &v["id"]), (Some("error"), Some("bad_request"), &json!(1)));
+
+    ws.send(json!({"action": "subscribe", "topic": "studies", "since": "0123abcdef99-1-1"})).await;
+    let v = ws.next_json().await;
+    assert_eq!(v["type"], "refresh_needed", "{v}");
+    assert_eq!(v["topic"], "studies");
+
+    // A cursor of this log but beyond its head (as from a restored backup) is not trusted either.
+    let epoch = app.psql("select epoch from pgfeed.meta");
+    ws.send(json!({"action": "subscribe", "topic": "studies", "since": format!("{epoch}-999999-1")})).await;
+    assert_eq!(ws.next_json().await["type"], "refresh_needed");
+
+    // None of those subscribed: a new row reaches nobody here.
+    app.psql("insert into studies (label, title) values ('b', 'B')");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_gets_refresh_needed() {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn_with(db, |c| c.retention = Duration::from_secs(1)).await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    app.psql("insert into studies (label, title) values ('a', 'A')");
+    let old = ws.next_event().await["cursor"].clone();
+    app.psql("insert into studies (label, title) values ('b', 'B')");
+    ws.next_event().await;
+    // Retention runs every second with this setting; wait until it has pruned both commits.
+    tokio::time::timeout(crate::support::PATIENCE, async {
+        while app.psql("select count(*) from pgfeed.commits") != "0" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("retention did not prune");
+
+    let mut again = app.ws().await;
+    again.send(json!({"action": "subscribe", "topic": "studies", "since": old})).await;
+    let v = again.next_json().await;
+    assert_eq!((v["type"].as_str(), v["reason"].as_str()), (Some("refresh_needed"), Some("cursor_expired")));
+}
+
+#[tokio::test]
+async fn killing_the_listener_connection_while_a_writer_inserts_loses_and_doubles_nothing() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 'x', 'X')");
+    let mut ws = app.ws().await;
+    ws.subscribe("messages").await;
+
+    const N: usize = 600;
+    let script: String = (0..N).map(|i| format!("insert into messages (study_id, author, body) values (1, 'w', '{i}');\nselect pg_sleep(0.002);\n")).collect();
+    let writer = app.db.psql_script(script);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let killed = app.psql(&format!(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '{}' and datname = current_database()",
+            pgfeed::listener::APPLICATION_NAME
+        ));
+        assert_eq!(killed, "1", "the listener's backend was found and killed");
+    }
+    writer.await.expect("writer");
+
+    let events = ws.events(N).await;
+    let bodies: Vec<i64> = events.iter().map(|e| e["data"]["body"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(bodies, (0..N as i64).collect::<Vec<_>>());
+    ws.assert_quiet(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn after_a_server_restart_a_client_resumes_with_exactly_the_missed_rows() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    app.psql("insert into studies (label, title) values ('a', 'A')");
+    let cursor = ws.next_event().await["cursor"].clone();
+    let db = app.db.clone();
+    app.stop().await;
+    assert!(matches!(ws.next_seen().await, Seen::Closed(Some(1001))), "shutdown closes with 1001");
+
+    db.psql("insert into studies (label, title) values ('b', 'B')");
+    db.psql("delete from studies where label = 'a'");
+
+    let app = TestApp::spawn_on(db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe_since("studies", cursor.as_str().unwrap()).await;
+    let missed = ws.events(2).await;
+    assert_eq!((missed[0]["type"].as_str(), missed[1]["type"].as_str()), (Some("study_created"), Some("study_deleted")));
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn two_servers_on_one_database_relay_the_same_events_with_the_same_cursors() {
+    let one = TestApp::spawn().await;
+    let two = TestApp::spawn_on(one.db.clone()).await;
+    let mut a = one.ws().await;
+    a.subscribe("studies").await;
+    let mut b = two.ws().await;
+    b.subscribe("studies").await;
+
+    one.psql("insert into studies (label, title) values ('a', 'A'), ('b', 'B')");
+    let (ea, eb) = (a.events(2).await, b.events(2).await);
+    assert_eq!(ea, eb, "same events, same cursors on both servers");
+
+    // A cursor from one server resumes on the other.
+    b.close().await;
+    one.psql("insert into studies (label, title) values ('c', 'C')");
+    let mut b = two.ws().await;
+    b.subscribe_since("studies", eb[1]["cursor"].as_str().unwrap()).await;
+    assert_eq!(b.next_event().await["data"]["label"], "c");
+}
+
+#[tokio::test]
+async fn a_one_megabyte_row_arrives_whole() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 'big', 'Big')");
+    let mut ws = app.ws().await;
+    ws.subscribe("studies:1").await;
+
+    app.psql("insert into messages (study_id, author, body) values (1, 'a', repeat('x', 1048576))");
+    let ev = ws.next_event().await;
+    assert_eq!(ev["data"]["body"].as_str().unwrap().len(), 1_048_576);
+}
+
+#[tokio::test]
+async fn a_snapshot_then_the_stream_under_concurrent_inserts_has_no_loss_and_no_duplicate() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 's', 'S')");
+    const N: usize = 400;
+    let script: String = (0..N).map(|i| format!("insert into messages (study_id, author, body) values (1, 'w', '{i}');\nselect pg_sleep(0.001);\n")).collect();
+    let writer = app.db.psql_script(script);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let mut ws = app.ws().await;
+    let sub = ws.subscribe_with(json!({"action": "subscribe", "topic": "studies:1", "snapshot": true})).await;
+    let snap = ws.next_json().await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["cursor"], sub["cursor"]);
+    assert_eq!(snap["data"]["study"]["label"], "s");
+    let mut seen: Vec<i64> = snap["data"]["messages"].as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect();
+    writer.await.expect("writer");
+
+    let rest = ws.events(N - seen.len()).await;
+    seen.extend(ids(&rest));
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), N, "no duplicate between snapshot and stream");
+    assert_eq!(seen, sorted, "stream continues in order after the snapshot");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn snapshots_of_a_table_a_row_and_refresh() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 'a', 'A'), (2, 'b', 'B')");
+    let mut ws = app.ws().await;
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies", "snapshot": true})).await;
+    let snap = ws.next_json().await;
+    assert_eq!(snap["data"].as_array().unwrap().len(), 2);
+
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies:2", "snapshot": true})).await;
+    assert_eq!(ws.next_json().await["data"]["study"]["label"], "b");
+
+    app.psql("insert into messages (id, study_id, author, body) values (5, 1, 'a', 'x')");
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "messages:5", "snapshot": true})).await;
+    assert_eq!(ws.next_json().await["data"]["body"], "x");
+
+    app.psql("insert into studies (id, label, title) values (3, 'c', 'C')");
+    assert_eq!(ws.next_event().await["topic"], "studies");
+    ws.send(json!({"action": "refresh", "topic": "studies", "id": "r"})).await;
+    let again = ws.next_json().await;
+    assert_eq!((again["type"].as_str(), again["id"].as_str()), (Some("snapshot"), Some("r")));
+    assert_eq!(again["data"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_events_and_ping_answers_pong() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    ws.send(json!({"action": "ping", "id": 7})).await;
+    assert_eq!(ws.next_json().await, json!({"type": "pong", "id": 7}));
+    ws.send(json!({"action": "unsubscribe", "topic": "studies"})).await;
+    assert_eq!(ws.next_json().await, json!({"type": "unsubscribed", "topic": "studies"}));
+    app.psql("insert into studies (label, title) values ('a', 'A')");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn connect_time_topics_and_since_subscribe_on_connect() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    let first = ws.subscribe("studies").await["cursor"].clone();
+    app.psql("insert into studies (id, label, title) values (1, 'a', 'A')");
+    ws.next_event().await;
+
+    let mut ws = app.ws_at(&format!("/ws?topics=studies,studies:1&since={}", first.as_str().unwrap())).await;
+    let mut frames = Vec::new();
+    for _ in 0..4 {
+        frames.push(ws.next_json().await);
+    }
+    let summary: Vec<_> = frames.iter().map(|f| (f["type"].as_str().unwrap(), f["topic"].as_str().unwrap())).collect();
+    assert_eq!(summary, [("subscribed", "studies"), ("study_created", "studies"), ("subscribed", "studies:1"), ("study_created", "studies:1")]);
+}
+
+#[tokio::test]
+async fn a_table_tracked_with_pgfeed_track_joins_the_feed() {
+    let app = TestApp::spawn().await;
+    app.psql("create table audit.entries (sku text primary key, qty int)".replace("audit.", "public.").as_str());
+    app.psql("create schema audit; create table audit.log (id int primary key, what text)");
+    app.psql("select pgfeed.track('entries'); select pgfeed.track('audit.log')");
+    let mut ws = app.ws().await;
+    ws.subscribe("entries").await;
+    ws.subscribe("audit.log:3").await;
+
+    app.psql("insert into entries values ('x-1', 5)");
+    app.psql("insert into audit.log values (3, 'hello')");
+    let e = ws.next_event().await;
+    assert_eq!((e["type"].as_str(), e["topic"].as_str(), e["id"].as_str()), (Some("entries_created"), Some("entries"), Some("x-1")));
+    let l = ws.next_event().await;
+    assert_eq!((l["type"].as_str(), l["topic"].as_str(), l["table"].as_str()), (Some("log_created"), Some("audit.log:3"), Some("audit.log")));
+
+    app.psql("select pgfeed.untrack('entries')");
+    app.psql("insert into entries values ('x-2', 1)");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_produces_no_event() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    app.psql("begin; insert into studies (label, title) values ('gone', 'G'); rollback;");
+    app.psql("insert into studies (label, title) values ('kept', 'K')");
+    assert_eq!(ws.next_event().await["data"]["label"], "kept");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}

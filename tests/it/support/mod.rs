@@ -1,0 +1,364 @@
+//! The test harness: one PostgreSQL per test binary, one database per test, real servers on
+//! port 0, real WebSocket clients, and psql as the outside writer.
+//!
+//! The cluster is the embedded-mode code (`Cluster::start_ephemeral`), unless `DATABASE_URL`
+//! names a server to use instead. A template database is migrated once; each test clones it,
+//! gets its own log epoch, and drops its database when it passes (a failed test's is kept).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pgfeed::app::App;
+use pgfeed::config::ServeConfig;
+use pgfeed::embedded::Cluster;
+use pgfeed::shutdown::Shutdown;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something it expects before failing with a clear message.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+const TEMPLATE: &str = "pgfeed_template";
+
+/// Lives for the whole test binary: the cluster's processes and the setup work run on it,
+/// since each `#[tokio::test]` has a runtime of its own that ends with the test.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("test runtime")
+});
+
+struct Server {
+    /// `database` → URL on the test server.
+    url_for: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// The throwaway cluster; it dies with this process (never dropped: it is in a static).
+    _cluster: Option<Cluster>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            pgfeed::telemetry::init("pgfeed=debug,info", std::io::stderr);
+        }
+    });
+}
+
+/// Runs the future made by `make` to completion on the harness runtime, from any context.
+fn on_runtime<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    std::thread::spawn(move || RUNTIME.block_on(make())).join().expect("harness thread")
+}
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        init_logging();
+        on_runtime(|| async {
+            let server = match std::env::var("DATABASE_URL") {
+                Ok(url) => {
+                    let base = url.parse::<url_base::Base>().expect("DATABASE_URL");
+                    Server { url_for: Box::new(move |db| base.with_database(db)), _cluster: None }
+                }
+                Err(_) => {
+                    let cluster = Cluster::start_ephemeral().await.expect("starting the test cluster");
+                    let cluster_urls = cluster.url("DBNAME");
+                    Server { url_for: Box::new(move |db| cluster_urls.replace("DBNAME", db)), _cluster: Some(cluster) }
+                }
+            };
+            let admin = (server.url_for)("postgres");
+            let mut conn = PgConnection::connect(&admin).await.expect("connecting to the test server");
+            sqlx::query(&format!("drop database if exists {TEMPLATE} with (force)")).execute(&mut conn).await.expect("drop template");
+            sqlx::query(&format!("create database {TEMPLATE}")).execute(&mut conn).await.expect("create template");
+            let pool = pgfeed::db::connect(&(server.url_for)(TEMPLATE)).await.expect("template pool");
+            pgfeed::db::migrate(&pool).await.expect("migrating the template");
+            pool.close().await;
+            server
+        })
+    })
+}
+
+/// A database of its own for one test (and every server the test starts on it).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Arc<TestDb> {
+        let server = server();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&(server.url_for)("postgres")).await.expect("admin connection");
+        sqlx::query(&format!("create database {name} template {TEMPLATE}")).execute(&mut conn).await.expect("create test database");
+        let url = (server.url_for)(&name);
+        // A fresh epoch: this database's cursors must not be taken for another's.
+        let mut conn = PgConnection::connect(&url).await.expect("test database");
+        sqlx::query("update pgfeed.meta set epoch = substr(md5(random()::text), 1, 12)").execute(&mut conn).await.expect("epoch");
+        Arc::new(TestDb { name, url })
+    }
+
+    /// Runs SQL through `psql`, a writer outside pgfeed; returns its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", &self.url, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running psql");
+        assert!(out.status.success(), "psql failed on {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Starts `psql -f -` with `script` on stdin, without waiting for it.
+    pub fn psql_script(&self, script: String) -> tokio::task::JoinHandle<()> {
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("running psql");
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(script.as_bytes()).await.expect("feeding psql");
+            drop(stdin);
+            let out = child.wait_with_output().await.expect("psql");
+            assert!(out.status.success(), "psql script failed: {}", String::from_utf8_lossy(&out.stderr));
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test database kept for inspection: {}", self.url);
+            return;
+        }
+        let (admin, name) = ((server().url_for)("postgres"), self.name.clone());
+        on_runtime(move || async move {
+            if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("drop database if exists {name} with (force)")).execute(&mut conn).await;
+            }
+        });
+    }
+}
+
+/// A pgfeed server running in this test's runtime.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: Arc<TestDb>,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// A server on a database of its own.
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_on(TestDb::create().await).await
+    }
+
+    /// A server on `db`, which other servers may share.
+    pub async fn spawn_on(db: Arc<TestDb>) -> TestApp {
+        TestApp::spawn_with(db, |_| {}).await
+    }
+
+    pub async fn spawn_with(db: Arc<TestDb>, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        init_logging();
+        let mut config = ServeConfig::defaults();
+        config.db.database_url = Some(db.url.clone());
+        config.bind = "127.0.0.1:0".parse().expect("addr");
+        tweak(&mut config);
+        let shutdown = Shutdown::new();
+        let app = App::build(config, shutdown.clone()).await.expect("building the app");
+        let addr = app.addr();
+        let handle = tokio::spawn(app.run_until_stopped());
+        let app = TestApp { addr, db, shutdown, handle };
+        app.wait_healthy().await;
+        app
+    }
+
+    /// Waits until `/healthz` says the listener is up, so nothing committed later is missed live.
+    pub async fn wait_healthy(&self) {
+        let url = format!("http://{}/healthz", self.addr);
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Ok(r) = reqwest::get(&url).await {
+                    if r.status().is_success() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("server did not become healthy");
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.db.psql(sql)
+    }
+
+    /// Stops the server as SIGTERM would, and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.token.cancel();
+        tokio::time::timeout(PATIENCE, self.handle).await.expect("server did not stop").expect("join").expect("server failed");
+    }
+
+    pub async fn ws(&self) -> WsClient {
+        self.ws_at("/ws").await
+    }
+
+    pub async fn ws_at(&self, path: &str) -> WsClient {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}{}", self.addr, path)).await.expect("ws connect");
+        WsClient { stream }
+    }
+}
+
+/// A real WebSocket client, with the assertions tests need.
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// A WebSocket handshake over a socket the test set up itself.
+pub async fn ws_over(tcp: TcpStream, addr: SocketAddr) -> WsClient {
+    let (stream, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp)).await.expect("ws handshake");
+    WsClient { stream }
+}
+
+/// What a client saw next.
+#[derive(Debug)]
+pub enum Seen {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    pub async fn send(&mut self, v: Value) {
+        self.stream.send(Message::Text(v.to_string().into())).await.expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, text: String) {
+        self.stream.send(Message::Text(text.into())).await.expect("ws send");
+    }
+
+    /// The next JSON frame or the close, within `PATIENCE`.
+    pub async fn next_seen(&mut self) -> Seen {
+        self.next_seen_within(PATIENCE).await.expect("no frame from the server in time")
+    }
+
+    pub async fn next_seen_within(&mut self, wait: Duration) -> Option<Seen> {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Text(t))) => return Seen::Frame(serde_json::from_str(&t).expect("server sent bad JSON")),
+                    Some(Ok(Message::Close(frame))) => return Seen::Closed(frame.map(|f| u16::from(f.code))),
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Seen::Closed(None),
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_seen().await {
+            Seen::Frame(v) => v,
+            Seen::Closed(code) => panic!("connection closed ({code:?}) while a frame was expected"),
+        }
+    }
+
+    /// The next frame that is a change event (has a `cursor` and an `op`).
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v.get("op").is_some() {
+                return v;
+            }
+            panic!("expected an event, got {v}");
+        }
+    }
+
+    /// Subscribes and returns the `subscribed` answer.
+    pub async fn subscribe(&mut self, topic: &str) -> Value {
+        self.subscribe_with(json!({"action": "subscribe", "topic": topic})).await
+    }
+
+    pub async fn subscribe_since(&mut self, topic: &str, since: &str) -> Value {
+        self.subscribe_with(json!({"action": "subscribe", "topic": topic, "since": since})).await
+    }
+
+    pub async fn subscribe_with(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        let v = self.next_json().await;
+        assert_eq!(v["type"], "subscribed", "expected subscribed, got {v}");
+        v
+    }
+
+    /// Collects `n` events, failing if they do not come within `PATIENCE`.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.next_event().await);
+        }
+        out
+    }
+
+    /// Asserts that nothing arrives for `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(seen) = self.next_seen_within(wait).await {
+            panic!("expected nothing, got {seen:?}");
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+    }
+}
+
+/// The database part of a `DATABASE_URL`, to point the same server at other databases.
+mod url_base {
+    pub struct Base(String, Option<String>);
+
+    impl std::str::FromStr for Base {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            // postgres://user@host:port/db?params → keep everything but the database.
+            let (head, query) = match s.split_once('?') {
+                Some((h, q)) => (h.to_owned(), Some(q.to_owned())),
+                None => (s.to_owned(), None),
+            };
+            let scheme_end = head.find("://").ok_or("DATABASE_URL must be a postgres:// URL")? + 3;
+            let head = match head[scheme_end..].find('/') {
+                Some(i) => head[..scheme_end + i].to_owned(),
+                None => head,
+            };
+            Ok(Base(head, query))
+        }
+    }
+
+    impl Base {
+        pub fn with_database(&self, db: &str) -> String {
+            match &self.1 {
+                Some(q) => format!("{}/{db}?{q}", self.0),
+                None => format!("{}/{db}", self.0),
+            }
+        }
+    }
+}
+
+/// The id of each event's row, in arrival order.
+pub fn ids(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| e["id"].as_i64().expect("numeric id")).collect()
+}
