@@ -47,7 +47,9 @@ impl Database {
             sqlx::query(&format!("create database {EMBEDDED_DATABASE}")).execute(&admin).await?;
         }
         admin.close().await;
-        Ok(Database { url: cluster.url(EMBEDDED_DATABASE), cluster: Some(cluster) })
+        let url = cluster.url(EMBEDDED_DATABASE);
+        tracing::info!("embedded PostgreSQL at {url} (data in {})", config.data_dir.display());
+        Ok(Database { url, cluster: Some(cluster) })
     }
 
     pub async fn close(self) -> anyhow::Result<()> {
