@@ -77,7 +77,9 @@ impl ServeConfig {
             serve: ServeConfig,
         }
         // Parsing an empty command line with the declared defaults cannot fail.
-        Only::try_parse_from(["pgfeed"]).map(|o| o.serve).unwrap_or_else(|e| panic!("default settings: {e}"))
+        Only::try_parse_from(["pgfeed"])
+            .map(|o| o.serve)
+            .unwrap_or_else(|e| panic!("default settings: {e}"))
     }
 }
 
@@ -95,7 +97,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }

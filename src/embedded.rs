@@ -133,9 +133,7 @@ impl Cluster {
             }
             Err(e) => {
                 remove_dir_logged(&root);
-                return Err(anyhow!(e)
-                    .context("joining the ephemeral PostgreSQL setup task")
-                    .into());
+                return Err(anyhow!(e).context("joining the ephemeral PostgreSQL setup task").into());
             }
         };
         match launch(prepared, Some(root.clone())).await {
@@ -189,8 +187,7 @@ impl Cluster {
         remove_fallback_socket_dir(&self.socket_dir, &self.pgdata);
         if let Some(root) = self.ephemeral_root.take() {
             tokio::task::spawn_blocking(move || {
-                fs::remove_dir_all(&root)
-                    .with_context(|| format!("removing ephemeral cluster dir {}", root.display()))
+                fs::remove_dir_all(&root).with_context(|| format!("removing ephemeral cluster dir {}", root.display()))
             })
             .await
             .context("joining the cleanup task")??;
@@ -223,9 +220,7 @@ impl Cluster {
                 );
             }
             let pid = child.id();
-            if postmaster_ready(&pid_file, pid)
-                && tokio::net::UnixStream::connect(&socket).await.is_ok()
-            {
+            if postmaster_ready(&pid_file, pid) && tokio::net::UnixStream::connect(&socket).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -273,8 +268,7 @@ impl Drop for Cluster {
 /// stale lock files. Blocking.
 fn prepare(dir: &Path, ephemeral: bool) -> Result<Prepared, EmbeddedError> {
     fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
-    let root =
-        fs::canonicalize(dir).with_context(|| format!("resolving data dir {}", dir.display()))?;
+    let root = fs::canonicalize(dir).with_context(|| format!("resolving data dir {}", dir.display()))?;
     let pgdata = root.join("pgdata");
     let log_path = root.join(LOG_FILE);
 
@@ -303,17 +297,9 @@ fn prepare(dir: &Path, ephemeral: bool) -> Result<Prepared, EmbeddedError> {
     };
 
     if !pgdata.join("PG_VERSION").exists() {
-        initdb(
-            &bindir,
-            &root,
-            &pgdata,
-            &log_path,
-            run_as.as_ref(),
-            ephemeral,
-        )?;
+        initdb(&bindir, &root, &pgdata, &log_path, run_as.as_ref(), ephemeral)?;
     }
-    let pgdata =
-        fs::canonicalize(&pgdata).with_context(|| format!("resolving {}", pgdata.display()))?;
+    let pgdata = fs::canonicalize(&pgdata).with_context(|| format!("resolving {}", pgdata.display()))?;
     clear_stale_postmaster_pid(&pgdata)?;
     rotate_log(&log_path)?;
 
@@ -346,8 +332,7 @@ fn initdb(
 ) -> anyhow::Result<()> {
     let staging = root.join("pgdata.initdb");
     if staging.exists() {
-        fs::remove_dir_all(&staging)
-            .with_context(|| format!("removing leftover {}", staging.display()))?;
+        fs::remove_dir_all(&staging).with_context(|| format!("removing leftover {}", staging.display()))?;
     }
     ensure_private_dir(&staging, run_as)?;
     info!(data_dir = %pgdata.display(), bindir = %bindir.display(), "initialising embedded PostgreSQL cluster");
@@ -377,8 +362,7 @@ fn initdb(
     if !status.success() {
         bail!("initdb failed ({status}){}", log_tail(log_path, log_offset));
     }
-    fs::rename(&staging, pgdata)
-        .with_context(|| format!("moving {} to {}", staging.display(), pgdata.display()))?;
+    fs::rename(&staging, pgdata).with_context(|| format!("moving {} to {}", staging.display(), pgdata.display()))?;
     if !ephemeral {
         File::open(root)
             .and_then(|d| d.sync_all())
@@ -425,11 +409,7 @@ async fn launch(p: Prepared, ephemeral_root: Option<PathBuf>) -> anyhow::Result<
         // std drops supplementary groups (setgroups(0)) when a uid is set by root.
         cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
     }
-    let death_signal = if p.ephemeral {
-        Signal::SIGQUIT
-    } else {
-        Signal::SIGINT
-    };
+    let death_signal = if p.ephemeral { Signal::SIGQUIT } else { Signal::SIGINT };
     let parent = std::process::id();
     // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid) and does not allocate.
     unsafe {
@@ -442,9 +422,7 @@ async fn launch(p: Prepared, ephemeral_root: Option<PathBuf>) -> anyhow::Result<
             Ok(())
         });
     }
-    let child = spawn_on_pinned_thread(cmd)
-        .await
-        .context("starting postgres")?;
+    let child = spawn_on_pinned_thread(cmd).await.context("starting postgres")?;
     let mut cluster = Cluster {
         postmaster: Some(child),
         pgdata: p.pgdata,
@@ -487,9 +465,7 @@ async fn spawn_on_pinned_thread(mut cmd: Command) -> anyhow::Result<Child> {
         }
     });
     {
-        let mut guard = SPAWNER
-            .lock()
-            .map_err(|_| anyhow!("process spawner lock poisoned"))?;
+        let mut guard = SPAWNER.lock().map_err(|_| anyhow!("process spawner lock poisoned"))?;
         let sender = match guard.as_ref() {
             Some(sender) => sender.clone(),
             None => {
@@ -576,9 +552,7 @@ async fn shutdown(child: &mut Child) -> anyhow::Result<ExitStatus> {
     if let Some(status) = wait_exit(child, FAST_SHUTDOWN_TIMEOUT).await? {
         return Ok(status);
     }
-    warn!(
-        "embedded PostgreSQL ignored fast shutdown for {FAST_SHUTDOWN_TIMEOUT:?}; sending SIGQUIT"
-    );
+    warn!("embedded PostgreSQL ignored fast shutdown for {FAST_SHUTDOWN_TIMEOUT:?}; sending SIGQUIT");
     abort(child).await
 }
 
@@ -589,12 +563,9 @@ async fn abort(child: &mut Child) -> anyhow::Result<ExitStatus> {
         return Ok(status);
     }
     signal_child(child, Signal::SIGKILL)?;
-    wait_exit(child, QUIT_TIMEOUT).await?.ok_or_else(|| {
-        anyhow!(
-            "postgres (pid {}) did not exit even after SIGKILL",
-            child.id()
-        )
-    })
+    wait_exit(child, QUIT_TIMEOUT)
+        .await?
+        .ok_or_else(|| anyhow!("postgres (pid {}) did not exit even after SIGKILL", child.id()))
 }
 
 /// Blocking version of [`shutdown`] for the reaper thread; SIGINT has already been sent.
@@ -608,12 +579,8 @@ fn shutdown_blocking(child: &mut Child) -> anyhow::Result<ExitStatus> {
         }
         signal_child(child, next)?;
     }
-    wait_exit_blocking(child, QUIT_TIMEOUT)?.ok_or_else(|| {
-        anyhow!(
-            "postgres (pid {}) did not exit even after SIGKILL",
-            child.id()
-        )
-    })
+    wait_exit_blocking(child, QUIT_TIMEOUT)?
+        .ok_or_else(|| anyhow!("postgres (pid {}) did not exit even after SIGKILL", child.id()))
 }
 
 /// PATH, then `pg_config --bindir`, then the usual install locations, newest version first.
@@ -621,11 +588,7 @@ fn default_search_path() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    if let Ok(out) = Command::new("pg_config")
-        .arg("--bindir")
-        .stderr(Stdio::null())
-        .output()
-    {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
         if out.status.success() {
             let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
             if !s.is_empty() {
@@ -633,10 +596,7 @@ fn default_search_path() -> Vec<PathBuf> {
             }
         }
     }
-    for (pattern_dir, prefix, suffix) in [
-        ("/usr/lib/postgresql", "", "bin"),
-        ("/usr", "pgsql-", "bin"),
-    ] {
+    for (pattern_dir, prefix, suffix) in [("/usr/lib/postgresql", "", "bin"), ("/usr", "pgsql-", "bin")] {
         let mut versioned: Vec<(Vec<u32>, PathBuf)> = fs::read_dir(pattern_dir)
             .map(|rd| {
                 rd.filter_map(Result::ok)
@@ -675,10 +635,7 @@ fn find_bindirs(search: &[PathBuf]) -> Vec<PathBuf> {
         let Some(real_dir) = postgres.parent() else {
             continue;
         };
-        if is_executable(&postgres)
-            && is_executable(&real_dir.join("initdb"))
-            && !found.iter().any(|f| f == real_dir)
-        {
+        if is_executable(&postgres) && is_executable(&real_dir.join("initdb")) && !found.iter().any(|f| f == real_dir) {
             found.push(real_dir.to_path_buf());
         }
     }
@@ -717,8 +674,7 @@ fn choose_bindir(search: &[PathBuf], wanted_major: Option<u32>) -> Result<PathBu
     let Some(wanted) = wanted_major else {
         return Ok(first.clone());
     };
-    let versions: Vec<(PathBuf, Option<u32>)> =
-        found.iter().map(|d| (d.clone(), server_major(d))).collect();
+    let versions: Vec<(PathBuf, Option<u32>)> = found.iter().map(|d| (d.clone(), server_major(d))).collect();
     if let Some((dir, _)) = versions.iter().find(|(_, v)| *v == Some(wanted)) {
         return Ok(dir.clone());
     }
@@ -769,9 +725,7 @@ fn cluster_user(pgdata: &Path) -> anyhow::Result<RunAs> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             for name in ["postgres", "nobody"] {
-                if let Some(u) =
-                    User::from_name(name).with_context(|| format!("looking up user {name}"))?
-                {
+                if let Some(u) = User::from_name(name).with_context(|| format!("looking up user {name}"))? {
                     if u.uid.is_root() {
                         continue;
                     }
@@ -831,13 +785,9 @@ fn ensure_private_dir(path: &Path, run_as: Option<&RunAs>) -> anyhow::Result<()>
         }
         Err(e) => return Err(anyhow!(e).context(format!("inspecting {}", path.display()))),
     }
-    let meta =
-        fs::symlink_metadata(path).with_context(|| format!("inspecting {}", path.display()))?;
+    let meta = fs::symlink_metadata(path).with_context(|| format!("inspecting {}", path.display()))?;
     if !meta.is_dir() {
-        bail!(
-            "{} exists but is not a directory; remove it",
-            path.display()
-        );
+        bail!("{} exists but is not a directory; remove it", path.display());
     }
     let me = geteuid();
     let want = run_as.map_or(me, |u| u.uid);
@@ -877,10 +827,7 @@ fn choose_socket_dir(root: &Path) -> PathBuf {
     if simple && bytes.len() + 1 + socket_name().len() <= MAX_SOCKET_PATH {
         return candidate;
     }
-    PathBuf::from(format!(
-        "/tmp/pgfeed-{:016x}",
-        fnv1a(root.as_os_str().as_bytes())
-    ))
+    PathBuf::from(format!("/tmp/pgfeed-{:016x}", fnv1a(root.as_os_str().as_bytes())))
 }
 
 /// FNV-1a, stable across Rust releases (unlike `DefaultHasher`).
@@ -960,8 +907,7 @@ fn postmaster_ready(pid_file: &Path, pid: u32) -> bool {
         return false;
     };
     let mut lines = text.lines();
-    lines.next().map(str::trim) == Some(pid.to_string().as_str())
-        && lines.nth(6).map(str::trim) == Some("ready")
+    lines.next().map(str::trim) == Some(pid.to_string().as_str()) && lines.nth(6).map(str::trim) == Some("ready")
 }
 
 /// Removes a postmaster.pid whose process is gone (or is now something else: pids get reused after
@@ -973,8 +919,7 @@ fn clear_stale_postmaster_pid(pgdata: &Path) -> anyhow::Result<()> {
         let Some(pid) = lock_file_pid(&pid_file)? else {
             if pid_file.exists() {
                 warn!(path = %pid_file.display(), "removing unreadable postmaster.pid");
-                fs::remove_file(&pid_file)
-                    .with_context(|| format!("removing {}", pid_file.display()))?;
+                fs::remove_file(&pid_file).with_context(|| format!("removing {}", pid_file.display()))?;
             }
             return Ok(());
         };
@@ -983,17 +928,11 @@ fn clear_stale_postmaster_pid(pgdata: &Path) -> anyhow::Result<()> {
             match fs::remove_file(&pid_file) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => {
-                    return Err(anyhow!(e).context(format!("removing {}", pid_file.display())))
-                }
+                Err(e) => return Err(anyhow!(e).context(format!("removing {}", pid_file.display()))),
             }
         }
-        if postmaster_status(&pid_file).as_deref() == Some("stopping") && Instant::now() < deadline
-        {
-            debug!(
-                pid,
-                "waiting for a stopping PostgreSQL on the same data dir"
-            );
+        if postmaster_status(&pid_file).as_deref() == Some("stopping") && Instant::now() < deadline {
+            debug!(pid, "waiting for a stopping PostgreSQL on the same data dir");
             std::thread::sleep(POLL_INTERVAL);
             continue;
         }
@@ -1010,10 +949,7 @@ fn clear_stale_socket_lock(socket_dir: &Path, pgdata: &Path) -> anyhow::Result<(
     let lock = socket_dir.join(format!("{}.lock", socket_name()));
     if let Some(pid) = lock_file_pid(&lock)? {
         if postgres_on(pid, pgdata) {
-            bail!(
-                "PostgreSQL (pid {pid}) is already running on {}",
-                pgdata.display()
-            );
+            bail!("PostgreSQL (pid {pid}) is already running on {}", pgdata.display());
         }
         if pid_alive(pid) && is_postgres_process(pid) {
             bail!(
@@ -1033,14 +969,7 @@ fn clear_stale_socket_lock(socket_dir: &Path, pgdata: &Path) -> anyhow::Result<(
 }
 
 fn scrub_env(cmd: &mut Command) {
-    for var in [
-        "PGDATA",
-        "PGPORT",
-        "PGHOST",
-        "PGUSER",
-        "PGOPTIONS",
-        "PGCLIENTENCODING",
-    ] {
+    for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGOPTIONS", "PGCLIENTENCODING"] {
         cmd.env_remove(var);
     }
 }
@@ -1097,20 +1026,14 @@ fn create_ephemeral_dir(base: &Path) -> anyhow::Result<PathBuf> {
         .unwrap_or(0);
     for _ in 0..100 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = base.join(format!(
-            "{EPHEMERAL_PREFIX}{}-{nanos:08x}{n:x}",
-            std::process::id()
-        ));
+        let path = base.join(format!("{EPHEMERAL_PREFIX}{}-{nanos:08x}{n:x}", std::process::id()));
         match fs::DirBuilder::new().mode(0o700).create(&path) {
             Ok(()) => return Ok(path),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(anyhow!(e).context(format!("creating {}", path.display()))),
         }
     }
-    bail!(
-        "could not create a fresh {EPHEMERAL_PREFIX}* dir in {}",
-        base.display()
-    )
+    bail!("could not create a fresh {EPHEMERAL_PREFIX}* dir in {}", base.display())
 }
 
 /// Removes `pgfeed-test-<pid>-*` dirs in `base` whose process is dead and whose postmaster is gone.
@@ -1148,10 +1071,7 @@ fn remove_stale_ephemeral_dirs(base: &Path) {
 /// Removes a `/tmp/pgfeed-<hash>` socket dir once the server is gone (it is empty by then);
 /// a socket dir inside the data dir stays.
 fn remove_fallback_socket_dir(socket_dir: &Path, pgdata: &Path) {
-    if pgdata
-        .parent()
-        .is_some_and(|root| socket_dir.starts_with(root))
-    {
+    if pgdata.parent().is_some_and(|root| socket_dir.starts_with(root)) {
         return;
     }
     if let Err(e) = fs::remove_dir(socket_dir) {
@@ -1181,8 +1101,7 @@ mod tests {
     }
 
     fn scratch_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("pgfeed-embedded-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pgfeed-embedded-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -1232,9 +1151,7 @@ mod tests {
         // Start on a thread that then exits (as each #[tokio::test]'s thread does): the postmaster
         // must outlive it, because it was forked by the long-lived spawner thread.
         let cluster = std::thread::spawn(|| -> anyhow::Result<Cluster> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(rt.block_on(Cluster::start_ephemeral())?)
         })
         .join()
@@ -1245,16 +1162,11 @@ mod tests {
             .clone()
             .ok_or_else(|| anyhow!("no ephemeral root"))?;
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(async {
             // Give a (wrong) parent-death signal time to arrive before checking.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(
-                pid_alive(pid as i32),
-                "postmaster died with its starter thread"
-            );
+            assert!(pid_alive(pid as i32), "postmaster died with its starter thread");
 
             if geteuid().is_root() {
                 let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -1265,10 +1177,7 @@ mod tests {
                         .map(|v| v.split_whitespace().collect::<Vec<_>>())
                         .unwrap_or_default()
                 };
-                assert!(
-                    field("Uid:").iter().all(|u| *u != "0"),
-                    "postgres runs as root"
-                );
+                assert!(field("Uid:").iter().all(|u| *u != "0"), "postgres runs as root");
                 assert!(
                     field("Groups:").is_empty(),
                     "supplementary groups kept: {:?}",
@@ -1296,10 +1205,7 @@ mod tests {
             let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
             let task = tokio::spawn(connection);
             let row = client
-                .query_one(
-                    "select current_database(), current_user, current_setting('fsync')",
-                    &[],
-                )
+                .query_one("select current_database(), current_user, current_setting('fsync')", &[])
                 .await?;
             assert_eq!(row.try_get::<_, String>(0)?, db);
             assert_eq!(row.try_get::<_, String>(1)?, SUPERUSER);
@@ -1320,10 +1226,7 @@ mod tests {
         // Long enough that the socket must go to /tmp/pgfeed-<hash>.
         let dir = scratch_dir(&format!("stale-{}", "x".repeat(100)));
         let cluster = Cluster::start(&dir).await?;
-        assert!(cluster
-            .socket_dir()
-            .to_string_lossy()
-            .starts_with("/tmp/pgfeed-"));
+        assert!(cluster.socket_dir().to_string_lossy().starts_with("/tmp/pgfeed-"));
         let socket_dir = cluster.socket_dir().to_path_buf();
         let pgdata = cluster.data_dir().to_path_buf();
         cluster.stop().await?;
@@ -1345,11 +1248,7 @@ mod tests {
         fs::create_dir_all(&socket_dir)?;
         fs::write(
             socket_dir.join(format!("{}.lock", socket_name())),
-            format!(
-                "{}\n{}\n1700000000\n5432\n",
-                std::process::id(),
-                pgdata.display()
-            ),
+            format!("{}\n{}\n1700000000\n5432\n", std::process::id(), pgdata.display()),
         )?;
 
         let cluster = Cluster::start(&dir).await?;
@@ -1391,10 +1290,7 @@ mod tests {
             .ok_or_else(|| anyhow!("no ephemeral root"))?;
         let started = Instant::now();
         drop(cluster);
-        assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "drop blocked"
-        );
+        assert!(started.elapsed() < Duration::from_millis(500), "drop blocked");
         let deadline = Instant::now() + Duration::from_secs(15);
         while (pid_alive(pid) || root.exists()) && Instant::now() < deadline {
             tokio::time::sleep(POLL_INTERVAL).await;
@@ -1429,8 +1325,7 @@ mod tests {
             return Ok(()); // no PostgreSQL on this machine: nothing to check
         };
         assert!(first.join("initdb").exists());
-        let major =
-            server_major(first).ok_or_else(|| anyhow!("no version from {}", first.display()))?;
+        let major = server_major(first).ok_or_else(|| anyhow!("no version from {}", first.display()))?;
         assert_eq!(&choose_bindir(&default_search_path(), Some(major))?, first);
         let err = choose_bindir(&default_search_path(), Some(7)).err();
         assert!(err.is_some_and(|e| e.to_string().contains("initialised by PostgreSQL 7")));
@@ -1446,10 +1341,7 @@ mod tests {
             log_path: PathBuf::from("/d/postgres.log"),
             ephemeral_root: None,
         };
-        assert_eq!(
-            cluster.url("x/y"),
-            "postgres://postgres@%2Ftmp%2Fa%20b:5432/x%2Fy"
-        );
+        assert_eq!(cluster.url("x/y"), "postgres://postgres@%2Ftmp%2Fa%20b:5432/x%2Fy");
     }
 
     #[tokio::test]
@@ -1473,17 +1365,11 @@ mod tests {
             return Ok(());
         }
         static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let cluster = rt.block_on(Cluster::start_ephemeral())?;
         let cluster = CLUSTER.get_or_init(|| cluster);
         let root = cluster.ephemeral_root.clone().unwrap_or_default();
-        println!(
-            "POSTMASTER {} {}",
-            cluster.pid().unwrap_or_default(),
-            root.display()
-        );
+        println!("POSTMASTER {} {}", cluster.pid().unwrap_or_default(), root.display());
         std::thread::sleep(Duration::from_secs(60));
         Ok(())
     }
@@ -1496,13 +1382,11 @@ mod tests {
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
             .filter(|p| {
-                fs::read_to_string(format!("/proc/{p}/stat"))
-                    .ok()
-                    .is_some_and(|s| {
-                        s.rsplit_once(')').and_then(|(_, rest)| {
-                            rest.split_whitespace().nth(1).map(str::to_string)
-                        }) == Some(pid.to_string())
-                    })
+                fs::read_to_string(format!("/proc/{p}/stat")).ok().is_some_and(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
+                        == Some(pid.to_string())
+                })
             })
             .collect()
     }
@@ -1511,17 +1395,9 @@ mod tests {
     async fn ephemeral_cluster_dies_with_its_process() -> anyhow::Result<()> {
         init_tracing();
         let module = module_path!();
-        let test_name = format!(
-            "{}::pdeathsig_helper",
-            module.split_once("::").map_or(module, |m| m.1)
-        );
+        let test_name = format!("{}::pdeathsig_helper", module.split_once("::").map_or(module, |m| m.1));
         let mut helper = Command::new(std::env::current_exe()?)
-            .args([
-                test_name.as_str(),
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args([test_name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env("PGFEED_EMBEDDED_PDEATHSIG_HELPER", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -1559,10 +1435,7 @@ mod tests {
             tokio::time::sleep(POLL_INTERVAL).await;
         }
         let alive: Vec<_> = family.iter().filter(|p| pid_alive(**p)).collect();
-        assert!(
-            alive.is_empty(),
-            "still alive after the parent died: {alive:?}"
-        );
+        assert!(alive.is_empty(), "still alive after the parent died: {alive:?}");
 
         // The next start_ephemeral removes the dead process's dir.
         let cluster = Cluster::start_ephemeral().await?;

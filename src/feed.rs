@@ -53,7 +53,11 @@ pub struct Feed {
 
 impl Feed {
     pub async fn new(pool: PgPool, hub: Arc<Hub>) -> Result<Self, sqlx::Error> {
-        let feed = Feed { pool, hub, tracked: Default::default() };
+        let feed = Feed {
+            pool,
+            hub,
+            tracked: Default::default(),
+        };
         feed.reload_tracked().await?;
         Ok(feed)
     }
@@ -66,7 +70,11 @@ impl Feed {
     }
 
     fn lookup(&self, table: &str) -> Option<Arc<Tracked>> {
-        self.tracked.read().unwrap_or_else(|e| e.into_inner()).get(table).cloned()
+        self.tracked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table)
+            .cloned()
     }
 
     /// Checks a topic (PROTOCOL §3): its table must be tracked, its key plausible for that table.
@@ -77,7 +85,8 @@ impl Feed {
             Some(t) => t,
             None => {
                 self.reload_tracked().await?;
-                self.lookup(parsed.table).ok_or_else(|| FeedError::UnknownTopic(topic.to_owned()))?
+                self.lookup(parsed.table)
+                    .ok_or_else(|| FeedError::UnknownTopic(topic.to_owned()))?
             }
         };
         match parsed.key {
@@ -145,7 +154,11 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     pub fn new(feed: Feed, outbox: Outbox) -> Self {
-        Subscriptions { feed, outbox, sent: HashMap::new() }
+        Subscriptions {
+            feed,
+            outbox,
+            sent: HashMap::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -240,12 +253,7 @@ impl Subscriptions {
     }
 
     /// Emits one page of the topic's log after `at`, moving `at`; true when the page was the last.
-    async fn catch_up(
-        &self,
-        topic: &str,
-        at: &mut Position,
-        emit: &mut impl Emit,
-    ) -> Result<bool, FeedError> {
+    async fn catch_up(&self, topic: &str, at: &mut Position, emit: &mut impl Emit) -> Result<bool, FeedError> {
         let rows = match log::read_after(&self.feed.pool, *at, Some(topic), log::PAGE).await? {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,

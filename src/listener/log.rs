@@ -30,7 +30,9 @@ pub enum Standing {
 }
 
 pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
-    let epoch: String = sqlx::query_scalar("select epoch from pgfeed.meta").fetch_one(pool).await?;
+    let epoch: String = sqlx::query_scalar("select epoch from pgfeed.meta")
+        .fetch_one(pool)
+        .await?;
     Ok(Epoch::new(&epoch))
 }
 
@@ -68,15 +70,14 @@ pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::
 /// Up to `limit` events after `after`, in commit order; only those published on `topic` when given.
 /// The retention check and the read share one snapshot, so a concurrent prune can never turn
 /// into a silent gap: the answer is then `Expired`.
-pub async fn read_after(
-    pool: &PgPool,
-    after: Position,
-    topic: Option<&str>,
-    limit: i64,
-) -> Result<Page, sqlx::Error> {
+pub async fn read_after(pool: &PgPool, after: Position, topic: Option<&str>, limit: i64) -> Result<Page, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
-    let pruned: i64 = sqlx::query_scalar("select pruned_upto from pgfeed.meta").fetch_one(&mut *tx).await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let pruned: i64 = sqlx::query_scalar("select pruned_upto from pgfeed.meta")
+        .fetch_one(&mut *tx)
+        .await?;
     if expired(after, pruned) {
         return Ok(Page::Expired);
     }

@@ -45,7 +45,10 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { ping_interval: Duration::from_secs(30), max_subscriptions: 100 }
+        SessionConfig {
+            ping_interval: Duration::from_secs(30),
+            max_subscriptions: 100,
+        }
     }
 }
 
@@ -118,7 +121,12 @@ impl<S> Session<S>
 where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
 {
-    async fn run(&mut self, initial: Initial, mut inbox: mpsc::Receiver<Delivery>, shutdown: CancellationToken) -> Result<(), End> {
+    async fn run(
+        &mut self,
+        initial: Initial,
+        mut inbox: mpsc::Receiver<Delivery>,
+        shutdown: CancellationToken,
+    ) -> Result<(), End> {
         for topic in &initial.topics {
             let frame = ClientFrame {
                 action: "subscribe".into(),
@@ -129,7 +137,10 @@ where
             };
             self.subscribe(frame).await?;
         }
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + self.config.ping_interval, self.config.ping_interval);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
         let mut awaiting_pong = false;
         let overflow = self.subs.outbox().clone();
         loop {
@@ -191,21 +202,34 @@ where
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                let id = serde_json::from_str::<Value>(text).ok().and_then(|v| v.get("id").cloned());
-                return self.client_error("bad_request", &format!("invalid frame: {e}"), id.as_ref()).await;
+                let id = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned());
+                return self
+                    .client_error("bad_request", &format!("invalid frame: {e}"), id.as_ref())
+                    .await;
             }
         };
         match frame.action.as_str() {
             "subscribe" => self.subscribe(frame).await,
             "unsubscribe" => {
                 let Some(topic) = frame.topic.as_deref() else {
-                    return self.client_error("bad_request", "unsubscribe needs a topic", frame.id.as_ref()).await;
+                    return self
+                        .client_error("bad_request", "unsubscribe needs a topic", frame.id.as_ref())
+                        .await;
                 };
                 self.subs.remove(topic);
-                self.send_json(&with_id(json!({"type": "unsubscribed", "topic": topic}), frame.id.as_ref())).await
+                self.send_json(&with_id(
+                    json!({"type": "unsubscribed", "topic": topic}),
+                    frame.id.as_ref(),
+                ))
+                .await
             }
             "refresh" => self.refresh(frame).await,
-            "ping" => self.send_json(&with_id(json!({"type": "pong"}), frame.id.as_ref())).await,
+            "ping" => {
+                self.send_json(&with_id(json!({"type": "pong"}), frame.id.as_ref()))
+                    .await
+            }
             other => {
                 let message = format!("unknown action {other:?} (subscribe, unsubscribe, refresh, ping)");
                 self.client_error("bad_request", &message, frame.id.as_ref()).await
@@ -231,7 +255,18 @@ where
                 (None, false) => Start::Live,
             };
             let Session { socket, subs, feed, .. } = self;
-            subs.add(topic, &table, start, &mut Writer { socket, feed, topic, id }).await
+            subs.add(
+                topic,
+                &table,
+                start,
+                &mut Writer {
+                    socket,
+                    feed,
+                    topic,
+                    id,
+                },
+            )
+            .await
         }
         .await;
         self.answer(topic, id, outcome).await
@@ -244,7 +279,9 @@ where
             return self.client_error("bad_request", "refresh needs a topic", id).await;
         };
         if !self.subs.contains(topic) {
-            return self.client_error("bad_request", &format!("not subscribed to {topic:?}"), id).await;
+            return self
+                .client_error("bad_request", &format!("not subscribed to {topic:?}"), id)
+                .await;
         }
         let outcome = async {
             let table = self.feed.check_topic(topic).await?;
@@ -268,7 +305,11 @@ where
             Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
             Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
             Err(FeedError::Refresh(reason)) => {
-                self.send_json(&with_id(json!({"type": "refresh_needed", "topic": topic, "reason": reason}), id)).await
+                self.send_json(&with_id(
+                    json!({"type": "refresh_needed", "topic": topic, "reason": reason}),
+                    id,
+                ))
+                .await
             }
             Err(e @ (FeedError::Db(_) | FeedError::Corrupt(_))) => {
                 tracing::error!(error = %e, topic, "subscription failed");
@@ -287,7 +328,8 @@ where
         if self.errors.1 > ERROR_BUDGET {
             return self.close(close::POLICY, "too many bad frames").await;
         }
-        self.send_json(&with_id(json!({"type": "error", "code": code, "message": message}), id)).await
+        self.send_json(&with_id(json!({"type": "error", "code": code, "message": message}), id))
+            .await
     }
 
     async fn send_json(&mut self, v: &Value) -> Result<(), End> {
@@ -300,7 +342,10 @@ where
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
         // Best effort: a client that does not read will not get it, and is dropped anyway.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.socket.send(Message::Close(Some(frame)))).await;
         Ok(())
@@ -326,7 +371,9 @@ where
                 json_text(&with_id(v, self.id))
             }
             Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
-            Item::Event(d) => Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?,
+            Item::Event(d) => {
+                Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?
+            }
         };
         match stall(self.socket.send(Message::Text(msg))).await {
             Ok(Ok(())) => Ok(()),
@@ -353,7 +400,14 @@ fn json_text(v: &Value) -> Utf8Bytes {
 
 fn snapshot_text(topic: &str, cursor: &str, data: String, id: Option<&Value>) -> Utf8Bytes {
     // The database produced `data` as jsonb text; fall back to null rather than fail the client.
-    let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
-    let frame = SnapshotFrame { kind: "snapshot", topic, cursor, data: &data, id };
+    let data =
+        RawValue::from_string(data).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+    let frame = SnapshotFrame {
+        kind: "snapshot",
+        topic,
+        cursor,
+        data: &data,
+        id,
+    };
     Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
 }

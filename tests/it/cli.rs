@@ -24,7 +24,11 @@ struct Running {
 /// for its `listening on http://ADDR` line.
 async fn serve(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     for (k, _) in std::env::vars() {
         if k == "DATABASE_URL" || k.starts_with("PGFEED_") {
             cmd.env_remove(k);
@@ -55,7 +59,10 @@ async fn serve(args: &[&str], env: &[(&str, &str)]) -> Running {
     });
     let addr = match tokio::time::timeout(Duration::from_secs(60), addr_rx).await {
         Ok(Ok(addr)) => addr,
-        _ => panic!("pgfeed did not start listening; its log:\n{}", log.lock().unwrap().join("\n")),
+        _ => panic!(
+            "pgfeed did not start listening; its log:\n{}",
+            log.lock().unwrap().join("\n")
+        ),
     };
     Running { child, addr, log }
 }
@@ -67,12 +74,17 @@ impl Running {
         kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
         match tokio::time::timeout(PATIENCE, self.child.wait()).await {
             Ok(status) => status.expect("wait"),
-            Err(_) => panic!("pgfeed did not exit after SIGTERM; its log:\n{}", self.log.lock().unwrap().join("\n")),
+            Err(_) => panic!(
+                "pgfeed did not exit after SIGTERM; its log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            ),
         }
     }
 
     async fn ws(&self) -> WsClient {
-        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr)).await.expect("ws connect");
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr))
+            .await
+            .expect("ws connect");
         WsClient { stream }
     }
 
@@ -83,7 +95,11 @@ impl Running {
 
 #[tokio::test]
 async fn help_lists_every_setting_with_its_environment_variable() {
-    let out = Command::new(BIN).args(["serve", "--help"]).output().await.expect("pgfeed --help");
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .await
+        .expect("pgfeed --help");
     let help = String::from_utf8_lossy(&out.stdout);
     for (flag, env) in [
         ("--database-url", "DATABASE_URL"),
@@ -94,7 +110,10 @@ async fn help_lists_every_setting_with_its_environment_variable() {
         ("--max-connections-per-ip", "PGFEED_MAX_CONNECTIONS_PER_IP"),
         ("--max-upload", "PGFEED_MAX_UPLOAD"),
     ] {
-        assert!(help.contains(flag) && help.contains(env), "{flag} / {env} missing from:\n{help}");
+        assert!(
+            help.contains(flag) && help.contains(env),
+            "{flag} / {env} missing from:\n{help}"
+        );
     }
 }
 
@@ -115,7 +134,11 @@ async fn sigterm_closes_websockets_with_1001_and_exits_zero() {
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
     let db = TestDb::create().await;
-    let out = Command::new(BIN).args(["migrate", "--database-url", &db.url]).output().await.expect("pgfeed migrate");
+    let out = Command::new(BIN)
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .await
+        .expect("pgfeed migrate");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(db.psql("select count(*) from pgfeed.tracked"), "3");
 }
@@ -123,7 +146,13 @@ async fn migrate_applies_the_schema_and_exits() {
 #[tokio::test]
 async fn a_non_loopback_bind_without_a_jwt_secret_is_refused_in_one_line() {
     let out = Command::new(BIN)
-        .args(["serve", "--bind", "0.0.0.0:0", "--database-url", "postgres://nobody@127.0.0.1:1/none"])
+        .args([
+            "serve",
+            "--bind",
+            "0.0.0.0:0",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+        ])
         .env_remove("PGFEED_JWT_SECRET")
         .output()
         .await
@@ -144,7 +173,10 @@ async fn embedded_mode_keeps_its_data_across_restarts() {
     psql(&url, "insert into studies (label, title) values ('kept', 'Kept')");
     assert_eq!(ws.next_event().await["data"]["label"], "kept");
     assert!(server.terminate().await.success());
-    assert!(!dir.join("pgdata/postmaster.pid").exists(), "the embedded cluster was stopped");
+    assert!(
+        !dir.join("pgdata/postmaster.pid").exists(),
+        "the embedded cluster was stopped"
+    );
 
     let server = serve(&["serve", "--bind", "127.0.0.1:0", "--data-dir", data_dir], &[]).await;
     let url = embedded_url(&server);
@@ -155,13 +187,18 @@ async fn embedded_mode_keeps_its_data_across_restarts() {
 
 /// The embedded cluster's URL, which the server logs for people who want to psql into it.
 fn embedded_url(server: &Running) -> String {
-    let line = server.log_line("embedded PostgreSQL at ").expect("the server logs its embedded URL");
+    let line = server
+        .log_line("embedded PostgreSQL at ")
+        .expect("the server logs its embedded URL");
     let url = &line[line.find("embedded PostgreSQL at ").unwrap() + "embedded PostgreSQL at ".len()..];
     url.split_whitespace().next().unwrap().to_owned()
 }
 
 fn psql(url: &str, sql: &str) -> String {
-    let out = std::process::Command::new("psql").args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql]).output().expect("psql");
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("psql");
     assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

@@ -2,6 +2,6 @@
 
 mod support;
 
+mod cli;
 mod feed;
 mod protocol;
-mod cli;

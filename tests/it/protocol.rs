@@ -41,7 +41,8 @@ async fn a_frame_over_64_kib_closes_with_1009_and_others_are_unaffected() {
     let mut bystander = app.ws().await;
     bystander.subscribe("studies").await;
     let mut ws = app.ws().await;
-    ws.send_raw(format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(70 * 1024))).await;
+    ws.send_raw(format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(70 * 1024)))
+        .await;
     assert!(matches!(ws.next_seen().await, Seen::Closed(Some(1009))));
 
     // Even one far over what the server reads whole.
@@ -60,7 +61,12 @@ async fn a_burst_of_garbage_closes_with_1008_and_others_are_unaffected() {
     bystander.subscribe("studies").await;
     let mut ws = app.ws().await;
     for i in 0..200 {
-        if ws.stream.send(Message::Text(format!("garbage {i}").into())).await.is_err() {
+        if ws
+            .stream
+            .send(Message::Text(format!("garbage {i}").into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -105,7 +111,13 @@ async fn a_client_that_never_reads_is_closed_with_4008_and_others_get_every_even
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(app.addr).await.unwrap();
     let mut stuck = crate::support::ws_over(tcp, app.addr).await;
-    stuck.stream.send(Message::Text(json!({"action": "subscribe", "topic": "messages"}).to_string().into())).await.unwrap();
+    stuck
+        .stream
+        .send(Message::Text(
+            json!({"action": "subscribe", "topic": "messages"}).to_string().into(),
+        ))
+        .await
+        .unwrap();
 
     let mut healthy = app.ws().await;
     healthy.subscribe("messages").await;
