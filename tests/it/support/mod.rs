@@ -114,9 +114,12 @@ fn server() -> &'static Server {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// Whether it is on the shared test server, to be dropped when the test passes.
+    owned: bool,
 }
 
 impl TestDb {
+    /// A database on the shared test server, cloned from the migrated template.
     pub async fn create() -> Arc<TestDb> {
         let server = server();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
@@ -134,7 +137,31 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .expect("epoch");
-        Arc::new(TestDb { name, url })
+        Arc::new(TestDb { name, url, owned: true })
+    }
+
+    /// An empty database on the shared test server (no pgfeed schema).
+    pub async fn create_empty() -> Arc<TestDb> {
+        let server = server();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&(server.url_for)("postgres"))
+            .await
+            .expect("admin connection");
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let url = (server.url_for)(&name);
+        Arc::new(TestDb { name, url, owned: true })
+    }
+
+    /// A database the test manages itself (on a server of its own); never dropped by the harness.
+    pub fn external(name: &str, url: String) -> TestDb {
+        TestDb {
+            name: name.to_owned(),
+            url,
+            owned: false,
+        }
     }
 
     /// Runs SQL through `psql`, a writer outside pgfeed; returns its unaligned output.
@@ -190,6 +217,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if std::thread::panicking() {
             eprintln!("test database kept for inspection: {}", self.url);
             return;
