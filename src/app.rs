@@ -99,6 +99,7 @@ impl App {
         let state = AppState {
             feed,
             listener: Arc::new(ListenerStatus::default()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             session,
             shutdown,
         };
@@ -131,10 +132,14 @@ impl App {
         } = self;
         let shutdown = state.shutdown.clone();
         shutdown.tracker.spawn(listener::run(
-            database.url.clone(),
+            config
+                .listen_database_url
+                .clone()
+                .unwrap_or_else(|| database.url.clone()),
             pool.clone(),
             state.feed.hub.clone(),
             state.listener.clone(),
+            state.metrics.clone(),
             shutdown.token.clone(),
         ));
         shutdown

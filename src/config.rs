@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgfeed", version, args_conflicts_with_subcommands = true)]
@@ -13,9 +13,18 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log format: `human` lines or one JSON object per line. Verbosity comes from RUST_LOG.
+    #[arg(long, env = "PGFEED_LOG_FORMAT", default_value = "human", value_enum, global = true)]
+    pub log_format: LogFormat,
     /// Settings for `serve`, also accepted without a subcommand (`pgfeed` = `pgfeed serve`).
     #[command(flatten)]
     pub serve: ServeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -24,6 +33,12 @@ pub enum Command {
     Serve(ServeConfig),
     /// Apply the capture code and the schema migrations, then exit.
     Migrate(DbConfig),
+    /// Exit 0 when the server at ADDR answers /healthz with 200 (for container health checks).
+    Healthcheck {
+        /// The server's address.
+        #[arg(long, env = "PGFEED_BIND", default_value = "127.0.0.1:8080")]
+        bind: String,
+    },
 }
 
 /// Where the database is: a URL, or the embedded cluster under the data dir.
@@ -46,6 +61,11 @@ pub struct ServeConfig {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "PGFEED_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
+
+    /// Direct PostgreSQL URL for the LISTEN session, when --database-url goes through a
+    /// transaction-pooling PgBouncer (which breaks LISTEN). Must reach the primary.
+    #[arg(long, env = "PGFEED_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
 
     /// HS256 secret for JWT auth. Without it there is no auth, and only loopback binds are allowed.
     #[arg(long, env = "PGFEED_JWT_SECRET", hide_env_values = true)]

@@ -21,6 +21,7 @@ pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod transport;

@@ -1,15 +1,20 @@
 //! HTTP: the router and the state every handler shares. One file per area; `router()` merges them.
 
 pub mod health;
+pub mod observe;
 
 use std::sync::Arc;
 
+use axum::extract::MatchedPath;
+use axum::http::{HeaderName, Request};
 use axum::routing::get;
 use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::feed::Feed;
 use crate::listener::ListenerStatus;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::transport::{session::SessionConfig, ws};
 
@@ -17,14 +22,37 @@ use crate::transport::{session::SessionConfig, ws};
 pub struct AppState {
     pub feed: Feed,
     pub listener: Arc<ListenerStatus>,
+    pub metrics: Arc<Metrics>,
     pub session: SessionConfig,
     pub shutdown: Shutdown,
 }
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
         .route("/healthz", get(health::healthz))
-        .layer(TraceLayer::new_for_http())
+        .route("/metrics", get(observe::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::count_requests,
+        ))
+        // The span names the route pattern and the request id, never the URI: query strings may
+        // carry tokens (`?token=`), and bodies are never logged.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            let id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id = id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// The channel the commit stamp notifies (sql/capture.sql).
 pub const CHANNEL: &str = "pgfeed";
@@ -47,13 +48,23 @@ impl ListenerStatus {
 }
 
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
-pub async fn run(url: String, pool: PgPool, hub: Arc<Hub>, status: Arc<ListenerStatus>, shutdown: CancellationToken) {
+pub async fn run(
+    url: String,
+    pool: PgPool,
+    hub: Arc<Hub>,
+    status: Arc<ListenerStatus>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listen_and_relay(&url, &pool, &hub, &status) => r,
+            r = listen_and_relay(&url, &pool, &hub, &status, &metrics) => r,
         };
+        if status.is_up() {
+            metrics.listener_reconnects.inc();
+        }
         status.set(false);
         if let Err(e) = outcome {
             tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "listener lost its connection");
@@ -70,7 +81,13 @@ pub async fn run(url: String, pool: PgPool, hub: Arc<Hub>, status: Arc<ListenerS
 }
 
 /// One connection's life: returns when the connection or a log read fails.
-async fn listen_and_relay(url: &str, pool: &PgPool, hub: &Hub, status: &ListenerStatus) -> anyhow::Result<()> {
+async fn listen_and_relay(
+    url: &str,
+    pool: &PgPool,
+    hub: &Hub,
+    status: &ListenerStatus,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
     config.application_name(APPLICATION_NAME);
     let (client, mut connection) = config
@@ -104,12 +121,12 @@ async fn listen_and_relay(url: &str, pool: &PgPool, hub: &Hub, status: &Listener
         status.set(true);
         tracing::info!("listener connected");
         // Everything committed before LISTEN took effect is read now; everything after it wakes us.
-        relay(pool, hub).await?;
+        relay(pool, hub, metrics).await?;
         let mut tick = tokio::time::interval(SAFETY_TICK);
         loop {
             tokio::select! {
-                _ = wake.notified() => relay(pool, hub).await?,
-                _ = tick.tick() => relay(pool, hub).await?,
+                _ = wake.notified() => relay(pool, hub, metrics).await?,
+                _ = tick.tick() => relay(pool, hub, metrics).await?,
                 ended = &mut driver => {
                     return match ended {
                         Ok(Ok(())) => Err(anyhow::anyhow!("connection closed")),
@@ -126,7 +143,7 @@ async fn listen_and_relay(url: &str, pool: &PgPool, hub: &Hub, status: &Listener
 }
 
 /// Publishes every event after the hub's last position, in log order, a page at a time.
-pub async fn relay(pool: &PgPool, hub: &Hub) -> anyhow::Result<()> {
+pub async fn relay(pool: &PgPool, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
         let rows = match log::read_after(pool, after, None, log::PAGE)
@@ -149,6 +166,10 @@ pub async fn relay(pool: &PgPool, hub: &Hub) -> anyhow::Result<()> {
             }
         };
         let full = rows.len() as i64 == log::PAGE;
+        metrics.events_relayed.inc_by(rows.len() as u64);
+        if let Some(last) = rows.last() {
+            metrics.last_relayed_seq.set(last.seq);
+        }
         let epoch = hub.epoch().clone();
         hub.publish(rows.into_iter().filter_map(|row| match Event::from_row(row, &epoch) {
             Ok(event) => Some(event),

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
+use crate::metrics::ConnectionGuard;
 
 /// PROTOCOL §5 close codes.
 pub mod close {
@@ -82,8 +83,14 @@ struct SnapshotFrame<'a> {
 }
 
 /// Runs the session until the client leaves, misbehaves, falls behind, or the server shuts down.
-pub async fn run<S>(socket: S, feed: Feed, initial: Initial, config: SessionConfig, shutdown: CancellationToken)
-where
+pub async fn run<S>(
+    socket: S,
+    feed: Feed,
+    initial: Initial,
+    config: SessionConfig,
+    metrics: ConnectionGuard,
+    shutdown: CancellationToken,
+) where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
 {
     let (outbox, inbox) = Outbox::new(CONNECTION_QUEUE);
@@ -92,6 +99,7 @@ where
         subs: Subscriptions::new(feed.clone(), outbox),
         feed,
         config,
+        metrics,
         errors: (Instant::now(), 0),
     };
     if let Err(e) = session.run(initial, inbox, shutdown).await {
@@ -104,6 +112,8 @@ struct Session<S> {
     subs: Subscriptions,
     feed: Feed,
     config: SessionConfig,
+    /// This connection in the server's gauges; dropping it (session end) takes it out.
+    metrics: ConnectionGuard,
     /// Start of the current error window and the bad frames seen in it.
     errors: (Instant, u32),
 }
@@ -137,6 +147,7 @@ where
             };
             self.subscribe(frame).await?;
         }
+        self.metrics.set_subscriptions(self.subs.len());
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.ping_interval,
             self.config.ping_interval,
@@ -147,7 +158,10 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.close(close::GOING_AWAY, "server shutting down").await,
-                _ = overflow.overflowed_wait() => return self.close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor").await,
+                _ = overflow.overflowed_wait() => {
+                    self.metrics.slow_consumer();
+                    return self.close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor").await;
+                }
                 msg = self.socket.next() => match msg {
                     None | Some(Ok(Message::Close(_))) => return Ok(()),
                     Some(Ok(Message::Pong(_))) => awaiting_pong = false,
@@ -157,6 +171,7 @@ where
                             return self.close(close::TOO_BIG, "frame over 64 KiB").await;
                         }
                         self.handle(text.as_str()).await?;
+                        self.metrics.set_subscriptions(self.subs.len());
                     }
                     Some(Ok(Message::Binary(_))) => self.client_error("bad_request", "frames must be JSON text", None).await?,
                     Some(Err(e)) => {
@@ -184,17 +199,22 @@ where
     async fn deliver(&mut self, first: Delivery, inbox: &mut mpsc::Receiver<Delivery>) -> Result<(), End> {
         let mut next = Some(first);
         let mut fed = 0;
+        let mut newest = None;
         while let Some(d) = next.take() {
             if self.subs.accept(&d) {
                 let text = Utf8Bytes::try_from(d.frame().clone()).map_err(axum::Error::new)?;
                 stall(self.socket.feed(Message::Text(text))).await??;
                 fed += 1;
+                newest = Some(d.event.committed_at);
             }
             if fed < WRITE_BATCH {
                 next = inbox.try_recv().ok();
             }
         }
         stall(self.socket.flush()).await??;
+        if let Some(committed_at) = newest {
+            self.metrics.delivered(fed as u64, committed_at);
+        }
         Ok(())
     }
 

@@ -2,11 +2,14 @@
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::session::{self, Initial, MAX_CLIENT_FRAME};
 use crate::http::AppState;
+use crate::metrics::Transport;
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -17,7 +20,19 @@ pub struct WsQuery {
 
 // PROTOCOL §5: `GET /ws?topics=a,b&since=C`. The upgrade is the last point where the request is
 // at hand, so connect-time subscriptions (and, later, auth) are read here.
-pub async fn handler(State(state): State<AppState>, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Response {
+pub async fn handler(
+    State(state): State<AppState>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // The connection's logs carry the upgrade request's id.
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let span = tracing::info_span!("ws", connection = %id);
     let initial = Initial {
         topics: q
             .topics
@@ -29,6 +44,7 @@ pub async fn handler(State(state): State<AppState>, Query(q): Query<WsQuery>, ws
         since: q.since.filter(|s| !s.is_empty()),
     };
     let shutdown = state.shutdown.token.clone();
+    let metrics = state.metrics.connection(Transport::Ws);
     let tracker = state.shutdown.tracker.clone();
     // Frames up to 1 MiB are read whole so that one over 64 KiB is answered with 1009 rather
     // than a protocol error; larger ones fail in the reader and get the same answer.
@@ -37,6 +53,8 @@ pub async fn handler(State(state): State<AppState>, Query(q): Query<WsQuery>, ws
         // axum does not track upgraded connections (axum#3003): the tracker does, so shutdown
         // can tell each session to close with 1001 and wait for it.
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run(socket, state.feed, initial, state.session, shutdown))
+            tracker.track_future(
+                session::run(socket, state.feed, initial, state.session, metrics, shutdown).instrument(span),
+            )
         })
 }

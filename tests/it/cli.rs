@@ -1,97 +1,9 @@
 //! The `pgfeed` binary as a person runs it: help, serve, SIGTERM, embedded mode, refusals.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use tokio::process::Command;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-use crate::support::{Seen, TestDb, WsClient, PATIENCE};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pgfeed");
-
-/// A `pgfeed` process and what it has logged so far.
-struct Running {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// `pgfeed ARGS` with a clean environment (no DATABASE_URL or PGFEED_* from the caller), waiting
-/// for its `listening on http://ADDR` line.
-async fn serve(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k == "DATABASE_URL" || k.starts_with("PGFEED_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "pgfeed=info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("starting pgfeed");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn({
-        let log = log.clone();
-        async move {
-            let mut lines = BufReader::new(stderr).lines();
-            let mut addr_tx = Some(addr_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(i) = line.find("listening on http://") {
-                    if let Some(tx) = addr_tx.take() {
-                        let _ = tx.send(line[i + "listening on http://".len()..].trim().to_owned());
-                    }
-                }
-                log.lock().unwrap().push(line);
-            }
-        }
-    });
-    let addr = match tokio::time::timeout(Duration::from_secs(60), addr_rx).await {
-        Ok(Ok(addr)) => addr,
-        _ => panic!(
-            "pgfeed did not start listening; its log:\n{}",
-            log.lock().unwrap().join("\n")
-        ),
-    };
-    Running { child, addr, log }
-}
-
-impl Running {
-    /// SIGTERM, then the exit status.
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("pid") as i32;
-        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
-        match tokio::time::timeout(PATIENCE, self.child.wait()).await {
-            Ok(status) => status.expect("wait"),
-            Err(_) => panic!(
-                "pgfeed did not exit after SIGTERM; its log:\n{}",
-                self.log.lock().unwrap().join("\n")
-            ),
-        }
-    }
-
-    async fn ws(&self) -> WsClient {
-        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr))
-            .await
-            .expect("ws connect");
-        WsClient { stream }
-    }
-
-    fn log_line(&self, needle: &str) -> Option<String> {
-        self.log.lock().unwrap().iter().find(|l| l.contains(needle)).cloned()
-    }
-}
+use crate::support::process::{serve, Running, BIN};
+use crate::support::{Seen, TestDb};
 
 #[tokio::test]
 async fn help_lists_every_setting_with_its_environment_variable() {
@@ -207,4 +119,60 @@ fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("pgfeed-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_ids_and_never_tokens_or_payloads() {
+    let db = TestDb::create().await;
+    let server = serve(
+        &["serve", "--bind", "127.0.0.1:0", "--log-format", "json"],
+        &[("DATABASE_URL", &db.url), ("RUST_LOG", "pgfeed=debug,tower_http=debug")],
+    )
+    .await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token=SECRET123&topics=studies", server.addr))
+            .await
+            .expect("ws");
+    let _ = reqwest::get(format!("http://{}/healthz?token=SECRET123", server.addr))
+        .await
+        .unwrap();
+    db.psql("insert into studies (label, title) values ('PAYLOAD456', 'x')");
+    let mut client = crate::support::WsClient { stream: ws };
+    assert_eq!(client.next_json().await["type"], "subscribed");
+    assert_eq!(client.next_event().await["data"]["label"], "PAYLOAD456");
+    ws = client.stream;
+    drop(ws);
+    let log = server.log.clone();
+    assert!(server.terminate().await.success());
+
+    let lines = log.lock().unwrap().clone();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+        assert!(
+            !line.contains("SECRET123") && !line.contains("PAYLOAD456"),
+            "leaked into the log: {line}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.contains("request_id")), "requests carry an id");
+}
+
+#[tokio::test]
+async fn healthcheck_exits_zero_for_a_healthy_server_and_non_zero_otherwise() {
+    let db = TestDb::create().await;
+    let server = serve(&["serve", "--bind", "127.0.0.1:0"], &[("DATABASE_URL", &db.url)]).await;
+    let ok = Command::new(BIN)
+        .args(["healthcheck", "--bind", &server.addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(server.terminate().await.success());
+    let down = Command::new(BIN)
+        .args(["healthcheck", "--bind", "127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!down.status.success());
 }

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -51,7 +53,7 @@ fn init_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            pgfeed::telemetry::init("pgfeed=debug,info", std::io::stderr);
+            pgfeed::telemetry::init("pgfeed=debug,info", pgfeed::config::LogFormat::Human, std::io::stderr);
         }
     });
 }
