@@ -78,7 +78,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: ServeConfig, shutdown: Shutdown) -> anyhow::Result<App> {
-        if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
+        if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() && !config.insecure_no_auth {
             anyhow::bail!(
                 "refusing to listen on {} without auth: pass --jwt-secret (PGFEED_JWT_SECRET) or bind a loopback address",
                 config.bind
@@ -92,9 +92,17 @@ impl App {
         let head = log::head(&pool).await.context("reading the log's head")?;
         let hub = Arc::new(Hub::new(epoch, head));
         let feed = Feed::new(pool.clone(), hub).await.context("loading tracked tables")?;
+        if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
+            tracing::warn!(
+                bind = %config.bind,
+                "--insecure-no-auth: serving WITHOUT AUTHENTICATION on a non-loopback address; \
+                 anyone who can reach it can read and write everything"
+            );
+        }
         let session = SessionConfig {
             ping_interval: config.ws_ping_interval,
-            ..SessionConfig::default()
+            max_subscriptions: config.max_subscriptions,
+            max_frames_per_second: config.max_frames_per_second,
         };
         let state = AppState {
             feed,
@@ -102,6 +110,9 @@ impl App {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             session,
             shutdown,
+            auth: crate::auth::Auth::new(config.jwt_secret.as_deref()),
+            limits: http::limits::ConnLimits::new(config.max_connections_per_ip, config.max_connections),
+            allowed_origins: Arc::new(config.allowed_origins.clone()),
         };
 
         let tcp = tokio::net::TcpListener::bind(config.bind)
@@ -147,10 +158,13 @@ impl App {
             .spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));
 
         tracing::info!("listening on http://{}", tcp.local_addr()?);
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(tcp, app)
-            .with_graceful_shutdown(shutdown.token.clone().cancelled_owned())
-            .await?;
+        http::serve::serve(
+            tcp,
+            http::router(state),
+            config.header_read_timeout,
+            shutdown.token.clone(),
+        )
+        .await;
 
         shutdown.tracker.close();
         if tokio::time::timeout(GRACE, shutdown.tracker.wait()).await.is_err() {

@@ -75,13 +75,40 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
 
-    /// Open connections allowed from one IP address.
+    /// Serve on a non-loopback address without --jwt-secret: anyone who can reach the port
+    /// can read and write everything. For trusted networks only; logged loudly at start.
+    #[arg(long, env = "PGFEED_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Open WebSocket/SSE/long-poll connections allowed from one IP address.
     #[arg(long, env = "PGFEED_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
+
+    /// Open WebSocket/SSE/long-poll connections allowed in total.
+    #[arg(long, env = "PGFEED_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// Topics one connection may subscribe to.
+    #[arg(long, env = "PGFEED_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Client frames per second one WebSocket may send (bursts of twice that); excess frames are
+    /// answered `rate_limited`, and persistent excess closes the connection with 1008.
+    #[arg(long, env = "PGFEED_MAX_FRAMES_PER_SECOND", default_value_t = 100)]
+    pub max_frames_per_second: u32,
+
+    /// Comma-separated browser origins allowed to open WebSockets and SSE streams
+    /// (e.g. https://admin.example.com). Empty: any origin. Requests without Origin are allowed.
+    #[arg(long, env = "PGFEED_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 
     /// Largest accepted upload (e.g. 25MiB, 500KiB, 1GB).
     #[arg(long, env = "PGFEED_MAX_UPLOAD", default_value = "25MiB", value_parser = parse_size)]
     pub max_upload: u64,
+
+    /// Time a client has to send a request's headers (slowloris protection).
+    #[arg(long, env = "PGFEED_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// Interval of the server's WebSocket pings; a peer that misses one is dropped.
     #[arg(long, env = "PGFEED_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]

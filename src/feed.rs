@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use sqlx::PgPool;
 
+use crate::auth::Access;
 use crate::db::{snapshot, tracked::Tracked};
 use crate::event::{CursorCheck, Event, Position, Topic};
 use crate::hub::{Backlog, Delivery, Hub, Outbox};
@@ -21,6 +22,8 @@ pub enum FeedError {
     UnknownTopic(String),
     /// The cursor can no longer (or never could) be served from this log: take a snapshot.
     /// Carries the `reason` of `refresh_needed`.
+    #[error("not allowed: {0}")]
+    Forbidden(String),
     #[error("cursor cannot be resumed: {0}")]
     Refresh(&'static str),
     #[error(transparent)]
@@ -92,6 +95,29 @@ impl Feed {
         match parsed.key {
             Some(key) if !table.key_is_plausible(key) => Err(FeedError::UnknownTopic(topic.to_owned())),
             _ => Ok(table),
+        }
+    }
+
+    /// Whether `access` may subscribe to `topic` (PROTOCOL §8): an admin to anything; a member
+    /// to its studies' rooms (`studies:<id>`) and to rows that belong to them (`messages:<id>`,
+    /// `files:<id>`, judged by the row's study, so guessing ids reveals nothing).
+    pub async fn authorize(&self, access: &Access, topic: &str, table: &Tracked) -> Result<(), FeedError> {
+        if access.is_admin() {
+            return Ok(());
+        }
+        let forbidden = || FeedError::Forbidden(format!("this token may not subscribe to {topic:?}"));
+        let key = Topic::parse(topic)
+            .ok()
+            .and_then(|t| t.key)
+            .and_then(|k| k.parse::<i64>().ok());
+        let study = match (table.topic.as_str(), key) {
+            ("studies", Some(id)) => Some(id),
+            (table @ ("messages" | "files"), Some(id)) => crate::db::rows::study_of(&self.pool, table, id).await?,
+            _ => None,
+        };
+        match study {
+            Some(id) if access.may_study(id) => Ok(()),
+            _ => Err(forbidden()),
         }
     }
 

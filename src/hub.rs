@@ -229,6 +229,14 @@ impl Hub {
         }
     }
 
+    /// Moves the relayed position forward past events that do not exist: after a read that found
+    /// the rest of a commit, "after its last event" is "after the whole commit". Retention deletes
+    /// whole commits, so a position at a commit's end never looks half-pruned.
+    pub fn advance(&self, to: Position) {
+        let mut inner = self.lock();
+        inner.last = inner.last.max(to);
+    }
+
     /// Starts the feed over after `head`, dropping the ring and overflowing every subscriber, so
     /// that each one resumes from its cursor and learns whether it can still be served.
     pub fn reset(&self, head: Position) {

@@ -13,6 +13,7 @@
 //! [`app`] assembles them; [`embedded`] runs a private PostgreSQL when no URL is given.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod embedded;

@@ -1,6 +1,7 @@
 //! Database access: the pool, migrations, and one async fn per statement in each area's module.
 //! Nothing here knows about HTTP or sockets.
 
+pub mod rows;
 pub mod snapshot;
 pub mod tracked;
 

@@ -1,7 +1,9 @@
 //! HTTP: the router and the state every handler shares. One file per area; `router()` merges them.
 
 pub mod health;
+pub mod limits;
 pub mod observe;
+pub mod serve;
 
 use std::sync::Arc;
 
@@ -12,11 +14,13 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Auth;
 use crate::feed::Feed;
 use crate::listener::ListenerStatus;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::transport::{session::SessionConfig, ws};
+use limits::ConnLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -25,6 +29,20 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub session: SessionConfig,
     pub shutdown: Shutdown,
+    pub auth: Auth,
+    pub limits: Arc<ConnLimits>,
+    /// Browser origins allowed to open streams; empty allows any.
+    pub allowed_origins: Arc<Vec<String>>,
+}
+
+impl AppState {
+    /// Whether a request's `Origin` (if any) may open a WebSocket or SSE stream.
+    pub fn origin_allowed(&self, headers: &axum::http::HeaderMap) -> bool {
+        match headers.get(axum::http::header::ORIGIN).and_then(|o| o.to_str().ok()) {
+            None => true,
+            Some(origin) => self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|a| a == origin),
+        }
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Event;
+use crate::event::{Event, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -180,6 +180,8 @@ pub async fn relay(pool: &PgPool, hub: &Hub, metrics: &Metrics) -> anyhow::Resul
             }
         }));
         if !full {
+            // The page held everything committed so far, so its last commit is complete.
+            hub.advance(Position::end_of(hub.last().seq));
             return Ok(());
         }
     }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Access;
 use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::ConnectionGuard;
@@ -42,6 +43,8 @@ const WRITE_BATCH: usize = 64;
 pub struct SessionConfig {
     pub ping_interval: Duration,
     pub max_subscriptions: usize,
+    /// Client frames per second (bursts of twice as many); see [`RateLimit`].
+    pub max_frames_per_second: u32,
 }
 
 impl Default for SessionConfig {
@@ -49,6 +52,7 @@ impl Default for SessionConfig {
         SessionConfig {
             ping_interval: Duration::from_secs(30),
             max_subscriptions: 100,
+            max_frames_per_second: 100,
         }
     }
 }
@@ -88,6 +92,7 @@ pub async fn run<S>(
     feed: Feed,
     initial: Initial,
     config: SessionConfig,
+    access: Access,
     metrics: ConnectionGuard,
     shutdown: CancellationToken,
 ) where
@@ -98,7 +103,9 @@ pub async fn run<S>(
         socket,
         subs: Subscriptions::new(feed.clone(), outbox),
         feed,
+        rate: RateLimit::new(config.max_frames_per_second),
         config,
+        access,
         metrics,
         errors: (Instant::now(), 0),
     };
@@ -112,6 +119,9 @@ struct Session<S> {
     subs: Subscriptions,
     feed: Feed,
     config: SessionConfig,
+    /// Who the client is (PROTOCOL §8): decides which topics it may subscribe to.
+    access: Access,
+    rate: RateLimit,
     /// This connection in the server's gauges; dropping it (session end) takes it out.
     metrics: ConnectionGuard,
     /// Start of the current error window and the bad frames seen in it.
@@ -169,6 +179,14 @@ where
                     Some(Ok(Message::Text(text))) => {
                         if text.len() > MAX_CLIENT_FRAME {
                             return self.close(close::TOO_BIG, "frame over 64 KiB").await;
+                        }
+                        match self.rate.take() {
+                            Rate::Ok => {}
+                            Rate::Excess => {
+                                self.send_json(&json!({"type": "error", "code": "rate_limited", "message": "too many frames; slow down"})).await?;
+                                continue;
+                            }
+                            Rate::Abuse => return self.close(close::POLICY, "persistently over the frame rate limit").await,
                         }
                         self.handle(text.as_str()).await?;
                         self.metrics.set_subscriptions(self.subs.len());
@@ -269,6 +287,7 @@ where
         }
         let outcome = async {
             let table = self.feed.check_topic(topic).await?;
+            self.feed.authorize(&self.access, topic, &table).await?;
             let start = match (&frame.since, frame.snapshot) {
                 (_, true) => Start::Snapshot,
                 (Some(c), false) => Start::After(self.feed.parse_cursor(c).await?),
@@ -324,6 +343,7 @@ where
             Err(FeedError::Gone) => Err(End::Stalled),
             Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
             Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
+            Err(e @ FeedError::Forbidden(_)) => self.client_error("forbidden", &e.to_string(), id).await,
             Err(FeedError::Refresh(reason)) => {
                 self.send_json(&with_id(
                     json!({"type": "refresh_needed", "topic": topic, "reason": reason}),
@@ -369,6 +389,54 @@ where
         // Best effort: a client that does not read will not get it, and is dropped anyway.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.socket.send(Message::Close(Some(frame)))).await;
         Ok(())
+    }
+}
+
+/// A token bucket over client frames: `rate` per second, bursts of `2 × rate`. Frames past it are
+/// refused; more than `5 × rate` refused within [`ERROR_WINDOW`] is abuse.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    /// Start of the current window and the frames refused in it.
+    refused: (Instant, u32),
+}
+
+enum Rate {
+    Ok,
+    Excess,
+    Abuse,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        RateLimit {
+            rate,
+            tokens: 2.0 * rate,
+            last: Instant::now(),
+            refused: (Instant::now(), 0),
+        }
+    }
+
+    fn take(&mut self) -> Rate {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(2.0 * self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Rate::Ok;
+        }
+        if now.duration_since(self.refused.0) > ERROR_WINDOW {
+            self.refused = (now, 0);
+        }
+        self.refused.1 += 1;
+        if f64::from(self.refused.1) > 5.0 * self.rate {
+            Rate::Abuse
+        } else {
+            Rate::Excess
+        }
     }
 }
 

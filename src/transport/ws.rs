@@ -1,13 +1,22 @@
 //! `GET /ws`: upgrades to a WebSocket and runs a [`session`](super::session) on it (PROTOCOL §5).
+//!
+//! The upgrade is the last point where the request is at hand, so everything that needs it
+//! happens here: the `Origin` allow-list, auth (`?token=` or `Authorization`), the per-IP and
+//! total connection limits, and connect-time subscriptions.
+
+use std::net::SocketAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::Deserialize;
+use serde_json::json;
 use tracing::Instrument;
 
 use super::session::{self, Initial, MAX_CLIENT_FRAME};
+use crate::http::limits::{ConnPermit, Refused};
 use crate::http::AppState;
 use crate::metrics::Transport;
 
@@ -16,23 +25,54 @@ pub struct WsQuery {
     /// Comma-separated topics to subscribe to on connect.
     topics: Option<String>,
     since: Option<String>,
+    token: Option<String>,
 }
 
-// PROTOCOL §5: `GET /ws?topics=a,b&since=C`. The upgrade is the last point where the request is
-// at hand, so connect-time subscriptions (and, later, auth) are read here.
+/// A refusal before the upgrade, in the REST error shape.
+pub fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+/// The checks every streaming transport makes before it starts: origin, auth, connection limits.
+pub fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    token: Option<&str>,
+) -> Result<(crate::auth::Access, ConnPermit), Response> {
+    if !state.origin_allowed(headers) {
+        return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "origin not allowed"));
+    }
+    let access = state
+        .auth
+        .check(headers, token)
+        .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
+    let permit = state.limits.acquire(peer.ip()).map_err(|refused| {
+        let message = match refused {
+            Refused::PerIp(n) => format!("at most {n} connections per client address"),
+            Refused::Total(n) => format!("the server is at its limit of {n} connections"),
+        };
+        refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", message)
+    })?;
+    Ok((access, permit))
+}
+
+// PROTOCOL §5: `GET /ws?topics=a,b&since=C&token=JWT`.
 pub async fn handler(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // The connection's logs carry the upgrade request's id.
-    let id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let span = tracing::info_span!("ws", connection = %id);
+    let (access, permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
     let initial = Initial {
         topics: q
             .topics
@@ -43,18 +83,29 @@ pub async fn handler(
             .collect(),
         since: q.since.filter(|s| !s.is_empty()),
     };
+    // The connection's logs carry the upgrade request's id.
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let span = tracing::info_span!("ws", connection = %id);
     let shutdown = state.shutdown.token.clone();
-    let metrics = state.metrics.connection(Transport::Ws);
     let tracker = state.shutdown.tracker.clone();
+    let metrics = state.metrics.connection(Transport::Ws);
     // Frames up to 1 MiB are read whole so that one over 64 KiB is answered with 1009 rather
     // than a protocol error; larger ones fail in the reader and get the same answer.
     ws.max_message_size(16 * MAX_CLIENT_FRAME)
         .max_frame_size(16 * MAX_CLIENT_FRAME)
-        // axum does not track upgraded connections (axum#3003): the tracker does, so shutdown
-        // can tell each session to close with 1001 and wait for it.
         .on_upgrade(move |socket| {
+            // axum does not track upgraded connections (axum#3003): the tracker does, so shutdown
+            // can tell each session to close with 1001 and wait for it.
             tracker.track_future(
-                session::run(socket, state.feed, initial, state.session, metrics, shutdown).instrument(span),
+                async move {
+                    session::run(socket, state.feed, initial, state.session, access, metrics, shutdown).await;
+                    drop(permit);
+                }
+                .instrument(span),
             )
         })
 }

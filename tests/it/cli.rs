@@ -162,11 +162,16 @@ async fn json_logs_carry_request_ids_and_never_tokens_or_payloads() {
 async fn healthcheck_exits_zero_for_a_healthy_server_and_non_zero_otherwise() {
     let db = TestDb::create().await;
     let server = serve(&["serve", "--bind", "127.0.0.1:0"], &[("DATABASE_URL", &db.url)]).await;
-    let ok = Command::new(BIN)
-        .args(["healthcheck", "--bind", &server.addr])
-        .output()
-        .await
-        .unwrap();
+    // Healthy once the listener has connected, moments after the server listens.
+    let check = || Command::new(BIN).args(["healthcheck", "--bind", &server.addr]).output();
+    let mut ok = check().await.unwrap();
+    for _ in 0..100 {
+        if ok.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        ok = check().await.unwrap();
+    }
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(server.terminate().await.success());
     let down = Command::new(BIN)

@@ -28,7 +28,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for something it expects before failing with a clear message.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-const TEMPLATE: &str = "pgfeed_template";
 
 /// Lives for the whole test binary: the cluster's processes and the setup work run on it,
 /// since each `#[tokio::test]` has a runtime of its own that ends with the test.
@@ -39,6 +38,10 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .build()
         .expect("test runtime")
 });
+
+/// The migrated database each test clones; named per process, since several test runs may share
+/// one `DATABASE_URL` server.
+static TEMPLATE: LazyLock<String> = LazyLock::new(|| format!("pgfeed_template_{}", std::process::id()));
 
 struct Server {
     /// `database` → URL on the test server.
@@ -94,15 +97,15 @@ fn server() -> &'static Server {
             let mut conn = PgConnection::connect(&admin)
                 .await
                 .expect("connecting to the test server");
-            sqlx::query(&format!("drop database if exists {TEMPLATE} with (force)"))
+            sqlx::query(&format!("drop database if exists {} with (force)", *TEMPLATE))
                 .execute(&mut conn)
                 .await
                 .expect("drop template");
-            sqlx::query(&format!("create database {TEMPLATE}"))
+            sqlx::query(&format!("create database {}", *TEMPLATE))
                 .execute(&mut conn)
                 .await
                 .expect("create template");
-            let pool = pgfeed::db::connect(&(server.url_for)(TEMPLATE))
+            let pool = pgfeed::db::connect(&(server.url_for)(&TEMPLATE))
                 .await
                 .expect("template pool");
             pgfeed::db::migrate(&pool).await.expect("migrating the template");
@@ -128,7 +131,7 @@ impl TestDb {
         let mut conn = PgConnection::connect(&(server.url_for)("postgres"))
             .await
             .expect("admin connection");
-        sqlx::query(&format!("create database {name} template {TEMPLATE}"))
+        sqlx::query(&format!("create database {name} template {}", *TEMPLATE))
             .execute(&mut conn)
             .await
             .expect("create test database");

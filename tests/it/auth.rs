@@ -1,0 +1,212 @@
+//! PROTOCOL §8 and the limits: nobody gets in where they don't belong, no client hurts others.
+
+use std::time::Duration;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::{Seen, TestApp, TestDb};
+
+pub const SECRET: &str = "test-secret-that-is-long-enough";
+
+pub fn token(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn in_an_hour() -> i64 {
+    chrono::Utc::now().timestamp() + 3600
+}
+
+pub async fn secured() -> TestApp {
+    TestApp::spawn_with(TestDb::create().await, |c| c.jwt_secret = Some(SECRET.into())).await
+}
+
+/// The HTTP status of a refused WebSocket upgrade (panics if it was accepted).
+async fn refused_status(app: &TestApp, query: &str, origin: Option<&str>) -> u16 {
+    let mut req = format!("ws://{}/ws{query}", app.addr).into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_upgrade_is_refused_without_a_valid_token() {
+    let app = secured().await;
+    assert_eq!(refused_status(&app, "", None).await, 401);
+    let expired = token(json!({"role": "admin", "exp": 1_000_000}));
+    assert_eq!(refused_status(&app, &format!("?token={expired}"), None).await, 401);
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"role": "admin", "exp": in_an_hour()}),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    assert_eq!(refused_status(&app, &format!("?token={forged}"), None).await, 401);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(json!({"role": "admin", "exp": in_an_hour()}).to_string())
+    );
+    assert_eq!(refused_status(&app, &format!("?token={none}"), None).await, 401);
+
+    let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
+    let mut ws = app.ws_at(&format!("/ws?token={admin}")).await;
+    ws.subscribe("studies").await;
+}
+
+#[tokio::test]
+async fn a_member_subscribes_only_to_its_studies_rooms_and_rows() {
+    let app = secured().await;
+    app.psql("insert into studies (id, label, title) values (1, 'mine', 'M'), (2, 'theirs', 'T')");
+    app.psql("insert into messages (id, study_id, author, body) values (10, 1, 'a', 'm'), (20, 2, 'b', 't')");
+    app.psql(
+        "insert into files (id, study_id, name, content_type, size_bytes, sha256) values (30, 2, 'f', 'x', 0, '')",
+    );
+    let member = token(json!({"role": "member", "studies": [1], "exp": in_an_hour()}));
+    let mut ws = app.ws_at(&format!("/ws?token={member}")).await;
+
+    ws.subscribe("studies:1").await;
+    ws.subscribe("messages:10").await;
+    for topic in [
+        "studies",
+        "messages",
+        "files",
+        "studies:2",
+        "messages:20",
+        "files:30",
+        "messages:999",
+    ] {
+        ws.send(json!({"action": "subscribe", "topic": topic})).await;
+        let v = ws.next_json().await;
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "{topic}: {v}"
+        );
+    }
+    app.psql("insert into messages (study_id, author, body) values (2, 'b', 'secret'), (1, 'a', 'visible')");
+    let ev = ws.next_event().await;
+    assert_eq!(ev["data"]["body"], "visible");
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_limit_are_refused_with_429() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.max_connections_per_ip = 2).await;
+    let _a = app.ws().await;
+    let b = app.ws().await;
+    assert_eq!(refused_status(&app, "", None).await, 429);
+    b.close().await;
+    // The slot is freed when a connection ends.
+    tokio::time::timeout(crate::support::PATIENCE, async {
+        loop {
+            if tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the freed slot was not reusable");
+}
+
+#[tokio::test]
+async fn frames_over_the_rate_limit_get_rate_limited_and_persistent_excess_closes_1008() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.max_frames_per_second = 5).await;
+    let mut ws = app.ws().await;
+    for _ in 0..15 {
+        ws.send(json!({"action": "ping"})).await;
+    }
+    let mut kinds = Vec::new();
+    for _ in 0..15 {
+        let v = ws.next_json().await;
+        kinds.push(
+            v.get("code")
+                .and_then(Value::as_str)
+                .unwrap_or(v["type"].as_str().unwrap())
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "pong").count(),
+        10,
+        "a burst of twice the rate passes: {kinds:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| *k == "rate_limited").count(), 5);
+
+    for _ in 0..100 {
+        if futures::SinkExt::send(
+            &mut ws.stream,
+            tokio_tungstenite::tungstenite::Message::Text(r#"{"action":"ping"}"#.into()),
+        )
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    let code = loop {
+        match ws.next_seen().await {
+            Seen::Frame(_) => continue,
+            Seen::Closed(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(1008));
+}
+
+#[tokio::test]
+async fn websocket_origins_outside_the_allow_list_are_refused() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.allowed_origins = vec!["https://admin.example".into()]
+    })
+    .await;
+    assert_eq!(refused_status(&app, "", Some("https://evil.example")).await, 403);
+    let mut req = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://admin.example".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    // Non-browser clients send no Origin and are let in.
+    let _ = app.ws().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_headers_slowly_is_cut_off() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.header_read_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a slow-header connection open");
+}
+
+#[tokio::test]
+async fn tokens_are_also_accepted_as_a_bearer_header() {
+    let app = secured().await;
+    let mut req = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+    let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let (stream, _) = tokio_tungstenite::connect_async(req).await.expect("bearer accepted");
+    let mut ws = crate::support::WsClient { stream };
+    ws.subscribe("studies").await;
+}
