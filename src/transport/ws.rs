@@ -43,9 +43,13 @@ pub fn admit(
     headers: &HeaderMap,
     peer: SocketAddr,
     token: Option<&str>,
-) -> Result<(crate::auth::Access, ConnPermit), Response> {
+) -> Result<(crate::auth::Access, ConnPermit), Box<Response>> {
     if !state.origin_allowed(headers) {
-        return Err(refuse(StatusCode::FORBIDDEN, "forbidden", "origin not allowed"));
+        return Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "origin not allowed",
+        )));
     }
     let access = state
         .auth
@@ -56,7 +60,7 @@ pub fn admit(
             Refused::PerIp(n) => format!("at most {n} connections per client address"),
             Refused::Total(n) => format!("the server is at its limit of {n} connections"),
         };
-        refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", message)
+        Box::new(refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_connections", message))
     })?;
     Ok((access, permit))
 }
@@ -71,7 +75,7 @@ pub async fn handler(
 ) -> Response {
     let (access, permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
         Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let initial = Initial {
         topics: q
