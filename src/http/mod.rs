@@ -11,7 +11,7 @@ use tower_http::trace::TraceLayer;
 use crate::feed::Feed;
 use crate::listener::ListenerStatus;
 use crate::shutdown::Shutdown;
-use crate::transport::{session::SessionConfig, ws};
+use crate::transport::{poll, session::SessionConfig, sse, ws};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -24,6 +24,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
+        .route("/events", get(sse::handler))
+        .route("/api/changes", get(poll::handler))
         .route("/healthz", get(health::healthz))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -5,4 +5,6 @@ mod support;
 mod cli;
 mod faults;
 mod feed;
+mod poll;
 mod protocol;
+mod sse;
