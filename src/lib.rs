@@ -10,7 +10,7 @@
 //! - [`transport`]: WebSocket sessions (and the fallbacks) that frame it for clients;
 //!
 //! beside [`db`] (the pool, migrations, queries) and [`http`] (router, REST, health).
-//! [`app`] assembles them; [`embedded`] runs a private PostgreSQL when no URL is given.
+//! [`app`] assembles them; [`tail`] is the command-line client; [`embedded`] runs a private PostgreSQL when no URL is given.
 
 pub mod app;
 pub mod config;
@@ -22,5 +22,6 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod shutdown;
+pub mod tail;
 pub mod telemetry;
 pub mod transport;

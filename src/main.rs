@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
         None => serve(cli.serve).await,
         Some(Command::Serve(config)) => serve(config).await,
         Some(Command::Migrate(db)) => migrate(db).await,
+        Some(Command::Tail(config)) => pgfeed::tail::run(config, shutdown::signal()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

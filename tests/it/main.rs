@@ -8,3 +8,4 @@ mod feed;
 mod poll;
 mod protocol;
 mod sse;
+mod tail;
