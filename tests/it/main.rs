@@ -2,6 +2,7 @@
 
 mod support;
 
+mod browser;
 mod cli;
 mod faults;
 mod feed;
