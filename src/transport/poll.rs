@@ -12,9 +12,8 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::sse::{checked_topics, Refusal};
@@ -45,9 +44,17 @@ pub struct ChangesQuery {
 // PROTOCOL §6: `GET /api/changes?topics=…&since=C&limit=500&wait=25`.
 pub async fn handler(State(state): State<AppState>, Query(q): Query<ChangesQuery>) -> Response {
     match changes(state, q).await {
-        Ok(v) => Json(v).into_response(),
+        Ok(answer) => Json(answer).into_response(),
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// `{"events":[…],"cursor":"…"}`; each event is its pre-serialized frame, byte for byte the
+/// same as on the WebSocket and SSE.
+#[derive(Serialize)]
+struct Answer {
+    events: Vec<Box<RawValue>>,
+    cursor: String,
 }
 
 fn number(name: &str, value: Option<&str>, default: u64) -> Result<u64, Refusal> {
@@ -63,14 +70,17 @@ fn number(name: &str, value: Option<&str>, default: u64) -> Result<u64, Refusal>
     }
 }
 
-async fn changes(state: AppState, q: ChangesQuery) -> Result<Value, Refusal> {
+async fn changes(state: AppState, q: ChangesQuery) -> Result<Answer, Refusal> {
     let feed = &state.feed;
     let topics = checked_topics(feed, q.topics.as_deref()).await?;
     let limit = number("limit", q.limit.as_deref(), DEFAULT_LIMIT as u64)?.clamp(1, MAX_LIMIT as u64) as i64;
     let wait = Duration::from_secs(number("wait", q.wait.as_deref(), DEFAULT_WAIT)?.min(MAX_WAIT));
     let Some(since) = q.since.as_deref().filter(|s| !s.is_empty()) else {
         // Without `since`: where to start from, at once.
-        return Ok(json!({"events": [], "cursor": feed.cursor(feed.head().await?)}));
+        return Ok(Answer {
+            events: Vec::new(),
+            cursor: feed.cursor(feed.head().await?),
+        });
     };
     let since = feed.parse_cursor(since).await?;
     let deadline = Instant::now() + wait;
@@ -82,11 +92,17 @@ async fn changes(state: AppState, q: ChangesQuery) -> Result<Value, Refusal> {
         let _registered = Registered::new(&feed.hub, &topics, &outbox);
         let (events, next) = feed.changes(&topics, since, limit).await?;
         if !events.is_empty() || Instant::now() >= deadline || shutdown.is_cancelled() {
-            let events: Vec<&RawValue> = events
+            let events = events
                 .iter()
-                .map(|d| serde_json::from_slice(d.frame()).map_err(|e| FeedError::Corrupt(e.to_string())))
+                .map(|d| {
+                    let text = String::from_utf8(d.frame().to_vec()).map_err(|e| FeedError::Corrupt(e.to_string()))?;
+                    RawValue::from_string(text).map_err(|e| FeedError::Corrupt(e.to_string()))
+                })
                 .collect::<Result<_, _>>()?;
-            return Ok(json!({"events": events, "cursor": feed.cursor(next)}));
+            return Ok(Answer {
+                events,
+                cursor: feed.cursor(next),
+            });
         }
         tokio::select! {
             _ = wake_rx.recv() => {}
