@@ -39,6 +39,28 @@ pub enum Command {
         #[arg(long, env = "PGFEED_BIND", default_value = "127.0.0.1:8080")]
         bind: String,
     },
+    /// Print every event of some topics as one JSON line each, resuming by itself after a drop.
+    Tail(TailConfig),
+}
+
+/// `pgfeed tail`: a client of a running server.
+#[derive(Debug, Clone, Args)]
+pub struct TailConfig {
+    /// Topics to follow, e.g. `studies` `studies:42` (PROTOCOL §3).
+    #[arg(required = true, value_name = "TOPIC")]
+    pub topics: Vec<String>,
+
+    /// Start with every event after this cursor, instead of from now.
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<String>,
+
+    /// The pgfeed server.
+    #[arg(long, env = "PGFEED_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// JWT to present when the server has auth on.
+    #[arg(long, env = "PGFEED_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Where the database is: a URL, or the embedded cluster under the data dir.

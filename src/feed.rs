@@ -139,6 +139,41 @@ impl Feed {
         self.hub.epoch().cursor(at)
     }
 
+    /// The current position: just after the newest commit, as the database sees it now.
+    pub async fn head(&self) -> Result<Position, FeedError> {
+        Ok(log::head(&self.pool).await?.max(self.hub.last()))
+    }
+
+    /// Up to `limit` events after `after` on any of the checked `topics`, in commit order, each
+    /// event once (see [`first_delivery`]); and the position to read after next time. When the
+    /// page is not full that is the newest commit of the read's snapshot, so a client whose topics
+    /// are quiet still moves forward (and its cursor does not age out of retention).
+    pub async fn changes(
+        &self,
+        topics: &[String],
+        after: Position,
+        limit: i64,
+    ) -> Result<(Vec<Delivery>, Position), FeedError> {
+        let (page, newest) = log::read_after_any(&self.pool, after, topics, limit).await?;
+        let rows = match page {
+            Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
+            Page::Rows(rows) => rows,
+        };
+        let full = rows.len() as i64 >= limit;
+        let epoch = self.hub.epoch();
+        let mut next = after;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event = Event::from_row(row, epoch).map_err(|e| FeedError::Corrupt(e.to_string()))?;
+            next = event.at;
+            out.extend(first_delivery(Arc::new(event), topics));
+        }
+        if !full {
+            next = next.max(Position::end_of(newest));
+        }
+        Ok((out, next))
+    }
+
     /// The topic's current state and the position it reflects. `topic` must have passed `check_topic`.
     pub async fn snapshot(&self, topic: &str, table: &Tracked) -> Result<(Position, String), FeedError> {
         let key = Topic::parse(topic).ok().and_then(|t| t.key);
@@ -176,6 +211,9 @@ pub struct Subscriptions {
     feed: Feed,
     outbox: Outbox,
     sent: HashMap<String, Position>,
+    /// Set by [`Subscriptions::add_merged`]: the position of the last event sent on the whole
+    /// connection, which then sends each event once and in commit order across its topics.
+    once: Option<Position>,
 }
 
 impl Subscriptions {
@@ -184,6 +222,7 @@ impl Subscriptions {
             feed,
             outbox,
             sent: HashMap::new(),
+            once: None,
         }
     }
 
@@ -288,9 +327,115 @@ impl Subscriptions {
         let epoch = self.feed.hub.epoch().clone();
         for row in rows {
             let event = Event::from_row(row, &epoch).map_err(|e| FeedError::Corrupt(e.to_string()))?;
-            let Some(i) = event.topic_index(topic) else { continue };
+            let Some(i) = event.topic_index(topic) else {
+                continue;
+            };
             *at = event.at;
             emit.emit(Item::Event(Delivery::new(Arc::new(event), i))).await?;
+        }
+        Ok(last_page)
+    }
+
+    /// Subscribes to several checked topics as one stream in commit order (SSE, long-poll), with
+    /// one cursor for all of them: `Subscribed` first, then every event after the start on any of
+    /// the topics, each event once. Live deliveries then pass [`Self::accept`], which keeps
+    /// sending each event once (under the first of its topics that arrives, see [`first_delivery`]).
+    ///
+    /// Why not [`Self::add`] per topic: that sends topic A's whole backlog, then B's, so the
+    /// positions on the connection go back and forth, and a single resume cursor (SSE's
+    /// `Last-Event-ID`) would skip or repeat events. Here the backlog is read for all topics at
+    /// once, so every position sent is past the previous one, and "everything up to the last id"
+    /// is true for every topic.
+    pub async fn add_merged(&mut self, topics: &[String], start: Start, emit: &mut impl Emit) -> Result<(), FeedError> {
+        for topic in topics {
+            self.remove(topic);
+        }
+        let hub = self.feed.hub.clone();
+        let from = match start {
+            Start::Live => {
+                // Register first, then read the head: everything after it arrives through the queue.
+                for topic in topics {
+                    hub.subscribe(topic, &self.outbox, None);
+                }
+                let now = match self.feed.head().await {
+                    Ok(now) => now,
+                    Err(e) => {
+                        topics.iter().for_each(|t| hub.unsubscribe(t, &self.outbox));
+                        return Err(e);
+                    }
+                };
+                self.start_merged(topics, now);
+                return emit.emit(Item::Subscribed(now)).await;
+            }
+            Start::After(at) => at,
+            Start::Snapshot => {
+                return Err(FeedError::BadRequest(
+                    "a merged stream cannot start with a snapshot".into(),
+                ))
+            }
+        };
+        self.start_merged(topics, from);
+        let outcome = async {
+            emit.emit(Item::Subscribed(from)).await?;
+            // `read` is how far the log has been read; what was sent is tracked by `accept`.
+            let mut read = from;
+            while !hub.covers(read) {
+                if self.catch_up_merged(topics, &mut read, emit).await? {
+                    break;
+                }
+            }
+            let mut ring = Vec::new();
+            let mut from_log = false;
+            for topic in topics {
+                match hub.subscribe(topic, &self.outbox, Some(read)).1 {
+                    Backlog::Ring(found) => ring.extend(found.into_iter().map(|d| d.event)),
+                    Backlog::Log => from_log = true,
+                    Backlog::None => {}
+                }
+            }
+            if from_log {
+                while !self.catch_up_merged(topics, &mut read, emit).await? {}
+            } else {
+                ring.sort_by_key(|e| e.at);
+                ring.dedup_by_key(|e| e.at);
+                for d in ring.into_iter().filter_map(|e| first_delivery(e, topics)) {
+                    if self.accept(&d) {
+                        emit.emit(Item::Event(d)).await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if outcome.is_err() {
+            for topic in topics {
+                self.remove(topic);
+            }
+        }
+        outcome
+    }
+
+    fn start_merged(&mut self, topics: &[String], at: Position) {
+        for topic in topics {
+            self.sent.insert(topic.clone(), at);
+        }
+        self.once = Some(at);
+    }
+
+    /// Emits one page of the log after `read` for all `topics`, moving `read`; true when it was the last.
+    async fn catch_up_merged(
+        &mut self,
+        topics: &[String],
+        read: &mut Position,
+        emit: &mut impl Emit,
+    ) -> Result<bool, FeedError> {
+        let (events, _) = self.feed.changes(topics, *read, log::PAGE).await?;
+        let last_page = (events.len() as i64) < log::PAGE;
+        for d in events {
+            *read = d.at();
+            if self.accept(&d) {
+                emit.emit(Item::Event(d)).await?;
+            }
         }
         Ok(last_page)
     }
@@ -302,12 +447,21 @@ impl Subscriptions {
 
     /// Whether a live delivery is new for its subscription (and records it as sent).
     pub fn accept(&mut self, d: &Delivery) -> bool {
-        match self.sent.get_mut(d.topic()) {
+        let fresh = match self.sent.get_mut(d.topic()) {
             Some(sent) if d.at() > *sent => {
                 *sent = d.at();
                 true
             }
             _ => false,
+        };
+        match &mut self.once {
+            // A merged stream: the event may already have gone out under another of its topics.
+            Some(last) if fresh => {
+                let new = d.at() > *last;
+                *last = (*last).max(d.at());
+                new
+            }
+            _ => fresh,
         }
     }
 
@@ -317,6 +471,15 @@ impl Subscriptions {
             *sent = (*sent).max(at);
         }
     }
+}
+
+/// `event` as delivered on a stream of several topics that sends each event once: on the first
+/// of the event's own topics (table, row, then room, as the capture trigger lists them) that the
+/// stream subscribes to. The hub queues an event's deliveries in that same order, so live
+/// and backlog agree. `None` when the event is on none of them.
+pub fn first_delivery(event: Arc<Event>, topics: &[String]) -> Option<Delivery> {
+    let i = event.topics.iter().position(|t| topics.contains(t))?;
+    Some(Delivery::new(event, i))
 }
 
 impl Drop for Subscriptions {

@@ -10,7 +10,7 @@
 //! - [`transport`]: WebSocket sessions (and the fallbacks) that frame it for clients;
 //!
 //! beside [`db`] (the pool, migrations, queries) and [`http`] (router, REST, health).
-//! [`app`] assembles them; [`embedded`] runs a private PostgreSQL when no URL is given.
+//! [`app`] assembles them; [`tail`] is the command-line client; [`embedded`] runs a private PostgreSQL when no URL is given.
 
 pub mod app;
 pub mod auth;
@@ -24,5 +24,6 @@ pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod shutdown;
+pub mod tail;
 pub mod telemetry;
 pub mod transport;

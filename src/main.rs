@@ -12,6 +12,7 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Serve(config)) => serve(config).await,
         Some(Command::Migrate(db)) => migrate(db).await,
         Some(Command::Healthcheck { bind }) => healthcheck(&bind).await,
+        Some(Command::Tail(config)) => pgfeed::tail::run(config, shutdown::signal()).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

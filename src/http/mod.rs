@@ -8,7 +8,9 @@ pub mod serve;
 use std::sync::Arc;
 
 use axum::extract::MatchedPath;
+use axum::http::header;
 use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -19,8 +21,22 @@ use crate::feed::Feed;
 use crate::listener::ListenerStatus;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::transport::{session::SessionConfig, ws};
+use crate::transport::{poll, session::SessionConfig, sse, ws};
 use limits::ConnLimits;
+
+/// The browser client library (web/client.js), built into the binary: no build step, no files to ship.
+const CLIENT_JS: &str = include_str!("../../web/client.js");
+
+// `GET /client.js`: an ES module, `import { connect } from "/client.js"`.
+async fn client_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -50,6 +66,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
+        .route("/events", get(sse::handler))
+        .route("/api/changes", get(poll::handler))
+        .route("/client.js", get(client_js))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(observe::metrics))
         .layer(axum::middleware::from_fn_with_state(

@@ -101,6 +101,51 @@ pub async fn read_after(pool: &PgPool, after: Position, topic: Option<&str>, lim
     Ok(Page::Rows(rows))
 }
 
+/// Up to `limit` events after `after` published on any of `topics`, in commit order, each event
+/// once (one row per event, whatever the number of its topics that match); and the newest commit
+/// seq of the same snapshot. When fewer than `limit` rows come back, the reader has seen every
+/// matching event up to that seq, so it may resume after it (long-poll's next cursor).
+pub async fn read_after_any(
+    pool: &PgPool,
+    after: Position,
+    topics: &[String],
+    limit: i64,
+) -> Result<(Page, i64), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query(
+        r#"select pruned_upto as pruned,
+                  greatest((select max(seq) from pgfeed.commits), pruned_upto, 0) as newest
+           from pgfeed.meta"#,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let (pruned, newest): (i64, i64) = (row.get("pruned"), row.get("newest"));
+    if expired(after, pruned) {
+        return Ok((Page::Expired, newest));
+    }
+    let rows = sqlx::query_as::<_, LogRow>(
+        r#"select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
+                  e.data::text as data, c.committed_at
+           from pgfeed.commits c
+           join pgfeed.events e on e.txid = c.txid
+           where c.seq >= $1 and (c.seq > $1 or e.pos > $2)
+             and e.topics && $3::text[]
+           order by c.seq, e.pos
+           limit $4"#,
+    )
+    .bind(after.seq)
+    .bind(after.pos)
+    .bind(topics)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((Page::Rows(rows), newest))
+}
+
 /// Deletes what is older than `keep`, in small batches; returns the number of commits removed.
 pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> Result<i64, sqlx::Error> {
     let mut total = 0i64;

@@ -3,8 +3,12 @@
 mod support;
 
 mod auth;
+mod browser;
 mod cli;
 mod faults;
 mod feed;
 mod ops;
+mod poll;
 mod protocol;
+mod sse;
+mod tail;

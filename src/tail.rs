@@ -1,0 +1,238 @@
+//! `pgfeed tail TOPIC... [--since C] [--url U] [--token T]` (PROTOCOL §1): a client of the feed
+//! that prints every event as one JSON line on stdout, like `kubectl get -w`.
+//!
+//! It speaks the WebSocket protocol (PROTOCOL §5) and keeps each topic's cursor as events arrive,
+//! so after a dropped connection or a server restart it subscribes again with `since` and prints
+//! every event once, in order, with nothing missing. It gives up, with one line on stderr and a
+//! non-zero exit, only when it cannot reach the server at the start, when the server refuses
+//! the token, or when a topic is refused.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::config::TailConfig;
+
+/// Reconnect delays: doubling from the first to the last, so a restart is noticed quickly and a
+/// server that stays down is not hammered.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long the first connection may take before the server counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Our pings, so a dead connection (no close, no reset) is noticed and resumed.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a connection ended: some ends are final, the others are resumed.
+enum End {
+    /// Ctrl-C, or stdout closed (`pgfeed tail … | head`): exit 0.
+    Done,
+    /// Tell the user and exit non-zero.
+    Fatal(anyhow::Error),
+    /// The connection dropped: reconnect and resume.
+    Dropped(String),
+}
+
+/// Runs until interrupted; `Err` is the one line to print before exiting non-zero.
+pub async fn run(config: TailConfig, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let url = ws_url(&config.url, config.token.as_deref())?;
+    // Each topic's last cursor: where a reconnect resumes it. `None`: from now on.
+    let mut cursors: HashMap<String, Option<String>> = config
+        .topics
+        .iter()
+        .map(|t| (t.clone(), config.since.clone()))
+        .collect();
+    let mut connected_once = false;
+    let mut backoff = BACKOFF_FIRST;
+    tokio::pin!(stop);
+    loop {
+        let attempt = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())) => r,
+        };
+        let socket = match attempt {
+            Ok(Ok((socket, _))) => socket,
+            Ok(Err(tungstenite::Error::Http(resp))) if matches!(resp.status().as_u16(), 401 | 403) => {
+                bail!("{} refused the token (HTTP {})", config.url, resp.status())
+            }
+            Ok(Err(tungstenite::Error::Http(resp))) => {
+                bail!(
+                    "{} answered HTTP {} instead of a WebSocket: is it a pgfeed server?",
+                    config.url,
+                    resp.status()
+                )
+            }
+            Ok(Err(e)) if !connected_once => bail!("cannot reach {}: {e}", config.url),
+            Err(_) if !connected_once => bail!("cannot reach {}: no answer within {CONNECT_TIMEOUT:?}", config.url),
+            Ok(Err(_)) | Err(_) => {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if connected_once {
+            eprintln!("pgfeed: reconnected to {}; resuming", config.url);
+        }
+        connected_once = true;
+        backoff = BACKOFF_FIRST;
+        let end = tokio::select! {
+            _ = &mut stop => End::Done,
+            end = follow(socket, &mut cursors) => end,
+        };
+        match end {
+            End::Done => return Ok(()),
+            End::Fatal(e) => return Err(e),
+            End::Dropped(why) => eprintln!("pgfeed: connection to {} lost ({why}); reconnecting", config.url),
+        }
+    }
+}
+
+/// `http://host:port` (or `ws://`) → `ws://host:port/ws?token=…`.
+fn ws_url(base: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let base = base.trim_end_matches('/');
+    let rest = if let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("ws://")) {
+        rest
+    } else if base.starts_with("https://") || base.starts_with("wss://") {
+        bail!("{base}: TLS is not built into `pgfeed tail`; reach the server over http:// (e.g. through an SSH tunnel)")
+    } else {
+        bail!("{base}: the URL must look like http://HOST:PORT")
+    };
+    let mut url = format!("ws://{rest}/ws");
+    if let Some(token) = token {
+        let encoded: String = token
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        url += &format!("?token={encoded}");
+    }
+    Ok(url)
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Subscribes every topic from its cursor and prints events until the connection ends.
+async fn follow(mut socket: Socket, cursors: &mut HashMap<String, Option<String>>) -> End {
+    for (topic, since) in cursors.iter() {
+        // The topic as the frame's id: an `error` answer echoes it, so we can say which topic failed.
+        let mut frame = json!({"action": "subscribe", "topic": topic, "id": topic});
+        if let Some(since) = since {
+            frame["since"] = json!(since);
+        }
+        if let Err(e) = socket.send(Message::Text(frame.to_string().into())).await {
+            return End::Dropped(e.to_string());
+        }
+    }
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut awaiting_pong = false;
+    loop {
+        let msg = tokio::select! {
+            msg = socket.next() => msg,
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    return End::Dropped("no answer to a ping".into());
+                }
+                awaiting_pong = true;
+                if let Err(e) = socket.send(Message::Text(json!({"action": "ping"}).to_string().into())).await {
+                    return End::Dropped(e.to_string());
+                }
+                continue;
+            }
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(frame))) => {
+                return match frame {
+                    Some(f) if u16::from(f.code) == 1008 => {
+                        End::Fatal(anyhow!("the server closed the connection: {}", f.reason))
+                    }
+                    Some(f) => End::Dropped(format!("closed with {}: {}", u16::from(f.code), f.reason)),
+                    None => End::Dropped("closed".into()),
+                };
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return End::Dropped(e.to_string()),
+            None => return End::Dropped("closed".into()),
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let topic = frame["topic"].as_str().unwrap_or_default().to_owned();
+        match frame["type"].as_str().unwrap_or_default() {
+            "subscribed" => {
+                if let (Some(slot), Some(c)) = (cursors.get_mut(&topic), frame["cursor"].as_str()) {
+                    *slot = Some(c.to_owned());
+                }
+            }
+            "pong" => awaiting_pong = false,
+            "refresh_needed" => {
+                // Events were lost to retention (or the cursor is another log's): say so on stdout,
+                // where the events go, and on stderr; then follow the topic from now on.
+                eprintln!(
+                    "pgfeed: {topic}: {}: events were missed; continuing from now",
+                    frame["reason"]
+                );
+                if let Err(end) = print_line(&text) {
+                    return end;
+                }
+                cursors.insert(topic.clone(), None);
+                let frame = json!({"action": "subscribe", "topic": topic, "id": topic});
+                if let Err(e) = socket.send(Message::Text(frame.to_string().into())).await {
+                    return End::Dropped(e.to_string());
+                }
+            }
+            "error" => {
+                let about = frame["id"].as_str().map(|t| format!("{t}: ")).unwrap_or_default();
+                return End::Fatal(anyhow!(
+                    "{about}{} ({})",
+                    frame["message"].as_str().unwrap_or("refused"),
+                    frame["code"]
+                ));
+            }
+            _ if frame.get("op").is_some() => {
+                if let Err(end) = print_line(&text) {
+                    return end;
+                }
+                if let (Some(slot), Some(c)) = (cursors.get_mut(&topic), frame["cursor"].as_str()) {
+                    *slot = Some(c.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One JSON line on stdout, flushed at once (tail is read by people and pipes alike).
+fn print_line(text: &str) -> Result<(), End> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(End::Done),
+        Err(e) => Err(End::Fatal(anyhow::Error::new(e).context("writing to stdout"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_become_the_websocket_endpoint_with_the_token() {
+        assert_eq!(ws_url("http://127.0.0.1:8080", None).unwrap(), "ws://127.0.0.1:8080/ws");
+        assert_eq!(
+            ws_url("http://h:1/", Some("a.b+c")).unwrap(),
+            "ws://h:1/ws?token=a.b%2Bc"
+        );
+        assert!(ws_url("https://h", None).unwrap_err().to_string().contains("TLS"));
+        assert!(ws_url("h:1", None).is_err());
+    }
+}

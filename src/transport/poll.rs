@@ -1,0 +1,153 @@
+//! `GET /api/changes`: the feed by long-polling (PROTOCOL §6), for scripts and environments that
+//! can only make plain requests. Stateless: each request reads the log after its `since`, and the
+//! answer's `cursor` is the `since` of the next request, so nothing is lost or repeated between
+//! requests, whichever server answers them.
+//!
+//! An event published on several of the requested topics appears once, on the first of its topics
+//! that was asked for (as on SSE; [`crate::feed::first_delivery`]), because one cursor covers them all.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::sse::{checked_topics, Refusal};
+use super::ws::admit;
+use crate::auth::Access;
+use crate::feed::FeedError;
+use crate::http::AppState;
+use crate::hub::{Hub, Outbox};
+use crate::metrics::Transport;
+
+/// Events per answer unless `limit` says otherwise, and the most it may ask for.
+pub const DEFAULT_LIMIT: i64 = 500;
+pub const MAX_LIMIT: i64 = 1000;
+/// Seconds to wait for a change unless `wait` says otherwise, and the most it may ask for.
+pub const DEFAULT_WAIT: u64 = 25;
+pub const MAX_WAIT: u64 = 60;
+/// Wake-ups a waiting poll may have queued. It only needs one: it re-reads the log on waking.
+const WAKE_QUEUE: usize = 16;
+
+#[derive(Debug, Deserialize)]
+pub struct ChangesQuery {
+    topics: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    wait: Option<String>,
+    /// PROTOCOL §8: the JWT, when not sent as `Authorization: Bearer`.
+    token: Option<String>,
+}
+
+// PROTOCOL §6: `GET /api/changes?topics=…&since=C&limit=500&wait=25`.
+pub async fn handler(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<ChangesQuery>,
+    headers: HeaderMap,
+) -> Response {
+    // A waiting poll holds a connection like a stream does, so it counts against the same limits.
+    let (access, _permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return *refusal,
+    };
+    let _open = state.metrics.connection(Transport::Poll);
+    match changes(state, q, access).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `{"events":[…],"cursor":"…"}`; each event is its pre-serialized frame, byte for byte the
+/// same as on the WebSocket and SSE.
+#[derive(Serialize)]
+struct Answer {
+    events: Vec<Box<RawValue>>,
+    cursor: String,
+}
+
+fn number(name: &str, value: Option<&str>, default: u64) -> Result<u64, Refusal> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{name} must be a whole number, not {v:?}"),
+            )
+        }),
+    }
+}
+
+async fn changes(state: AppState, q: ChangesQuery, access: Access) -> Result<Answer, Refusal> {
+    let feed = &state.feed;
+    let topics = checked_topics(feed, q.topics.as_deref(), &access).await?;
+    let limit = number("limit", q.limit.as_deref(), DEFAULT_LIMIT as u64)?.clamp(1, MAX_LIMIT as u64) as i64;
+    let wait = Duration::from_secs(number("wait", q.wait.as_deref(), DEFAULT_WAIT)?.min(MAX_WAIT));
+    let Some(since) = q.since.as_deref().filter(|s| !s.is_empty()) else {
+        // Without `since`: where to start from, at once.
+        return Ok(Answer {
+            events: Vec::new(),
+            cursor: feed.cursor(feed.head().await?),
+        });
+    };
+    let since = feed.parse_cursor(since).await?;
+    let deadline = Instant::now() + wait;
+    let shutdown = &state.shutdown.token;
+    loop {
+        // Register for wake-ups *before* reading: a change committed after the read is then
+        // published to this outbox, and one committed before it is in the read.
+        let (outbox, mut wake_rx) = Outbox::new(WAKE_QUEUE);
+        let _registered = Registered::new(&feed.hub, &topics, &outbox);
+        let (events, next) = feed.changes(&topics, since, limit).await?;
+        if !events.is_empty() || Instant::now() >= deadline || shutdown.is_cancelled() {
+            let events = events
+                .iter()
+                .map(|d| {
+                    let text = String::from_utf8(d.frame().to_vec()).map_err(|e| FeedError::Corrupt(e.to_string()))?;
+                    RawValue::from_string(text).map_err(|e| FeedError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(Answer {
+                events,
+                cursor: feed.cursor(next),
+            });
+        }
+        tokio::select! {
+            _ = wake_rx.recv() => {}
+            _ = outbox.overflowed_wait() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            // Shutdown answers at once with nothing new, so graceful shutdown is not held up.
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// An outbox registered under some topics for as long as this lives.
+struct Registered<'a> {
+    hub: &'a Hub,
+    topics: &'a [String],
+    outbox: &'a Outbox,
+}
+
+impl<'a> Registered<'a> {
+    fn new(hub: &'a Hub, topics: &'a [String], outbox: &'a Outbox) -> Self {
+        for topic in topics {
+            hub.subscribe(topic, outbox, None);
+        }
+        Registered { hub, topics, outbox }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        for topic in self.topics {
+            self.hub.unsubscribe(topic, self.outbox);
+        }
+    }
+}
