@@ -26,13 +26,41 @@ impl<T: Serialize> IntoResponse for AppJson<T> {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonDataError(e) => {
-                ApiError::Invalid(Violations::from([(String::new(), e.body_text())]))
-            }
+            JsonRejection::JsonDataError(e) => ApiError::Invalid(data_error_details(&e)),
             r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(r.body_text()),
             r => ApiError::BadRequest(r.body_text()),
         }
     }
+}
+
+/// JSON of the wrong shape, as field → problem: serde's path to the failure when there is one
+/// (`status` → "unknown variant …"), the missing field's name for a missing field, else `""`.
+fn data_error_details(e: &axum::extract::rejection::JsonDataError) -> Violations {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(err) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            let problem = err.inner().to_string();
+            let problem = problem
+                .split(" at line ")
+                .next()
+                .unwrap_or(&problem)
+                .to_owned();
+            let mut field = err.path().to_string();
+            if let Some(missing) = problem
+                .strip_prefix("missing field `")
+                .and_then(|f| f.split('`').next())
+            {
+                field = missing.to_owned();
+                return Violations::from([(field, "is required".to_owned())]);
+            }
+            if field == "." {
+                field = String::new();
+            }
+            return Violations::from([(field, problem)]);
+        }
+        source = err.source();
+    }
+    Violations::from([(String::new(), e.body_text())])
 }
 
 /// Path parameters; a malformed one (`/api/studies/abc`) is a 400.

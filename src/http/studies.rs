@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only studies in this status.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
     /// Case-insensitive substring of the label or the title.
     q: Option<String>,

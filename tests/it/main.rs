@@ -4,3 +4,4 @@ mod support;
 
 mod feed;
 mod protocol;
+mod rest;

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod rest;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -367,13 +369,9 @@ impl WsClient {
 
     /// The next frame that is a change event (has a `cursor` and an `op`).
     pub async fn next_event(&mut self) -> Value {
-        loop {
-            let v = self.next_json().await;
-            if v.get("op").is_some() {
-                return v;
-            }
-            panic!("expected an event, got {v}");
-        }
+        let v = self.next_json().await;
+        assert!(v.get("op").is_some(), "expected an event, got {v}");
+        v
     }
 
     /// Subscribes and returns the `subscribed` answer.
