@@ -103,11 +103,6 @@ impl IfMatch {
     pub fn tags(&self) -> Option<&[String]> {
         self.0.as_deref()
     }
-
-    /// Whether the header was sent with specific tags.
-    pub fn is_conditional(&self) -> bool {
-        self.0.is_some()
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
