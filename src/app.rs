@@ -35,36 +35,24 @@ impl Database {
     /// `pgfeed` database created on first use).
     pub async fn open(config: &DbConfig) -> anyhow::Result<Database> {
         if let Some(url) = &config.database_url {
-            return Ok(Database {
-                url: url.clone(),
-                cluster: None,
-            });
+            return Ok(Database { url: url.clone(), cluster: None });
         }
         let cluster = Cluster::start(&config.data_dir).await?;
         let admin = crate::db::connect(&cluster.url("postgres")).await?;
-        let exists: bool =
-            sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
-                .bind(EMBEDDED_DATABASE)
-                .fetch_one(&admin)
-                .await?;
+        let exists: bool = sqlx::query_scalar("select exists (select from pg_database where datname = $1)")
+            .bind(EMBEDDED_DATABASE)
+            .fetch_one(&admin)
+            .await?;
         if !exists {
-            sqlx::query(&format!("create database {EMBEDDED_DATABASE}"))
-                .execute(&admin)
-                .await?;
+            sqlx::query(&format!("create database {EMBEDDED_DATABASE}")).execute(&admin).await?;
         }
         admin.close().await;
-        Ok(Database {
-            url: cluster.url(EMBEDDED_DATABASE),
-            cluster: Some(cluster),
-        })
+        Ok(Database { url: cluster.url(EMBEDDED_DATABASE), cluster: Some(cluster) })
     }
 
     pub async fn close(self) -> anyhow::Result<()> {
         if let Some(cluster) = self.cluster {
-            cluster
-                .stop()
-                .await
-                .context("stopping the embedded cluster")?;
+            cluster.stop().await.context("stopping the embedded cluster")?;
         }
         Ok(())
     }
@@ -93,13 +81,8 @@ impl App {
         let epoch = log::epoch(&pool).await.context("reading the log's epoch")?;
         let head = log::head(&pool).await.context("reading the log's head")?;
         let hub = Arc::new(Hub::new(epoch, head));
-        let feed = Feed::new(pool.clone(), hub)
-            .await
-            .context("loading tracked tables")?;
-        let session = SessionConfig {
-            ping_interval: config.ws_ping_interval,
-            ..SessionConfig::default()
-        };
+        let feed = Feed::new(pool.clone(), hub).await.context("loading tracked tables")?;
+        let session = SessionConfig { ping_interval: config.ws_ping_interval, ..SessionConfig::default() };
         let state = AppState {
             feed,
             listener: Arc::new(ListenerStatus::default()),
@@ -108,16 +91,8 @@ impl App {
             max_upload: config.max_upload,
         };
 
-        let tcp = tokio::net::TcpListener::bind(config.bind)
-            .await
-            .with_context(|| format!("binding {}", config.bind))?;
-        Ok(App {
-            config,
-            tcp,
-            database,
-            pool,
-            state,
-        })
+        let tcp = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+        Ok(App { config, tcp, database, pool, state })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -127,13 +102,7 @@ impl App {
     /// Serves until the shutdown token is cancelled; then closes WebSockets with 1001, waits for
     /// sessions and background tasks (up to [`GRACE`]), and stops the embedded cluster.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let App {
-            config,
-            tcp,
-            database,
-            pool,
-            state,
-        } = self;
+        let App { config, tcp, database, pool, state } = self;
         let shutdown = state.shutdown.clone();
         shutdown.tracker.spawn(listener::run(
             database.url.clone(),
@@ -142,23 +111,14 @@ impl App {
             state.listener.clone(),
             shutdown.token.clone(),
         ));
-        shutdown.tracker.spawn(prune(
-            pool.clone(),
-            config.retention,
-            shutdown.token.clone(),
-        ));
+        shutdown.tracker.spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));
 
         tracing::info!("listening on http://{}", tcp.local_addr()?);
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(tcp, app)
-            .with_graceful_shutdown(shutdown.token.clone().cancelled_owned())
-            .await?;
+        axum::serve(tcp, app).with_graceful_shutdown(shutdown.token.clone().cancelled_owned()).await?;
 
         shutdown.tracker.close();
-        if tokio::time::timeout(GRACE, shutdown.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(GRACE, shutdown.tracker.wait()).await.is_err() {
             tracing::warn!("some sessions did not finish within {GRACE:?}");
         }
         pool.close().await;

@@ -77,9 +77,7 @@ impl ServeConfig {
             serve: ServeConfig,
         }
         // Parsing an empty command line with the declared defaults cannot fail.
-        Only::try_parse_from(["pgfeed"])
-            .map(|o| o.serve)
-            .unwrap_or_else(|e| panic!("default settings: {e}"))
+        Only::try_parse_from(["pgfeed"]).map(|o| o.serve).unwrap_or_else(|e| panic!("default settings: {e}"))
     }
 }
 
@@ -88,9 +86,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 25MiB"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 25MiB"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -99,14 +95,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

@@ -49,22 +49,11 @@ impl Epoch {
             (Some(p), Some(s), Some(e)) => (p, s, e),
             _ => return Err(CursorError),
         };
-        let at = Position {
-            seq: seq.parse().map_err(|_| CursorError)?,
-            pos: pos.parse().map_err(|_| CursorError)?,
-        };
-        if at.seq < 0
-            || at.pos < 0
-            || epoch.is_empty()
-            || !epoch.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        let at = Position { seq: seq.parse().map_err(|_| CursorError)?, pos: pos.parse().map_err(|_| CursorError)? };
+        if at.seq < 0 || at.pos < 0 || epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(CursorError);
         }
-        Ok(if *epoch == *self.0 {
-            CursorCheck::Ours(at)
-        } else {
-            CursorCheck::Foreign
-        })
+        Ok(if *epoch == *self.0 { CursorCheck::Ours(at) } else { CursorCheck::Foreign })
     }
 }
 
@@ -107,9 +96,7 @@ impl<'a> Topic<'a> {
         let ident_ok = !table.is_empty()
             && !table.starts_with('.')
             && !table.ends_with('.')
-            && table
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '$');
+            && table.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '$');
         let key_ok = key.is_none_or(|k| !k.is_empty() && !k.chars().any(char::is_control));
         if ident_ok && key_ok {
             Ok(Topic { table, key })
@@ -165,14 +152,9 @@ struct Wire<'a> {
 
 impl Event {
     pub fn from_row(row: LogRow, epoch: &Epoch) -> Result<Self, serde_json::Error> {
-        let at = Position {
-            seq: row.seq,
-            pos: row.pos,
-        };
+        let at = Position { seq: row.seq, pos: row.pos };
         let cursor = epoch.cursor(at);
-        let committed_at = row
-            .committed_at
-            .to_rfc3339_opts(SecondsFormat::Micros, true);
+        let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
         // The database wrote these as jsonb, so they are valid JSON; RawValue keeps them as text.
         let id: &RawValue = serde_json::from_str(&row.row_id)?;
         let data: &RawValue = serde_json::from_str(&row.data)?;
@@ -193,13 +175,7 @@ impl Event {
                 serde_json::to_vec(&wire).map(Bytes::from)
             })
             .collect::<Result<_, _>>()?;
-        Ok(Event {
-            at,
-            kind: row.kind,
-            topics: row.topics,
-            frames,
-            committed_at: row.committed_at,
-        })
+        Ok(Event { at, kind: row.kind, topics: row.topics, frames, committed_at: row.committed_at })
     }
 
     /// Index of `topic` in this event's topics, if it is published there.
@@ -224,16 +200,7 @@ mod tests {
     #[test]
     fn garbage_cursors_are_errors_and_other_logs_are_foreign() {
         let e = Epoch::new("ab12");
-        for bad in [
-            "",
-            "x",
-            "ab12-1",
-            "ab12-x-1",
-            "ab12--1-1",
-            "-1-1",
-            "a b-1-1",
-            "ab12-1-99999999999",
-        ] {
+        for bad in ["", "x", "ab12-1", "ab12-x-1", "ab12--1-1", "-1-1", "a b-1-1", "ab12-1-99999999999"] {
             assert_eq!(e.parse_cursor(bad), Err(CursorError), "{bad:?}");
         }
         assert_eq!(e.parse_cursor("ff00-1-1"), Ok(CursorCheck::Foreign));
@@ -241,36 +208,10 @@ mod tests {
 
     #[test]
     fn topics_split_into_table_and_key() {
-        assert_eq!(
-            Topic::parse("studies"),
-            Ok(Topic {
-                table: "studies",
-                key: None
-            })
-        );
-        assert_eq!(
-            Topic::parse("studies:42"),
-            Ok(Topic {
-                table: "studies",
-                key: Some("42")
-            })
-        );
-        assert_eq!(
-            Topic::parse("audit.log:a,b"),
-            Ok(Topic {
-                table: "audit.log",
-                key: Some("a,b")
-            })
-        );
-        for bad in [
-            "",
-            ":1",
-            "studies:",
-            "st udies",
-            "a;drop",
-            ".x",
-            &"x".repeat(300),
-        ] {
+        assert_eq!(Topic::parse("studies"), Ok(Topic { table: "studies", key: None }));
+        assert_eq!(Topic::parse("studies:42"), Ok(Topic { table: "studies", key: Some("42") }));
+        assert_eq!(Topic::parse("audit.log:a,b"), Ok(Topic { table: "audit.log", key: Some("a,b") }));
+        for bad in ["", ":1", "studies:", "st udies", "a;drop", ".x", &"x".repeat(300)] {
             assert_eq!(Topic::parse(bad), Err(TopicError), "{bad:?}");
         }
     }

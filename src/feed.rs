@@ -53,50 +53,35 @@ pub struct Feed {
 
 impl Feed {
     pub async fn new(pool: PgPool, hub: Arc<Hub>) -> Result<Self, sqlx::Error> {
-        let feed = Feed {
-            pool,
-            hub,
-            tracked: Default::default(),
-        };
+        let feed = Feed { pool, hub, tracked: Default::default() };
         feed.reload_tracked().await?;
         Ok(feed)
     }
 
     async fn reload_tracked(&self) -> Result<(), sqlx::Error> {
         let all = crate::db::tracked::load(&self.pool).await?;
-        let map = all
-            .into_iter()
-            .map(|t| (t.topic.clone(), Arc::new(t)))
-            .collect();
+        let map = all.into_iter().map(|t| (t.topic.clone(), Arc::new(t))).collect();
         *self.tracked.write().unwrap_or_else(|e| e.into_inner()) = map;
         Ok(())
     }
 
     fn lookup(&self, table: &str) -> Option<Arc<Tracked>> {
-        self.tracked
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(table)
-            .cloned()
+        self.tracked.read().unwrap_or_else(|e| e.into_inner()).get(table).cloned()
     }
 
     /// Checks a topic (PROTOCOL §3): its table must be tracked, its key plausible for that table.
     /// A table tracked since the last look (`pgfeed.track` by anyone) is found by reloading.
     pub async fn check_topic(&self, topic: &str) -> Result<Arc<Tracked>, FeedError> {
-        let parsed = Topic::parse(topic)
-            .map_err(|_| FeedError::BadRequest(format!("malformed topic {topic:?}")))?;
+        let parsed = Topic::parse(topic).map_err(|_| FeedError::BadRequest(format!("malformed topic {topic:?}")))?;
         let table = match self.lookup(parsed.table) {
             Some(t) => t,
             None => {
                 self.reload_tracked().await?;
-                self.lookup(parsed.table)
-                    .ok_or_else(|| FeedError::UnknownTopic(topic.to_owned()))?
+                self.lookup(parsed.table).ok_or_else(|| FeedError::UnknownTopic(topic.to_owned()))?
             }
         };
         match parsed.key {
-            Some(key) if !table.key_is_plausible(key) => {
-                Err(FeedError::UnknownTopic(topic.to_owned()))
-            }
+            Some(key) if !table.key_is_plausible(key) => Err(FeedError::UnknownTopic(topic.to_owned())),
             _ => Ok(table),
         }
     }
@@ -105,9 +90,7 @@ impl Feed {
     /// retention has passed, or one from the future needs a snapshot.
     pub async fn parse_cursor(&self, cursor: &str) -> Result<Position, FeedError> {
         match self.hub.epoch().parse_cursor(cursor) {
-            Err(_) => Err(FeedError::BadRequest(format!(
-                "malformed cursor {cursor:?}"
-            ))),
+            Err(_) => Err(FeedError::BadRequest(format!("malformed cursor {cursor:?}"))),
             Ok(CursorCheck::Foreign) => Err(FeedError::Refresh("cursor_unknown")),
             Ok(CursorCheck::Ours(at)) => match log::standing(&self.pool, at).await? {
                 Standing::Kept => Ok(at),
@@ -122,11 +105,7 @@ impl Feed {
     }
 
     /// The topic's current state and the position it reflects. `topic` must have passed `check_topic`.
-    pub async fn snapshot(
-        &self,
-        topic: &str,
-        table: &Tracked,
-    ) -> Result<(Position, String), FeedError> {
+    pub async fn snapshot(&self, topic: &str, table: &Tracked) -> Result<(Position, String), FeedError> {
         let key = Topic::parse(topic).ok().and_then(|t| t.key);
         let of = match key {
             None => snapshot::Of::Table(table),
@@ -151,10 +130,7 @@ pub enum Item {
 /// Where [`Subscriptions::add`] sends what precedes the live stream: the transport's writer.
 pub trait Emit: Send {
     /// Sends one item to the client; `Err(FeedError::Gone)` when the connection failed.
-    fn emit(
-        &mut self,
-        item: Item,
-    ) -> impl std::future::Future<Output = Result<(), FeedError>> + Send;
+    fn emit(&mut self, item: Item) -> impl std::future::Future<Output = Result<(), FeedError>> + Send;
 }
 
 /// One connection's subscriptions, all fed through one [`Outbox`]. For each topic it keeps the
@@ -169,11 +145,7 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     pub fn new(feed: Feed, outbox: Outbox) -> Self {
-        Subscriptions {
-            feed,
-            outbox,
-            sent: HashMap::new(),
-        }
+        Subscriptions { feed, outbox, sent: HashMap::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -281,14 +253,10 @@ impl Subscriptions {
         let last_page = (rows.len() as i64) < log::PAGE;
         let epoch = self.feed.hub.epoch().clone();
         for row in rows {
-            let event =
-                Event::from_row(row, &epoch).map_err(|e| FeedError::Corrupt(e.to_string()))?;
-            let Some(i) = event.topic_index(topic) else {
-                continue;
-            };
+            let event = Event::from_row(row, &epoch).map_err(|e| FeedError::Corrupt(e.to_string()))?;
+            let Some(i) = event.topic_index(topic) else { continue };
             *at = event.at;
-            emit.emit(Item::Event(Delivery::new(Arc::new(event), i)))
-                .await?;
+            emit.emit(Item::Event(Delivery::new(Arc::new(event), i))).await?;
         }
         Ok(last_page)
     }

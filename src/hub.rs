@@ -71,14 +71,7 @@ impl Outbox {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let (tx, rx) = mpsc::channel(capacity);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        (
-            Outbox {
-                id,
-                tx,
-                overflow: CancellationToken::new(),
-            },
-            rx,
-        )
+        (Outbox { id, tx, overflow: CancellationToken::new() }, rx)
     }
 
     pub fn overflowed(&self) -> bool {
@@ -121,16 +114,8 @@ pub enum Backlog {
 impl Hub {
     /// A hub whose feed starts after `head`.
     pub fn new(epoch: Epoch, head: Position) -> Self {
-        let inner = Inner {
-            last: head,
-            floor: head,
-            ring: VecDeque::new(),
-            topics: HashMap::new(),
-        };
-        Hub {
-            epoch,
-            inner: Mutex::new(inner),
-        }
+        let inner = Inner { last: head, floor: head, ring: VecDeque::new(), topics: HashMap::new() };
+        Hub { epoch, inner: Mutex::new(inner) }
     }
 
     pub fn epoch(&self) -> &Epoch {
@@ -156,12 +141,7 @@ impl Hub {
     /// Registers `outbox` under `topic`. Returns the current position and, when `since` is given,
     /// what was published after it before this call. Everything published after this call reaches
     /// the outbox, so backlog + queue has no gap; the caller drops what it already sent by position.
-    pub fn subscribe(
-        &self,
-        topic: &str,
-        outbox: &Outbox,
-        since: Option<Position>,
-    ) -> (Position, Backlog) {
+    pub fn subscribe(&self, topic: &str, outbox: &Outbox, since: Option<Position>) -> (Position, Backlog) {
         let mut inner = self.lock();
         let subs = inner.topics.entry(topic.to_owned()).or_default();
         subs.retain(|o| o.id != outbox.id);
@@ -174,12 +154,7 @@ impl Hub {
                 let found = inner
                     .ring
                     .range(start..)
-                    .filter_map(|e| {
-                        e.topic_index(topic).map(|topic| Delivery {
-                            event: e.clone(),
-                            topic,
-                        })
-                    })
+                    .filter_map(|e| e.topic_index(topic).map(|topic| Delivery { event: e.clone(), topic }))
                     .collect();
                 Backlog::Ring(found)
             }
@@ -204,21 +179,14 @@ impl Hub {
         for event in events {
             let event = Arc::new(event);
             for (i, topic) in event.topics.iter().enumerate() {
-                let Some(subs) = inner.topics.get_mut(topic) else {
-                    continue;
-                };
-                subs.retain(|o| {
-                    match o.tx.try_send(Delivery {
-                        event: event.clone(),
-                        topic: i,
-                    }) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            o.overflow.cancel();
-                            false
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                let Some(subs) = inner.topics.get_mut(topic) else { continue };
+                subs.retain(|o| match o.tx.try_send(Delivery { event: event.clone(), topic: i }) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        o.overflow.cancel();
+                        false
                     }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
                 if subs.is_empty() {
                     inner.topics.remove(topic);
@@ -250,10 +218,7 @@ impl Hub {
     /// Topics with at least one subscriber, and subscriptions in all.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
-        (
-            inner.topics.len(),
-            inner.topics.values().map(Vec::len).sum(),
-        )
+        (inner.topics.len(), inner.topics.values().map(Vec::len).sum())
     }
 }
 
@@ -282,18 +247,9 @@ mod tests {
         let hub = Hub::new(Epoch::new("e"), Position::default());
         let (outbox, mut rx) = Outbox::new(8);
         hub.subscribe("studies:1", &outbox, None);
-        hub.publish([
-            event(1, &["studies", "studies:1"]),
-            event(2, &["studies", "studies:2"]),
-            event(3, &["studies:1"]),
-        ]);
-        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|d| (d.at().seq, d.topic().to_owned()))
-            .collect();
-        assert_eq!(
-            got,
-            [(1, "studies:1".to_owned()), (3, "studies:1".to_owned())]
-        );
+        hub.publish([event(1, &["studies", "studies:1"]), event(2, &["studies", "studies:2"]), event(3, &["studies:1"])]);
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).map(|d| (d.at().seq, d.topic().to_owned())).collect();
+        assert_eq!(got, [(1, "studies:1".to_owned()), (3, "studies:1".to_owned())]);
     }
 
     #[test]
@@ -315,26 +271,10 @@ mod tests {
         let hub = Hub::new(Epoch::new("e"), Position::end_of(10));
         hub.publish((11..=RING as i64 + 20).map(|s| event(s, &["studies"])));
         let (outbox, _rx) = Outbox::new(1);
-        assert!(matches!(
-            hub.subscribe("studies", &outbox, Some(Position::end_of(10)))
-                .1,
-            Backlog::Log
-        ));
-        let (last, backlog) = hub.subscribe(
-            "studies",
-            &outbox,
-            Some(Position {
-                seq: RING as i64 + 15,
-                pos: 1,
-            }),
-        );
+        assert!(matches!(hub.subscribe("studies", &outbox, Some(Position::end_of(10))).1, Backlog::Log));
+        let (last, backlog) = hub.subscribe("studies", &outbox, Some(Position { seq: RING as i64 + 15, pos: 1 }));
         assert_eq!(last.seq, RING as i64 + 20);
-        let Backlog::Ring(found) = backlog else {
-            panic!("expected the ring")
-        };
-        assert_eq!(
-            found.iter().map(|d| d.at().seq).collect::<Vec<_>>(),
-            (RING as i64 + 16..=RING as i64 + 20).collect::<Vec<_>>()
-        );
+        let Backlog::Ring(found) = backlog else { panic!("expected the ring") };
+        assert_eq!(found.iter().map(|d| d.at().seq).collect::<Vec<_>>(), (RING as i64 + 16..=RING as i64 + 20).collect::<Vec<_>>());
     }
 }

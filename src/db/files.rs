@@ -47,12 +47,14 @@ pub async fn list(
     after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<File>, sqlx::Error> {
-    sqlx::query_as::<_, File>(r#"select * from files where study_id = $1 and ($2::bigint is null or id > $2) order by id limit $3"#)
-        .bind(study_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(db)
-        .await
+    sqlx::query_as::<_, File>(
+        r#"select * from files where study_id = $1 and ($2::bigint is null or id > $2) order by id limit $3"#,
+    )
+    .bind(study_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Option<File>, sqlx::Error> {
@@ -79,11 +81,7 @@ pub async fn insert(db: impl PgExecutor<'_>, new: &NewFile<'_>) -> Result<File, 
     .await
 }
 
-pub async fn insert_content(
-    db: impl PgExecutor<'_>,
-    file_id: i64,
-    content: &[u8],
-) -> Result<(), sqlx::Error> {
+pub async fn insert_content(db: impl PgExecutor<'_>, file_id: i64, content: &[u8]) -> Result<(), sqlx::Error> {
     sqlx::query(r#"insert into file_contents (file_id, content) values ($1, $2)"#)
         .bind(file_id)
         .bind(content)
@@ -104,14 +102,12 @@ pub async fn content(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Content>
 }
 
 /// `None` when there is no such file or its sha256 is not one of `sha256s`.
-pub async fn delete(
-    db: impl PgExecutor<'_>,
-    id: i64,
-    sha256s: Option<&[String]>,
-) -> Result<Option<File>, sqlx::Error> {
-    sqlx::query_as::<_, File>(r#"delete from files where id = $1 and ($2::text[] is null or sha256 = any($2)) returning *"#)
-        .bind(id)
-        .bind(sha256s)
-        .fetch_optional(db)
-        .await
+pub async fn delete(db: impl PgExecutor<'_>, id: i64, sha256s: Option<&[String]>) -> Result<Option<File>, sqlx::Error> {
+    sqlx::query_as::<_, File>(
+        r#"delete from files where id = $1 and ($2::text[] is null or sha256 = any($2)) returning *"#,
+    )
+    .bind(id)
+    .bind(sha256s)
+    .fetch_optional(db)
+    .await
 }

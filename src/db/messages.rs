@@ -48,20 +48,13 @@ pub async fn version(db: impl PgExecutor<'_>, id: i64) -> Result<Option<i32>, sq
 }
 
 /// Fails with `messages_study_id_fkey` when the study does not exist.
-pub async fn insert(
-    db: impl PgExecutor<'_>,
-    study_id: i64,
-    author: &str,
-    body: &str,
-) -> Result<Message, sqlx::Error> {
-    sqlx::query_as::<_, Message>(
-        r#"insert into messages (study_id, author, body) values ($1, $2, $3) returning *"#,
-    )
-    .bind(study_id)
-    .bind(author)
-    .bind(body)
-    .fetch_one(db)
-    .await
+pub async fn insert(db: impl PgExecutor<'_>, study_id: i64, author: &str, body: &str) -> Result<Message, sqlx::Error> {
+    sqlx::query_as::<_, Message>(r#"insert into messages (study_id, author, body) values ($1, $2, $3) returning *"#)
+        .bind(study_id)
+        .bind(author)
+        .bind(body)
+        .fetch_one(db)
+        .await
 }
 
 /// `None` when there is no such message or its version is not one of `versions`.
@@ -86,9 +79,11 @@ pub async fn delete(
     id: i64,
     versions: Option<&[i32]>,
 ) -> Result<Option<Message>, sqlx::Error> {
-    sqlx::query_as::<_, Message>(r#"delete from messages where id = $1 and ($2::int[] is null or version = any($2)) returning *"#)
-        .bind(id)
-        .bind(versions)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as::<_, Message>(
+        r#"delete from messages where id = $1 and ($2::int[] is null or version = any($2)) returning *"#,
+    )
+    .bind(id)
+    .bind(versions)
+    .fetch_optional(db)
+    .await
 }

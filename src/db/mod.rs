@@ -22,9 +22,7 @@ const POOL_SIZE: u32 = 16;
 
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
-    let options = options
-        .application_name("pgfeed")
-        .log_statements(tracing::log::LevelFilter::Debug);
+    let options = options.application_name("pgfeed").log_statements(tracing::log::LevelFilter::Debug);
     PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .acquire_timeout(Duration::from_secs(5))
@@ -37,14 +35,8 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
 /// studies, messages and files to the feed. Safe to run from several servers at once.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::raw_sql(CAPTURE_SQL)
-        .execute(&mut *tx)
-        .await
-        .context("installing sql/capture.sql")?;
+    sqlx::raw_sql(CAPTURE_SQL).execute(&mut *tx).await.context("installing sql/capture.sql")?;
     tx.commit().await?;
-    sqlx::migrate!("./migrations")
-        .run(pool)
-        .await
-        .context("applying migrations")?;
+    sqlx::migrate!("./migrations").run(pool).await.context("applying migrations")?;
     Ok(())
 }

@@ -22,12 +22,8 @@ pub enum Of<'a> {
 
 pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("set local timezone = 'UTC'")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
     // Every commit with a seq up to this one is visible in this snapshot, and none after it
     // (seqs are drawn in commit order), so the rows below are exactly the log up to here.
     let seq: i64 = sqlx::query_scalar(

@@ -66,10 +66,7 @@ pub struct StudyChanges {
 
 impl StudyChanges {
     pub fn is_empty(&self) -> bool {
-        self.label.is_none()
-            && self.title.is_none()
-            && self.description.is_none()
-            && self.status.is_none()
+        self.label.is_none() && self.title.is_none() && self.description.is_none() && self.status.is_none()
     }
 }
 
@@ -85,14 +82,9 @@ pub struct Filter {
 
 pub async fn list(db: impl PgExecutor<'_>, f: &Filter) -> Result<Vec<Study>, sqlx::Error> {
     // `q` is a substring, not a pattern: escape LIKE's wildcards.
-    let pattern = f.q.as_ref().map(|q| {
-        format!(
-            "%{}%",
-            q.replace('\\', r"\\")
-                .replace('%', r"\%")
-                .replace('_', r"\_")
-        )
-    });
+    let pattern =
+        f.q.as_ref()
+            .map(|q| format!("%{}%", q.replace('\\', r"\\").replace('%', r"\%").replace('_', r"\_")));
     sqlx::query_as::<_, Study>(
         r#"select * from studies
            where ($1::text is null or status = $1)
@@ -168,25 +160,21 @@ pub async fn get_matching(
     id: i64,
     versions: Option<&[i32]>,
 ) -> Result<Option<Study>, sqlx::Error> {
+    sqlx::query_as::<_, Study>(r#"select * from studies where id = $1 and ($2::int[] is null or version = any($2))"#)
+        .bind(id)
+        .bind(versions)
+        .fetch_optional(db)
+        .await
+}
+
+/// Deletes the study; its messages and files (and their contents) go with it by cascade,
+/// each an event of its own. `None` as for [`update`].
+pub async fn delete(db: impl PgExecutor<'_>, id: i64, versions: Option<&[i32]>) -> Result<Option<Study>, sqlx::Error> {
     sqlx::query_as::<_, Study>(
-        r#"select * from studies where id = $1 and ($2::int[] is null or version = any($2))"#,
+        r#"delete from studies where id = $1 and ($2::int[] is null or version = any($2)) returning *"#,
     )
     .bind(id)
     .bind(versions)
     .fetch_optional(db)
     .await
-}
-
-/// Deletes the study; its messages and files (and their contents) go with it by cascade,
-/// each an event of its own. `None` as for [`update`].
-pub async fn delete(
-    db: impl PgExecutor<'_>,
-    id: i64,
-    versions: Option<&[i32]>,
-) -> Result<Option<Study>, sqlx::Error> {
-    sqlx::query_as::<_, Study>(r#"delete from studies where id = $1 and ($2::int[] is null or version = any($2)) returning *"#)
-        .bind(id)
-        .bind(versions)
-        .fetch_optional(db)
-        .await
 }

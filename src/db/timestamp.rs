@@ -34,8 +34,7 @@ mod tests {
         assert_eq!(render(&t), "2026-11-23T16:50:17+00:00");
         let t = t + chrono::Duration::microseconds(457_970);
         assert_eq!(render(&t), "2026-11-23T16:50:17.45797+00:00");
-        let t =
-            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(1);
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(1);
         assert_eq!(render(&t), "2026-01-02T03:04:05.000001+00:00");
     }
 }

@@ -18,9 +18,7 @@ impl Tracked {
     /// Whether `key` could name a row of this table (a non-integer can never match an integer key).
     pub fn key_is_plausible(&self, key: &str) -> bool {
         match self.pk_types.as_slice() {
-            [t] if matches!(t.as_str(), "bigint" | "integer" | "smallint") => {
-                key.parse::<i64>().is_ok()
-            }
+            [t] if matches!(t.as_str(), "bigint" | "integer" | "smallint") => key.parse::<i64>().is_ok(),
             [_] => true,
             many => key.split(',').count() == many.len(),
         }

@@ -45,13 +45,7 @@ pub type Violations = BTreeMap<String, String>;
 fn summary(v: &Violations) -> String {
     let parts: Vec<String> = v
         .iter()
-        .map(|(k, m)| {
-            if k.is_empty() {
-                m.clone()
-            } else {
-                format!("{k}: {m}")
-            }
-        })
+        .map(|(k, m)| if k.is_empty() { m.clone() } else { format!("{k}: {m}") })
         .collect();
     parts.join("; ")
 }

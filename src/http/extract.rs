@@ -40,11 +40,7 @@ fn data_error_details(e: &axum::extract::rejection::JsonDataError) -> Violations
     while let Some(err) = source {
         if let Some(err) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
             let problem = err.inner().to_string();
-            let problem = problem
-                .split(" at line ")
-                .next()
-                .unwrap_or(&problem)
-                .to_owned();
+            let problem = problem.split(" at line ").next().unwrap_or(&problem).to_owned();
             let mut field = err.path().to_string();
             if let Some(missing) = problem
                 .strip_prefix("missing field `")
@@ -122,10 +118,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
                     continue;
                 }
                 // Lenient: an unquoted tag is taken as written.
-                let tag = tag
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .unwrap_or(tag);
+                let tag = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(tag);
                 tags.push(tag.to_owned());
             }
         }
@@ -149,13 +142,7 @@ pub struct Checks(Violations);
 impl Checks {
     /// Text that must be non-blank (when `required`) and at most `max` characters, without NULs
     /// (PostgreSQL's text cannot hold them).
-    pub fn text(
-        &mut self,
-        field: &str,
-        value: Option<&str>,
-        required: bool,
-        max: usize,
-    ) -> &mut Self {
+    pub fn text(&mut self, field: &str, value: Option<&str>, required: bool, max: usize) -> &mut Self {
         let problem = match value {
             None if required => Some("is required".to_owned()),
             None => None,
@@ -203,11 +190,7 @@ pub const MAX_LIMIT: i64 = 500;
 impl Page {
     pub fn limit(&self, checks: &mut Checks) -> i64 {
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
-        checks.check(
-            "limit",
-            (1..=MAX_LIMIT).contains(&limit),
-            "must be between 1 and 500",
-        );
+        checks.check("limit", (1..=MAX_LIMIT).contains(&limit), "must be between 1 and 500");
         limit
     }
 }

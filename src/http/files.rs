@@ -51,9 +51,7 @@ fn no_file(id: i64) -> ApiError {
 }
 
 fn too_large(max: u64) -> ApiError {
-    ApiError::TooLarge(format!(
-        "the upload is larger than the limit of {max} bytes"
-    ))
+    ApiError::TooLarge(format!("the upload is larger than the limit of {max} bytes"))
 }
 
 fn multipart_error(e: MultipartError, max: u64) -> ApiError {
@@ -158,11 +156,7 @@ async fn upload(
     }
 
     let mut field = loop {
-        match multipart
-            .next_field()
-            .await
-            .map_err(|e| multipart_error(e, max))?
-        {
+        match multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
             Some(f) if f.name() == Some("file") => break f,
             Some(_) => continue, // other fields are skipped as they stream past
             None => {
@@ -174,10 +168,7 @@ async fn upload(
         }
     };
     let name = clean_name(field.file_name());
-    let content_type = field
-        .content_type()
-        .unwrap_or("application/octet-stream")
-        .to_owned();
+    let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
     Checks::default()
         .text("name", Some(&name), true, NAME_MAX)
         .check(
@@ -223,13 +214,8 @@ async fn upload(
         (status = 404, description = "No such file", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn read(
-    State(state): State<AppState>,
-    AppPath(id): AppPath<i64>,
-) -> Result<impl IntoResponse> {
-    let file = files::get(&state.feed.pool, id)
-        .await?
-        .ok_or_else(|| no_file(id))?;
+async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+    let file = files::get(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
     Ok((etag(&file.sha256), AppJson(file)))
 }
 
@@ -243,18 +229,13 @@ async fn read(
         (status = 404, description = "No such file, or no stored content", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn download(
-    State(state): State<AppState>,
-    AppPath(id): AppPath<i64>,
-) -> Result<impl IntoResponse> {
-    let file = files::content(&state.feed.pool, id)
-        .await?
-        .ok_or_else(|| no_file(id))?;
+async fn download(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+    let file = files::content(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
     let bytes = file
         .content
         .ok_or_else(|| ApiError::NotFound(format!("file {id} has no stored content")))?;
-    let content_type = HeaderValue::from_str(&file.content_type)
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let content_type =
+        HeaderValue::from_str(&file.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let headers = [
         (header::CONTENT_TYPE, content_type),
         (
@@ -266,10 +247,7 @@ async fn download(
             HeaderValue::from_str(&format!("\"{}\"", file.sha256)).map_err(anyhow::Error::from)?,
         ),
         // Uploaded HTML must not run as the admin page's origin.
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
     ];
     Ok((headers, bytes))
 }
@@ -285,11 +263,7 @@ async fn download(
         (status = 412, description = "If-Match does not match the file's sha256", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn delete(
-    State(state): State<AppState>,
-    AppPath(id): AppPath<i64>,
-    if_match: IfMatch,
-) -> Result<StatusCode> {
+async fn delete(State(state): State<AppState>, AppPath(id): AppPath<i64>, if_match: IfMatch) -> Result<StatusCode> {
     let pool = &state.feed.pool;
     match files::delete(pool, id, if_match.tags()).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),

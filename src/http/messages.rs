@@ -134,14 +134,7 @@ async fn update(
     Checks::default()
         .text("body", Some(&body.body), true, BODY_MAX)
         .done()?;
-    match messages::update_body(
-        &state.feed.pool,
-        id,
-        if_match.versions().as_deref(),
-        &body.body,
-    )
-    .await?
-    {
+    match messages::update_body(&state.feed.pool, id, if_match.versions().as_deref(), &body.body).await? {
         Some(m) => Ok((etag(m.version), AppJson(m))),
         None => Err(missed(&state, id).await),
     }
@@ -158,11 +151,7 @@ async fn update(
         (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn delete(
-    State(state): State<AppState>,
-    AppPath(id): AppPath<i64>,
-    if_match: IfMatch,
-) -> Result<StatusCode> {
+async fn delete(State(state): State<AppState>, AppPath(id): AppPath<i64>, if_match: IfMatch) -> Result<StatusCode> {
     match messages::delete(&state.feed.pool, id, if_match.versions().as_deref()).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(missed(&state, id).await),

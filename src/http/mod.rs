@@ -34,8 +34,7 @@ pub struct AppState {
 
 /// The REST routes (PROTOCOL §7) and their OpenAPI document, built from the same annotations.
 pub fn api(max_upload: u64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let upload_body =
-        usize::try_from(max_upload.saturating_add(files::MULTIPART_OVERHEAD)).unwrap_or(usize::MAX);
+    let upload_body = usize::try_from(max_upload.saturating_add(files::MULTIPART_OVERHEAD)).unwrap_or(usize::MAX);
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(studies::router())
         .merge(messages::router())
@@ -47,8 +46,7 @@ pub fn api(max_upload: u64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api(state.max_upload);
     let doc = openapi::Document(Arc::new(
-        doc.to_json()
-            .unwrap_or_else(|e| panic!("OpenAPI document: {e}")),
+        doc.to_json().unwrap_or_else(|e| panic!("OpenAPI document: {e}")),
     ));
     Router::new()
         .route("/ws", get(ws::handler))

@@ -42,10 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
     responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json", body = Object)))]
 async fn document(Extension(Document(json)): Extension<Document>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json.as_str().to_owned(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], json.as_str().to_owned())
 }
 
 /// PROTOCOL §5: the WebSocket endpoint (served by `transport::ws`; described here).

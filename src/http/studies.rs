@@ -10,9 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result, ResultExt};
-use super::extract::{
-    etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, DEFAULT_LIMIT, MAX_LIMIT,
-};
+use super::extract::{etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, DEFAULT_LIMIT, MAX_LIMIT};
 use super::AppState;
 use crate::db::studies::{self, Filter, NewStudy, Status, Study, StudyChanges};
 
@@ -94,10 +92,7 @@ async fn missed(state: &AppState, id: i64) -> ApiError {
         (status = 422, description = "Unknown status or limit out of range", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn list(
-    State(state): State<AppState>,
-    AppQuery(q): AppQuery<ListQuery>,
-) -> Result<AppJson<Items<Study>>> {
+async fn list(State(state): State<AppState>, AppQuery(q): AppQuery<ListQuery>) -> Result<AppJson<Items<Study>>> {
     let mut checks = Checks::default();
     let status = q.status.as_deref().map(|s| s.parse::<Status>());
     checks.check(
@@ -106,11 +101,7 @@ async fn list(
         "must be one of draft, active, closed, archived",
     );
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    checks.check(
-        "limit",
-        (1..=MAX_LIMIT).contains(&limit),
-        "must be between 1 and 500",
-    );
+    checks.check("limit", (1..=MAX_LIMIT).contains(&limit), "must be between 1 and 500");
     checks.text("q", q.q.as_deref(), false, 200).done()?;
     let filter = Filter {
         status: status.and_then(|s| s.ok()),
@@ -133,19 +124,11 @@ async fn list(
         (status = 422, description = "Validation failed", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn create(
-    State(state): State<AppState>,
-    AppJson(body): AppJson<CreateStudy>,
-) -> Result<impl IntoResponse> {
+async fn create(State(state): State<AppState>, AppJson(body): AppJson<CreateStudy>) -> Result<impl IntoResponse> {
     Checks::default()
         .text("label", Some(&body.label), true, LABEL_MAX)
         .text("title", Some(&body.title), true, TITLE_MAX)
-        .text(
-            "description",
-            body.description.as_deref(),
-            false,
-            DESCRIPTION_MAX,
-        )
+        .text("description", body.description.as_deref(), false, DESCRIPTION_MAX)
         .done()?;
     let new = NewStudy {
         label: body.label,
@@ -168,13 +151,8 @@ async fn create(
         (status = 404, description = "No such study", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn read(
-    State(state): State<AppState>,
-    AppPath(id): AppPath<i64>,
-) -> Result<impl IntoResponse> {
-    let study = studies::get(&state.feed.pool, id)
-        .await?
-        .ok_or_else(|| no_study(id))?;
+async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+    let study = studies::get(&state.feed.pool, id).await?.ok_or_else(|| no_study(id))?;
     Ok((etag(study.version), AppJson(study)))
 }
 
@@ -199,24 +177,9 @@ async fn update(
     AppJson(body): AppJson<UpdateStudy>,
 ) -> Result<impl IntoResponse> {
     Checks::default()
-        .text(
-            "label",
-            body.label.as_deref(),
-            body.label.is_some(),
-            LABEL_MAX,
-        )
-        .text(
-            "title",
-            body.title.as_deref(),
-            body.title.is_some(),
-            TITLE_MAX,
-        )
-        .text(
-            "description",
-            body.description.as_deref(),
-            false,
-            DESCRIPTION_MAX,
-        )
+        .text("label", body.label.as_deref(), body.label.is_some(), LABEL_MAX)
+        .text("title", body.title.as_deref(), body.title.is_some(), TITLE_MAX)
+        .text("description", body.description.as_deref(), false, DESCRIPTION_MAX)
         .done()?;
     let changes = StudyChanges {
         label: body.label,
@@ -252,11 +215,7 @@ async fn update(
         (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn delete(
-    State(state): State<AppState>,
-    AppPath(id): AppPath<i64>,
-    if_match: IfMatch,
-) -> Result<StatusCode> {
+async fn delete(State(state): State<AppState>, AppPath(id): AppPath<i64>, if_match: IfMatch) -> Result<StatusCode> {
     match studies::delete(&state.feed.pool, id, if_match.versions().as_deref()).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(missed(&state, id).await),

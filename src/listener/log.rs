@@ -30,9 +30,7 @@ pub enum Standing {
 }
 
 pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
-    let epoch: String = sqlx::query_scalar("select epoch from pgfeed.meta")
-        .fetch_one(pool)
-        .await?;
+    let epoch: String = sqlx::query_scalar("select epoch from pgfeed.meta").fetch_one(pool).await?;
     Ok(Epoch::new(&epoch))
 }
 
@@ -77,12 +75,8 @@ pub async fn read_after(
     limit: i64,
 ) -> Result<Page, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await?;
-    let pruned: i64 = sqlx::query_scalar("select pruned_upto from pgfeed.meta")
-        .fetch_one(&mut *tx)
-        .await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let pruned: i64 = sqlx::query_scalar("select pruned_upto from pgfeed.meta").fetch_one(&mut *tx).await?;
     if expired(after, pruned) {
         return Ok(Page::Expired);
     }

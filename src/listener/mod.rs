@@ -47,13 +47,7 @@ impl ListenerStatus {
 }
 
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
-pub async fn run(
-    url: String,
-    pool: PgPool,
-    hub: Arc<Hub>,
-    status: Arc<ListenerStatus>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(url: String, pool: PgPool, hub: Arc<Hub>, status: Arc<ListenerStatus>, shutdown: CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
@@ -76,18 +70,10 @@ pub async fn run(
 }
 
 /// One connection's life: returns when the connection or a log read fails.
-async fn listen_and_relay(
-    url: &str,
-    pool: &PgPool,
-    hub: &Hub,
-    status: &ListenerStatus,
-) -> anyhow::Result<()> {
+async fn listen_and_relay(url: &str, pool: &PgPool, hub: &Hub, status: &ListenerStatus) -> anyhow::Result<()> {
     let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
     config.application_name(APPLICATION_NAME);
-    let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting the listener")?;
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.context("connecting the listener")?;
 
     let wake = Arc::new(Notify::new());
     // The connection must be polled for the client to make progress and for notifications to
@@ -108,10 +94,7 @@ async fn listen_and_relay(
     });
 
     let result = async {
-        client
-            .batch_execute(&format!("listen {CHANNEL}"))
-            .await
-            .context("LISTEN")?;
+        client.batch_execute(&format!("listen {CHANNEL}")).await.context("LISTEN")?;
         status.set(true);
         tracing::info!("listener connected");
         // Everything committed before LISTEN took effect is read now; everything after it wakes us.
@@ -140,38 +123,28 @@ async fn listen_and_relay(
 pub async fn relay(pool: &PgPool, hub: &Hub) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
-        let rows = match log::read_after(pool, after, None, log::PAGE)
-            .await
-            .context("reading the log")?
-        {
+        let rows = match log::read_after(pool, after, None, log::PAGE).await.context("reading the log")? {
             log::Page::Rows(rows) => rows,
             log::Page::Expired => {
                 // Only when this server was cut off from the database for longer than the
                 // retention: its subscribers may have missed pruned events, so they must resume
                 // (and will be told to refresh).
                 let head = log::head(pool).await.context("reading the log head")?;
-                tracing::error!(
-                    ?after,
-                    ?head,
-                    "the log was pruned past the listener's position; subscribers must refresh"
-                );
+                tracing::error!(?after, ?head, "the log was pruned past the listener's position; subscribers must refresh");
                 hub.reset(head);
                 continue;
             }
         };
         let full = rows.len() as i64 == log::PAGE;
         let epoch = hub.epoch().clone();
-        hub.publish(
-            rows.into_iter()
-                .filter_map(|row| match Event::from_row(row, &epoch) {
-                    Ok(event) => Some(event),
-                    Err(e) => {
-                        // The log holds jsonb, so this cannot happen; skipping is still better than stalling.
-                        tracing::error!(error = %e, "unreadable event in the log");
-                        None
-                    }
-                }),
-        );
+        hub.publish(rows.into_iter().filter_map(|row| match Event::from_row(row, &epoch) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                // The log holds jsonb, so this cannot happen; skipping is still better than stalling.
+                tracing::error!(error = %e, "unreadable event in the log");
+                None
+            }
+        }));
         if !full {
             return Ok(());
         }

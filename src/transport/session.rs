@@ -45,10 +45,7 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig {
-            ping_interval: Duration::from_secs(30),
-            max_subscriptions: 100,
-        }
+        SessionConfig { ping_interval: Duration::from_secs(30), max_subscriptions: 100 }
     }
 }
 
@@ -82,17 +79,9 @@ struct SnapshotFrame<'a> {
 }
 
 /// Runs the session until the client leaves, misbehaves, falls behind, or the server shuts down.
-pub async fn run<S>(
-    socket: S,
-    feed: Feed,
-    initial: Initial,
-    config: SessionConfig,
-    shutdown: CancellationToken,
-) where
-    S: Sink<Message, Error = axum::Error>
-        + Stream<Item = Result<Message, axum::Error>>
-        + Unpin
-        + Send,
+pub async fn run<S>(socket: S, feed: Feed, initial: Initial, config: SessionConfig, shutdown: CancellationToken)
+where
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
 {
     let (outbox, inbox) = Outbox::new(CONNECTION_QUEUE);
     let mut session = Session {
@@ -127,17 +116,9 @@ enum End {
 
 impl<S> Session<S>
 where
-    S: Sink<Message, Error = axum::Error>
-        + Stream<Item = Result<Message, axum::Error>>
-        + Unpin
-        + Send,
+    S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
 {
-    async fn run(
-        &mut self,
-        initial: Initial,
-        mut inbox: mpsc::Receiver<Delivery>,
-        shutdown: CancellationToken,
-    ) -> Result<(), End> {
+    async fn run(&mut self, initial: Initial, mut inbox: mpsc::Receiver<Delivery>, shutdown: CancellationToken) -> Result<(), End> {
         for topic in &initial.topics {
             let frame = ClientFrame {
                 action: "subscribe".into(),
@@ -148,10 +129,7 @@ where
             };
             self.subscribe(frame).await?;
         }
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.ping_interval,
-            self.config.ping_interval,
-        );
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + self.config.ping_interval, self.config.ping_interval);
         let mut awaiting_pong = false;
         let overflow = self.subs.outbox().clone();
         loop {
@@ -192,11 +170,7 @@ where
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn deliver(
-        &mut self,
-        first: Delivery,
-        inbox: &mut mpsc::Receiver<Delivery>,
-    ) -> Result<(), End> {
+    async fn deliver(&mut self, first: Delivery, inbox: &mut mpsc::Receiver<Delivery>) -> Result<(), End> {
         let mut next = Some(first);
         let mut fed = 0;
         while let Some(d) = next.take() {
@@ -217,43 +191,24 @@ where
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                let id = serde_json::from_str::<Value>(text)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned());
-                return self
-                    .client_error("bad_request", &format!("invalid frame: {e}"), id.as_ref())
-                    .await;
+                let id = serde_json::from_str::<Value>(text).ok().and_then(|v| v.get("id").cloned());
+                return self.client_error("bad_request", &format!("invalid frame: {e}"), id.as_ref()).await;
             }
         };
         match frame.action.as_str() {
             "subscribe" => self.subscribe(frame).await,
             "unsubscribe" => {
                 let Some(topic) = frame.topic.as_deref() else {
-                    return self
-                        .client_error(
-                            "bad_request",
-                            "unsubscribe needs a topic",
-                            frame.id.as_ref(),
-                        )
-                        .await;
+                    return self.client_error("bad_request", "unsubscribe needs a topic", frame.id.as_ref()).await;
                 };
                 self.subs.remove(topic);
-                self.send_json(&with_id(
-                    json!({"type": "unsubscribed", "topic": topic}),
-                    frame.id.as_ref(),
-                ))
-                .await
+                self.send_json(&with_id(json!({"type": "unsubscribed", "topic": topic}), frame.id.as_ref())).await
             }
             "refresh" => self.refresh(frame).await,
-            "ping" => {
-                self.send_json(&with_id(json!({"type": "pong"}), frame.id.as_ref()))
-                    .await
-            }
+            "ping" => self.send_json(&with_id(json!({"type": "pong"}), frame.id.as_ref())).await,
             other => {
-                let message =
-                    format!("unknown action {other:?} (subscribe, unsubscribe, refresh, ping)");
-                self.client_error("bad_request", &message, frame.id.as_ref())
-                    .await
+                let message = format!("unknown action {other:?} (subscribe, unsubscribe, refresh, ping)");
+                self.client_error("bad_request", &message, frame.id.as_ref()).await
             }
         }
     }
@@ -262,18 +217,11 @@ where
     async fn subscribe(&mut self, frame: ClientFrame) -> Result<(), End> {
         let id = frame.id.as_ref();
         let Some(topic) = frame.topic.as_deref() else {
-            return self
-                .client_error("bad_request", "subscribe needs a topic", id)
-                .await;
+            return self.client_error("bad_request", "subscribe needs a topic", id).await;
         };
         if !self.subs.contains(topic) && self.subs.len() >= self.config.max_subscriptions {
-            let message = format!(
-                "at most {} subscriptions per connection",
-                self.config.max_subscriptions
-            );
-            return self
-                .client_error("too_many_subscriptions", &message, id)
-                .await;
+            let message = format!("at most {} subscriptions per connection", self.config.max_subscriptions);
+            return self.client_error("too_many_subscriptions", &message, id).await;
         }
         let outcome = async {
             let table = self.feed.check_topic(topic).await?;
@@ -282,21 +230,8 @@ where
                 (Some(c), false) => Start::After(self.feed.parse_cursor(c).await?),
                 (None, false) => Start::Live,
             };
-            let Session {
-                socket, subs, feed, ..
-            } = self;
-            subs.add(
-                topic,
-                &table,
-                start,
-                &mut Writer {
-                    socket,
-                    feed,
-                    topic,
-                    id,
-                },
-            )
-            .await
+            let Session { socket, subs, feed, .. } = self;
+            subs.add(topic, &table, start, &mut Writer { socket, feed, topic, id }).await
         }
         .await;
         self.answer(topic, id, outcome).await
@@ -306,14 +241,10 @@ where
     async fn refresh(&mut self, frame: ClientFrame) -> Result<(), End> {
         let id = frame.id.as_ref();
         let Some(topic) = frame.topic.as_deref() else {
-            return self
-                .client_error("bad_request", "refresh needs a topic", id)
-                .await;
+            return self.client_error("bad_request", "refresh needs a topic", id).await;
         };
         if !self.subs.contains(topic) {
-            return self
-                .client_error("bad_request", &format!("not subscribed to {topic:?}"), id)
-                .await;
+            return self.client_error("bad_request", &format!("not subscribed to {topic:?}"), id).await;
         }
         let outcome = async {
             let table = self.feed.check_topic(topic).await?;
@@ -330,25 +261,14 @@ where
     }
 
     /// Turns a failed subscribe/refresh into the frame the client is owed.
-    async fn answer(
-        &mut self,
-        topic: &str,
-        id: Option<&Value>,
-        outcome: Result<(), FeedError>,
-    ) -> Result<(), End> {
+    async fn answer(&mut self, topic: &str, id: Option<&Value>, outcome: Result<(), FeedError>) -> Result<(), End> {
         match outcome {
             Ok(()) => Ok(()),
             Err(FeedError::Gone) => Err(End::Stalled),
             Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
-            Err(e @ FeedError::UnknownTopic(_)) => {
-                self.client_error("unknown_topic", &e.to_string(), id).await
-            }
+            Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
             Err(FeedError::Refresh(reason)) => {
-                self.send_json(&with_id(
-                    json!({"type": "refresh_needed", "topic": topic, "reason": reason}),
-                    id,
-                ))
-                .await
+                self.send_json(&with_id(json!({"type": "refresh_needed", "topic": topic, "reason": reason}), id)).await
             }
             Err(e @ (FeedError::Db(_) | FeedError::Corrupt(_))) => {
                 tracing::error!(error = %e, topic, "subscription failed");
@@ -358,12 +278,7 @@ where
     }
 
     /// An `error` frame for the client's mistake; too many in a short time close the connection.
-    async fn client_error(
-        &mut self,
-        code: &str,
-        message: &str,
-        id: Option<&Value>,
-    ) -> Result<(), End> {
+    async fn client_error(&mut self, code: &str, message: &str, id: Option<&Value>) -> Result<(), End> {
         let now = Instant::now();
         if now.duration_since(self.errors.0) > ERROR_WINDOW {
             self.errors = (now, 0);
@@ -372,11 +287,7 @@ where
         if self.errors.1 > ERROR_BUDGET {
             return self.close(close::POLICY, "too many bad frames").await;
         }
-        self.send_json(&with_id(
-            json!({"type": "error", "code": code, "message": message}),
-            id,
-        ))
-        .await
+        self.send_json(&with_id(json!({"type": "error", "code": code, "message": message}), id)).await
     }
 
     async fn send_json(&mut self, v: &Value) -> Result<(), End> {
@@ -389,16 +300,9 @@ where
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         // Best effort: a client that does not read will not get it, and is dropped anyway.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            self.socket.send(Message::Close(Some(frame))),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.socket.send(Message::Close(Some(frame)))).await;
         Ok(())
     }
 }
@@ -421,11 +325,8 @@ where
                 let v = json!({"type": "subscribed", "topic": self.topic, "cursor": self.feed.cursor(at)});
                 json_text(&with_id(v, self.id))
             }
-            Item::Snapshot(at, data) => {
-                snapshot_text(self.topic, &self.feed.cursor(at), data, self.id)
-            }
-            Item::Event(d) => Utf8Bytes::try_from(d.frame().clone())
-                .map_err(|_| FeedError::Corrupt("not UTF-8".into()))?,
+            Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
+            Item::Event(d) => Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?,
         };
         match stall(self.socket.send(Message::Text(msg))).await {
             Ok(Ok(())) => Ok(()),
@@ -436,9 +337,7 @@ where
 
 /// Bounds a write by [`WRITE_STALL`].
 async fn stall<T>(fut: impl std::future::Future<Output = T>) -> Result<T, End> {
-    tokio::time::timeout(WRITE_STALL, fut)
-        .await
-        .map_err(|_| End::Stalled)
+    tokio::time::timeout(WRITE_STALL, fut).await.map_err(|_| End::Stalled)
 }
 
 fn with_id(mut v: Value, id: Option<&Value>) -> Value {
@@ -454,14 +353,7 @@ fn json_text(v: &Value) -> Utf8Bytes {
 
 fn snapshot_text(topic: &str, cursor: &str, data: String, id: Option<&Value>) -> Utf8Bytes {
     // The database produced `data` as jsonb text; fall back to null rather than fail the client.
-    let data = RawValue::from_string(data)
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
-    let frame = SnapshotFrame {
-        kind: "snapshot",
-        topic,
-        cursor,
-        data: &data,
-        id,
-    };
+    let data = RawValue::from_string(data).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+    let frame = SnapshotFrame { kind: "snapshot", topic, cursor, data: &data, id };
     Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
 }

@@ -17,19 +17,9 @@ pub struct WsQuery {
 
 // PROTOCOL §5: `GET /ws?topics=a,b&since=C`. The upgrade is the last point where the request is
 // at hand, so connect-time subscriptions (and, later, auth) are read here.
-pub async fn handler(
-    State(state): State<AppState>,
-    Query(q): Query<WsQuery>,
-    ws: WebSocketUpgrade,
-) -> Response {
+pub async fn handler(State(state): State<AppState>, Query(q): Query<WsQuery>, ws: WebSocketUpgrade) -> Response {
     let initial = Initial {
-        topics: q
-            .topics
-            .iter()
-            .flat_map(|t| t.split(','))
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        topics: q.topics.iter().flat_map(|t| t.split(',')).filter(|t| !t.is_empty()).map(str::to_owned).collect(),
         since: q.since.filter(|s| !s.is_empty()),
     };
     let shutdown = state.shutdown.token.clone();
@@ -40,13 +30,5 @@ pub async fn handler(
         .max_frame_size(16 * MAX_CLIENT_FRAME)
         // axum does not track upgraded connections (axum#3003): the tracker does, so shutdown
         // can tell each session to close with 1001 and wait for it.
-        .on_upgrade(move |socket| {
-            tracker.track_future(session::run(
-                socket,
-                state.feed,
-                initial,
-                state.session,
-                shutdown,
-            ))
-        })
+        .on_upgrade(move |socket| tracker.track_future(session::run(socket, state.feed, initial, state.session, shutdown)))
 }

@@ -38,15 +38,9 @@ async fn psql_insert_update_delete_reach_a_studies_subscriber_with_the_row() {
     assert_eq!(created["id"], created["data"]["id"]);
     assert_eq!(updated["type"], "study_updated");
     assert_eq!(updated["data"]["title"], "Renamed");
-    assert_eq!(
-        updated["data"]["version"], 2,
-        "the database bumps version on every update"
-    );
+    assert_eq!(updated["data"]["version"], 2, "the database bumps version on every update");
     assert_eq!(deleted["type"], "study_deleted");
-    assert_eq!(
-        deleted["data"]["title"], "Renamed",
-        "a delete carries the row as it was"
-    );
+    assert_eq!(deleted["data"]["title"], "Renamed", "a delete carries the row as it was");
     assert!(created["committed_at"].as_str().unwrap().ends_with('Z'));
     assert!(position(&created["cursor"]) < position(&updated["cursor"]));
 }
@@ -128,34 +122,20 @@ async fn concurrent_writers_with_rollbacks_are_delivered_once_each_in_commit_ord
     // writer's rows in the order that writer committed them.
     let events = ws.events(WRITERS * ROWS).await;
     ws.assert_quiet(Duration::from_millis(500)).await;
-    let committed: HashSet<i64> = app
-        .psql("select id from messages")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let committed: HashSet<i64> =
+        app.psql("select id from messages").lines().map(|l| l.parse().unwrap()).collect();
     let got = ids(&events);
-    assert_eq!(
-        got.iter().copied().collect::<HashSet<_>>(),
-        committed,
-        "every committed row, nothing else"
-    );
+    assert_eq!(got.iter().copied().collect::<HashSet<_>>(), committed, "every committed row, nothing else");
     assert_eq!(got.len(), committed.len(), "no duplicates");
     let positions: Vec<Position> = events.iter().map(|e| position(&e["cursor"])).collect();
-    assert!(
-        positions.windows(2).all(|p| p[0] < p[1]),
-        "cursors strictly increase"
-    );
+    assert!(positions.windows(2).all(|p| p[0] < p[1]), "cursors strictly increase");
     for w in 0..WRITERS {
         let seq: Vec<i64> = events
             .iter()
             .filter(|e| e["data"]["author"] == format!("w{w}"))
             .map(|e| e["data"]["body"].as_str().unwrap().parse().unwrap())
             .collect();
-        assert_eq!(
-            seq,
-            (0..ROWS as i64).collect::<Vec<_>>(),
-            "writer {w}'s rows in its own order"
-        );
+        assert_eq!(seq, (0..ROWS as i64).collect::<Vec<_>>(), "writer {w}'s rows in its own order");
     }
 }
 
@@ -172,15 +152,10 @@ async fn resume_with_since_gets_exactly_what_was_missed() {
     app.psql("update studies set title = 'A2' where label = 'a'");
 
     let mut ws = app.ws().await;
-    let sub = ws
-        .subscribe_since("studies", seen["cursor"].as_str().unwrap())
-        .await;
+    let sub = ws.subscribe_since("studies", seen["cursor"].as_str().unwrap()).await;
     assert_eq!(sub["cursor"], seen["cursor"]);
     let missed = ws.events(3).await;
-    let labels: Vec<_> = missed
-        .iter()
-        .map(|e| e["data"]["label"].as_str().unwrap())
-        .collect();
+    let labels: Vec<_> = missed.iter().map(|e| e["data"]["label"].as_str().unwrap()).collect();
     assert_eq!(labels, ["b", "c", "a"]);
     ws.assert_quiet(Duration::from_millis(300)).await;
 
@@ -202,14 +177,10 @@ async fn resume_beyond_the_memory_ring_is_served_from_the_log_in_order() {
     ws.close().await;
 
     let mut ws = app.ws().await;
-    ws.subscribe_since("messages", start.as_str().unwrap())
-        .await;
+    ws.subscribe_since("messages", start.as_str().unwrap()).await;
     let resumed = ws.events(n).await;
     assert_eq!(ids(&resumed), ids(&live));
-    assert_eq!(
-        resumed.last().unwrap()["cursor"],
-        live.last().unwrap()["cursor"]
-    );
+    assert_eq!(resumed.last().unwrap()["cursor"], live.last().unwrap()["cursor"]);
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
@@ -219,26 +190,18 @@ async fn garbage_and_foreign_cursors_get_an_error_or_refresh_needed_never_data()
     app.psql("insert into studies (label, title) values ('a', 'A')");
     let mut ws = app.ws().await;
 
-    ws.send(json!({"action": "subscribe", "topic": "studies", "since": "not-a-cursor", "id": 1}))
-        .await;
+    ws.send(json!({"action": "subscribe", "topic": "studies", "since": "not-a-cursor", "id": 1})).await;
     let v = ws.next_json().await;
-    assert_eq!(
-        (v["type"].as_str(), v["code"].as_str(), &v["id"]),
-        (Some("error"), Some("bad_request"), &json!(1))
-    );
+    assert_eq!((v["type"].as_str(), v["code"].as_str(), &v["id"]), (Some("error"), Some("bad_request"), &json!(1)));
 
-    ws.send(json!({"action": "subscribe", "topic": "studies", "since": "0123abcdef99-1-1"}))
-        .await;
+    ws.send(json!({"action": "subscribe", "topic": "studies", "since": "0123abcdef99-1-1"})).await;
     let v = ws.next_json().await;
     assert_eq!(v["type"], "refresh_needed", "{v}");
     assert_eq!(v["topic"], "studies");
 
     // A cursor of this log but beyond its head (as from a restored backup) is not trusted either.
     let epoch = app.psql("select epoch from pgfeed.meta");
-    ws.send(
-        json!({"action": "subscribe", "topic": "studies", "since": format!("{epoch}-999999-1")}),
-    )
-    .await;
+    ws.send(json!({"action": "subscribe", "topic": "studies", "since": format!("{epoch}-999999-1")})).await;
     assert_eq!(ws.next_json().await["type"], "refresh_needed");
 
     // None of those subscribed: a new row reaches nobody here.
@@ -266,14 +229,9 @@ async fn a_cursor_older_than_retention_gets_refresh_needed() {
     .expect("retention did not prune");
 
     let mut again = app.ws().await;
-    again
-        .send(json!({"action": "subscribe", "topic": "studies", "since": old}))
-        .await;
+    again.send(json!({"action": "subscribe", "topic": "studies", "since": old})).await;
     let v = again.next_json().await;
-    assert_eq!(
-        (v["type"].as_str(), v["reason"].as_str()),
-        (Some("refresh_needed"), Some("cursor_expired"))
-    );
+    assert_eq!((v["type"].as_str(), v["reason"].as_str()), (Some("refresh_needed"), Some("cursor_expired")));
 }
 
 #[tokio::test]
@@ -297,10 +255,7 @@ async fn killing_the_listener_connection_while_a_writer_inserts_loses_and_double
     writer.await.expect("writer");
 
     let events = ws.events(N).await;
-    let bodies: Vec<i64> = events
-        .iter()
-        .map(|e| e["data"]["body"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let bodies: Vec<i64> = events.iter().map(|e| e["data"]["body"].as_str().unwrap().parse().unwrap()).collect();
     assert_eq!(bodies, (0..N as i64).collect::<Vec<_>>());
     ws.assert_quiet(Duration::from_millis(500)).await;
 }
@@ -314,23 +269,16 @@ async fn after_a_server_restart_a_client_resumes_with_exactly_the_missed_rows() 
     let cursor = ws.next_event().await["cursor"].clone();
     let db = app.db.clone();
     app.stop().await;
-    assert!(
-        matches!(ws.next_seen().await, Seen::Closed(Some(1001))),
-        "shutdown closes with 1001"
-    );
+    assert!(matches!(ws.next_seen().await, Seen::Closed(Some(1001))), "shutdown closes with 1001");
 
     db.psql("insert into studies (label, title) values ('b', 'B')");
     db.psql("delete from studies where label = 'a'");
 
     let app = TestApp::spawn_on(db).await;
     let mut ws = app.ws().await;
-    ws.subscribe_since("studies", cursor.as_str().unwrap())
-        .await;
+    ws.subscribe_since("studies", cursor.as_str().unwrap()).await;
     let missed = ws.events(2).await;
-    assert_eq!(
-        (missed[0]["type"].as_str(), missed[1]["type"].as_str()),
-        (Some("study_created"), Some("study_deleted"))
-    );
+    assert_eq!((missed[0]["type"].as_str(), missed[1]["type"].as_str()), (Some("study_created"), Some("study_deleted")));
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
@@ -351,8 +299,7 @@ async fn two_servers_on_one_database_relay_the_same_events_with_the_same_cursors
     b.close().await;
     one.psql("insert into studies (label, title) values ('c', 'C')");
     let mut b = two.ws().await;
-    b.subscribe_since("studies", eb[1]["cursor"].as_str().unwrap())
-        .await;
+    b.subscribe_since("studies", eb[1]["cursor"].as_str().unwrap()).await;
     assert_eq!(b.next_event().await["data"]["label"], "c");
 }
 
@@ -378,19 +325,12 @@ async fn a_snapshot_then_the_stream_under_concurrent_inserts_has_no_loss_and_no_
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     let mut ws = app.ws().await;
-    let sub = ws
-        .subscribe_with(json!({"action": "subscribe", "topic": "studies:1", "snapshot": true}))
-        .await;
+    let sub = ws.subscribe_with(json!({"action": "subscribe", "topic": "studies:1", "snapshot": true})).await;
     let snap = ws.next_json().await;
     assert_eq!(snap["type"], "snapshot");
     assert_eq!(snap["cursor"], sub["cursor"]);
     assert_eq!(snap["data"]["study"]["label"], "s");
-    let mut seen: Vec<i64> = snap["data"]["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_i64().unwrap())
-        .collect();
+    let mut seen: Vec<i64> = snap["data"]["messages"].as_array().unwrap().iter().map(|m| m["id"].as_i64().unwrap()).collect();
     writer.await.expect("writer");
 
     let rest = ws.events(N - seen.len()).await;
@@ -408,29 +348,22 @@ async fn snapshots_of_a_table_a_row_and_refresh() {
     let app = TestApp::spawn().await;
     app.psql("insert into studies (id, label, title) values (1, 'a', 'A'), (2, 'b', 'B')");
     let mut ws = app.ws().await;
-    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies", "snapshot": true}))
-        .await;
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies", "snapshot": true})).await;
     let snap = ws.next_json().await;
     assert_eq!(snap["data"].as_array().unwrap().len(), 2);
 
-    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies:2", "snapshot": true}))
-        .await;
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies:2", "snapshot": true})).await;
     assert_eq!(ws.next_json().await["data"]["study"]["label"], "b");
 
     app.psql("insert into messages (id, study_id, author, body) values (5, 1, 'a', 'x')");
-    ws.subscribe_with(json!({"action": "subscribe", "topic": "messages:5", "snapshot": true}))
-        .await;
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "messages:5", "snapshot": true})).await;
     assert_eq!(ws.next_json().await["data"]["body"], "x");
 
     app.psql("insert into studies (id, label, title) values (3, 'c', 'C')");
     assert_eq!(ws.next_event().await["topic"], "studies");
-    ws.send(json!({"action": "refresh", "topic": "studies", "id": "r"}))
-        .await;
+    ws.send(json!({"action": "refresh", "topic": "studies", "id": "r"})).await;
     let again = ws.next_json().await;
-    assert_eq!(
-        (again["type"].as_str(), again["id"].as_str()),
-        (Some("snapshot"), Some("r"))
-    );
+    assert_eq!((again["type"].as_str(), again["id"].as_str()), (Some("snapshot"), Some("r")));
     assert_eq!(again["data"].as_array().unwrap().len(), 3);
 }
 
@@ -441,12 +374,8 @@ async fn unsubscribe_stops_events_and_ping_answers_pong() {
     ws.subscribe("studies").await;
     ws.send(json!({"action": "ping", "id": 7})).await;
     assert_eq!(ws.next_json().await, json!({"type": "pong", "id": 7}));
-    ws.send(json!({"action": "unsubscribe", "topic": "studies"}))
-        .await;
-    assert_eq!(
-        ws.next_json().await,
-        json!({"type": "unsubscribed", "topic": "studies"})
-    );
+    ws.send(json!({"action": "unsubscribe", "topic": "studies"})).await;
+    assert_eq!(ws.next_json().await, json!({"type": "unsubscribed", "topic": "studies"}));
     app.psql("insert into studies (label, title) values ('a', 'A')");
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
@@ -459,39 +388,19 @@ async fn connect_time_topics_and_since_subscribe_on_connect() {
     app.psql("insert into studies (id, label, title) values (1, 'a', 'A')");
     ws.next_event().await;
 
-    let mut ws = app
-        .ws_at(&format!(
-            "/ws?topics=studies,studies:1&since={}",
-            first.as_str().unwrap()
-        ))
-        .await;
+    let mut ws = app.ws_at(&format!("/ws?topics=studies,studies:1&since={}", first.as_str().unwrap())).await;
     let mut frames = Vec::new();
     for _ in 0..4 {
         frames.push(ws.next_json().await);
     }
-    let summary: Vec<_> = frames
-        .iter()
-        .map(|f| (f["type"].as_str().unwrap(), f["topic"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            ("subscribed", "studies"),
-            ("study_created", "studies"),
-            ("subscribed", "studies:1"),
-            ("study_created", "studies:1")
-        ]
-    );
+    let summary: Vec<_> = frames.iter().map(|f| (f["type"].as_str().unwrap(), f["topic"].as_str().unwrap())).collect();
+    assert_eq!(summary, [("subscribed", "studies"), ("study_created", "studies"), ("subscribed", "studies:1"), ("study_created", "studies:1")]);
 }
 
 #[tokio::test]
 async fn a_table_tracked_with_pgfeed_track_joins_the_feed() {
     let app = TestApp::spawn().await;
-    app.psql(
-        "create table audit.entries (sku text primary key, qty int)"
-            .replace("audit.", "public.")
-            .as_str(),
-    );
+    app.psql("create table audit.entries (sku text primary key, qty int)".replace("audit.", "public.").as_str());
     app.psql("create schema audit; create table audit.log (id int primary key, what text)");
     app.psql("select pgfeed.track('entries'); select pgfeed.track('audit.log')");
     let mut ws = app.ws().await;
@@ -501,15 +410,9 @@ async fn a_table_tracked_with_pgfeed_track_joins_the_feed() {
     app.psql("insert into entries values ('x-1', 5)");
     app.psql("insert into audit.log values (3, 'hello')");
     let e = ws.next_event().await;
-    assert_eq!(
-        (e["type"].as_str(), e["topic"].as_str(), e["id"].as_str()),
-        (Some("entries_created"), Some("entries"), Some("x-1"))
-    );
+    assert_eq!((e["type"].as_str(), e["topic"].as_str(), e["id"].as_str()), (Some("entries_created"), Some("entries"), Some("x-1")));
     let l = ws.next_event().await;
-    assert_eq!(
-        (l["type"].as_str(), l["topic"].as_str(), l["table"].as_str()),
-        (Some("log_created"), Some("audit.log:3"), Some("audit.log"))
-    );
+    assert_eq!((l["type"].as_str(), l["topic"].as_str(), l["table"].as_str()), (Some("log_created"), Some("audit.log:3"), Some("audit.log")));
 
     app.psql("select pgfeed.untrack('entries')");
     app.psql("insert into entries values ('x-2', 1)");

@@ -18,25 +18,16 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_usable() {
     assert_eq!(ws.next_json().await["code"], "bad_request");
     ws.send(json!({"action": "dance", "id": "d"})).await;
     let v = ws.next_json().await;
-    assert_eq!(
-        (v["code"].as_str(), v["id"].as_str()),
-        (Some("bad_request"), Some("d"))
-    );
+    assert_eq!((v["code"].as_str(), v["id"].as_str()), (Some("bad_request"), Some("d")));
     ws.send(json!({"action": "subscribe"})).await;
     assert_eq!(ws.next_json().await["code"], "bad_request");
-    ws.send(json!({"action": "subscribe", "topic": "nosuchtable"}))
-        .await;
+    ws.send(json!({"action": "subscribe", "topic": "nosuchtable"})).await;
     assert_eq!(ws.next_json().await["code"], "unknown_topic");
-    ws.send(json!({"action": "subscribe", "topic": "studies:abc"}))
-        .await;
+    ws.send(json!({"action": "subscribe", "topic": "studies:abc"})).await;
     assert_eq!(ws.next_json().await["code"], "unknown_topic");
-    ws.send(json!({"action": "subscribe", "topic": "bad topic!"}))
-        .await;
+    ws.send(json!({"action": "subscribe", "topic": "bad topic!"})).await;
     assert_eq!(ws.next_json().await["code"], "bad_request");
-    ws.stream
-        .send(Message::Binary(vec![1, 2, 3].into()))
-        .await
-        .unwrap();
+    ws.stream.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(ws.next_json().await["code"], "bad_request");
 
     ws.subscribe("studies").await;
@@ -50,23 +41,13 @@ async fn a_frame_over_64_kib_closes_with_1009_and_others_are_unaffected() {
     let mut bystander = app.ws().await;
     bystander.subscribe("studies").await;
     let mut ws = app.ws().await;
-    ws.send_raw(format!(
-        r#"{{"action":"ping","pad":"{}"}}"#,
-        "x".repeat(70 * 1024)
-    ))
-    .await;
+    ws.send_raw(format!(r#"{{"action":"ping","pad":"{}"}}"#, "x".repeat(70 * 1024))).await;
     assert!(matches!(ws.next_seen().await, Seen::Closed(Some(1009))));
 
     // Even one far over what the server reads whole.
     let mut ws = app.ws().await;
-    let _ = ws
-        .stream
-        .send(Message::Text("y".repeat(4 << 20).into()))
-        .await;
-    assert!(matches!(
-        ws.next_seen().await,
-        Seen::Closed(Some(1009) | None)
-    ));
+    let _ = ws.stream.send(Message::Text("y".repeat(4 << 20).into())).await;
+    assert!(matches!(ws.next_seen().await, Seen::Closed(Some(1009) | None)));
 
     app.psql("insert into studies (label, title) values ('still', 'here')");
     assert_eq!(bystander.next_event().await["data"]["label"], "still");
@@ -79,12 +60,7 @@ async fn a_burst_of_garbage_closes_with_1008_and_others_are_unaffected() {
     bystander.subscribe("studies").await;
     let mut ws = app.ws().await;
     for i in 0..200 {
-        if ws
-            .stream
-            .send(Message::Text(format!("garbage {i}").into()))
-            .await
-            .is_err()
-        {
+        if ws.stream.send(Message::Text(format!("garbage {i}").into())).await.is_err() {
             break;
         }
     }
@@ -113,8 +89,7 @@ async fn too_many_subscriptions_are_refused_with_an_error_frame() {
     for i in 0..max {
         ws.subscribe(&format!("studies:{i}")).await;
     }
-    ws.send(json!({"action": "subscribe", "topic": "studies:999999"}))
-        .await;
+    ws.send(json!({"action": "subscribe", "topic": "studies:999999"})).await;
     assert_eq!(ws.next_json().await["code"], "too_many_subscriptions");
     ws.send(json!({"action": "ping"})).await;
     assert_eq!(ws.next_json().await["type"], "pong");
@@ -130,15 +105,7 @@ async fn a_client_that_never_reads_is_closed_with_4008_and_others_get_every_even
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(app.addr).await.unwrap();
     let mut stuck = crate::support::ws_over(tcp, app.addr).await;
-    stuck
-        .stream
-        .send(Message::Text(
-            json!({"action": "subscribe", "topic": "messages"})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
+    stuck.stream.send(Message::Text(json!({"action": "subscribe", "topic": "messages"}).to_string().into())).await.unwrap();
 
     let mut healthy = app.ws().await;
     healthy.subscribe("messages").await;

@@ -33,11 +33,7 @@ const TEMPLATE: &str = "pgfeed_template";
 /// Lives for the whole test binary: the cluster's processes and the setup work run on it,
 /// since each `#[tokio::test]` has a runtime of its own that ends with the test.
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("test runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("test runtime")
 });
 
 struct Server {
@@ -64,9 +60,7 @@ where
     T: Send + 'static,
     F: std::future::Future<Output = T>,
 {
-    std::thread::spawn(move || RUNTIME.block_on(make()))
-        .join()
-        .expect("harness thread")
+    std::thread::spawn(move || RUNTIME.block_on(make())).join().expect("harness thread")
 }
 
 fn server() -> &'static Server {
@@ -76,40 +70,20 @@ fn server() -> &'static Server {
             let server = match std::env::var("DATABASE_URL") {
                 Ok(url) => {
                     let base = url.parse::<url_base::Base>().expect("DATABASE_URL");
-                    Server {
-                        url_for: Box::new(move |db| base.with_database(db)),
-                        _cluster: None,
-                    }
+                    Server { url_for: Box::new(move |db| base.with_database(db)), _cluster: None }
                 }
                 Err(_) => {
-                    let cluster = Cluster::start_ephemeral()
-                        .await
-                        .expect("starting the test cluster");
+                    let cluster = Cluster::start_ephemeral().await.expect("starting the test cluster");
                     let cluster_urls = cluster.url("DBNAME");
-                    Server {
-                        url_for: Box::new(move |db| cluster_urls.replace("DBNAME", db)),
-                        _cluster: Some(cluster),
-                    }
+                    Server { url_for: Box::new(move |db| cluster_urls.replace("DBNAME", db)), _cluster: Some(cluster) }
                 }
             };
             let admin = (server.url_for)("postgres");
-            let mut conn = PgConnection::connect(&admin)
-                .await
-                .expect("connecting to the test server");
-            sqlx::query(&format!("drop database if exists {TEMPLATE} with (force)"))
-                .execute(&mut conn)
-                .await
-                .expect("drop template");
-            sqlx::query(&format!("create database {TEMPLATE}"))
-                .execute(&mut conn)
-                .await
-                .expect("create template");
-            let pool = pgfeed::db::connect(&(server.url_for)(TEMPLATE))
-                .await
-                .expect("template pool");
-            pgfeed::db::migrate(&pool)
-                .await
-                .expect("migrating the template");
+            let mut conn = PgConnection::connect(&admin).await.expect("connecting to the test server");
+            sqlx::query(&format!("drop database if exists {TEMPLATE} with (force)")).execute(&mut conn).await.expect("drop template");
+            sqlx::query(&format!("create database {TEMPLATE}")).execute(&mut conn).await.expect("create template");
+            let pool = pgfeed::db::connect(&(server.url_for)(TEMPLATE)).await.expect("template pool");
+            pgfeed::db::migrate(&pool).await.expect("migrating the template");
             pool.close().await;
             server
         })
@@ -126,46 +100,23 @@ impl TestDb {
     pub async fn create() -> Arc<TestDb> {
         let server = server();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&(server.url_for)("postgres"))
-            .await
-            .expect("admin connection");
-        sqlx::query(&format!("create database {name} template {TEMPLATE}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
+        let mut conn = PgConnection::connect(&(server.url_for)("postgres")).await.expect("admin connection");
+        sqlx::query(&format!("create database {name} template {TEMPLATE}")).execute(&mut conn).await.expect("create test database");
         let url = (server.url_for)(&name);
         // A fresh epoch: this database's cursors must not be taken for another's.
         let mut conn = PgConnection::connect(&url).await.expect("test database");
-        sqlx::query("update pgfeed.meta set epoch = substr(md5(random()::text), 1, 12)")
-            .execute(&mut conn)
-            .await
-            .expect("epoch");
+        sqlx::query("update pgfeed.meta set epoch = substr(md5(random()::text), 1, 12)").execute(&mut conn).await.expect("epoch");
         Arc::new(TestDb { name, url })
     }
 
     /// Runs SQL through `psql`, a writer outside pgfeed; returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         let out = std::process::Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-t",
-                "-A",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.url,
-                "-c",
-                sql,
-            ])
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", &self.url, "-c", sql])
             .stdin(Stdio::null())
             .output()
             .expect("running psql");
-        assert!(
-            out.status.success(),
-            "psql failed on {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "psql failed on {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -182,17 +133,10 @@ impl TestDb {
                 .spawn()
                 .expect("running psql");
             let mut stdin = child.stdin.take().expect("stdin");
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .expect("feeding psql");
+            stdin.write_all(script.as_bytes()).await.expect("feeding psql");
             drop(stdin);
             let out = child.wait_with_output().await.expect("psql");
-            assert!(
-                out.status.success(),
-                "psql script failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "psql script failed: {}", String::from_utf8_lossy(&out.stderr));
         })
     }
 }
@@ -206,9 +150,7 @@ impl Drop for TestDb {
         let (admin, name) = ((server().url_for)("postgres"), self.name.clone());
         on_runtime(move || async move {
             if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
-                    .execute(&mut conn)
-                    .await;
+                let _ = sqlx::query(&format!("drop database if exists {name} with (force)")).execute(&mut conn).await;
             }
         });
     }
@@ -240,17 +182,10 @@ impl TestApp {
         config.bind = "127.0.0.1:0".parse().expect("addr");
         tweak(&mut config);
         let shutdown = Shutdown::new();
-        let app = App::build(config, shutdown.clone())
-            .await
-            .expect("building the app");
+        let app = App::build(config, shutdown.clone()).await.expect("building the app");
         let addr = app.addr();
         let handle = tokio::spawn(app.run_until_stopped());
-        let app = TestApp {
-            addr,
-            db,
-            shutdown,
-            handle,
-        };
+        let app = TestApp { addr, db, shutdown, handle };
         app.wait_healthy().await;
         app
     }
@@ -279,11 +214,7 @@ impl TestApp {
     /// Stops the server as SIGTERM would, and waits for it.
     pub async fn stop(self) {
         self.shutdown.token.cancel();
-        tokio::time::timeout(PATIENCE, self.handle)
-            .await
-            .expect("server did not stop")
-            .expect("join")
-            .expect("server failed");
+        tokio::time::timeout(PATIENCE, self.handle).await.expect("server did not stop").expect("join").expect("server failed");
     }
 
     pub async fn ws(&self) -> WsClient {
@@ -291,9 +222,7 @@ impl TestApp {
     }
 
     pub async fn ws_at(&self, path: &str) -> WsClient {
-        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}{}", self.addr, path))
-            .await
-            .expect("ws connect");
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}{}", self.addr, path)).await.expect("ws connect");
         WsClient { stream }
     }
 }
@@ -305,10 +234,7 @@ pub struct WsClient {
 
 /// A WebSocket handshake over a socket the test set up itself.
 pub async fn ws_over(tcp: TcpStream, addr: SocketAddr) -> WsClient {
-    let (stream, _) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
-            .await
-            .expect("ws handshake");
+    let (stream, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp)).await.expect("ws handshake");
     WsClient { stream }
 }
 
@@ -321,36 +247,24 @@ pub enum Seen {
 
 impl WsClient {
     pub async fn send(&mut self, v: Value) {
-        self.stream
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("ws send");
+        self.stream.send(Message::Text(v.to_string().into())).await.expect("ws send");
     }
 
     pub async fn send_raw(&mut self, text: String) {
-        self.stream
-            .send(Message::Text(text.into()))
-            .await
-            .expect("ws send");
+        self.stream.send(Message::Text(text.into())).await.expect("ws send");
     }
 
     /// The next JSON frame or the close, within `PATIENCE`.
     pub async fn next_seen(&mut self) -> Seen {
-        self.next_seen_within(PATIENCE)
-            .await
-            .expect("no frame from the server in time")
+        self.next_seen_within(PATIENCE).await.expect("no frame from the server in time")
     }
 
     pub async fn next_seen_within(&mut self, wait: Duration) -> Option<Seen> {
         tokio::time::timeout(wait, async {
             loop {
                 match self.stream.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        return Seen::Frame(serde_json::from_str(&t).expect("server sent bad JSON"))
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        return Seen::Closed(frame.map(|f| u16::from(f.code)))
-                    }
+                    Some(Ok(Message::Text(t))) => return Seen::Frame(serde_json::from_str(&t).expect("server sent bad JSON")),
+                    Some(Ok(Message::Close(frame))) => return Seen::Closed(frame.map(|f| u16::from(f.code))),
                     Some(Ok(_)) => continue,
                     Some(Err(_)) | None => return Seen::Closed(None),
                 }
@@ -376,13 +290,11 @@ impl WsClient {
 
     /// Subscribes and returns the `subscribed` answer.
     pub async fn subscribe(&mut self, topic: &str) -> Value {
-        self.subscribe_with(json!({"action": "subscribe", "topic": topic}))
-            .await
+        self.subscribe_with(json!({"action": "subscribe", "topic": topic})).await
     }
 
     pub async fn subscribe_since(&mut self, topic: &str, since: &str) -> Value {
-        self.subscribe_with(json!({"action": "subscribe", "topic": topic, "since": since}))
-            .await
+        self.subscribe_with(json!({"action": "subscribe", "topic": topic, "since": since})).await
     }
 
     pub async fn subscribe_with(&mut self, frame: Value) -> Value {
@@ -409,13 +321,7 @@ impl WsClient {
     }
 
     pub async fn close(mut self) {
-        let _ = self
-            .stream
-            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                code: CloseCode::Normal,
-                reason: "".into(),
-            }))
-            .await;
+        let _ = self.stream.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
     }
 }
 
@@ -431,10 +337,7 @@ mod url_base {
                 Some((h, q)) => (h.to_owned(), Some(q.to_owned())),
                 None => (s.to_owned(), None),
             };
-            let scheme_end = head
-                .find("://")
-                .ok_or("DATABASE_URL must be a postgres:// URL")?
-                + 3;
+            let scheme_end = head.find("://").ok_or("DATABASE_URL must be a postgres:// URL")? + 3;
             let head = match head[scheme_end..].find('/') {
                 Some(i) => head[..scheme_end + i].to_owned(),
                 None => head,
@@ -455,8 +358,5 @@ mod url_base {
 
 /// The id of each event's row, in arrival order.
 pub fn ids(events: &[Value]) -> Vec<i64> {
-    events
-        .iter()
-        .map(|e| e["id"].as_i64().expect("numeric id"))
-        .collect()
+    events.iter().map(|e| e["id"].as_i64().expect("numeric id")).collect()
 }

@@ -31,13 +31,8 @@ impl Reply {
     }
 
     pub fn etag(&self) -> &str {
-        self.header("etag").unwrap_or_else(|| {
-            panic!(
-                "no ETag on {} {}",
-                self.status,
-                String::from_utf8_lossy(&self.bytes)
-            )
-        })
+        self.header("etag")
+            .unwrap_or_else(|| panic!("no ETag on {} {}", self.status, String::from_utf8_lossy(&self.bytes)))
     }
 
     /// Asserts the status and, for an error, PROTOCOL §7's shape with this `code`.
@@ -52,9 +47,7 @@ impl Reply {
         let body = self.json();
         assert_eq!(body["error"]["code"], code, "{body}");
         assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
+            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
             "{body}"
         );
         body
@@ -89,17 +82,10 @@ impl TestApp {
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Reply {
         let req = build(reqwest::Client::new().request(method.clone(), self.url(path)));
-        let res = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let res = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let (status, headers) = (res.status(), res.headers().clone());
         let bytes = res.bytes().await.expect("response body").to_vec();
-        Reply {
-            status,
-            headers,
-            bytes,
-        }
+        Reply { status, headers, bytes }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -130,23 +116,15 @@ impl TestApp {
     }
 
     /// Uploads `bytes` as the multipart field `file`.
-    pub async fn upload(
-        &self,
-        study_id: i64,
-        name: &str,
-        content_type: &str,
-        bytes: Vec<u8>,
-    ) -> Reply {
+    pub async fn upload(&self, study_id: i64, name: &str, content_type: &str, bytes: Vec<u8>) -> Reply {
         let part = reqwest::multipart::Part::bytes(bytes)
             .file_name(name.to_owned())
             .mime_str(content_type)
             .expect("mime");
         let form = reqwest::multipart::Form::new().part("file", part);
-        self.request(
-            Method::POST,
-            &format!("/api/studies/{study_id}/files"),
-            |r| r.multipart(form),
-        )
+        self.request(Method::POST, &format!("/api/studies/{study_id}/files"), |r| {
+            r.multipart(form)
+        })
         .await
     }
 
