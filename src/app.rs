@@ -113,6 +113,7 @@ impl App {
             auth: crate::auth::Auth::new(config.jwt_secret.as_deref()),
             limits: http::limits::ConnLimits::new(config.max_connections_per_ip, config.max_connections),
             allowed_origins: Arc::new(config.allowed_origins.clone()),
+            max_upload: config.max_upload,
         };
 
         let tcp = tokio::net::TcpListener::bind(config.bind)

@@ -1,8 +1,12 @@
 //! Database access: the pool, migrations, and one async fn per statement in each area's module.
 //! Nothing here knows about HTTP or sockets.
 
+pub mod files;
+pub mod messages;
 pub mod rows;
 pub mod snapshot;
+pub mod studies;
+pub mod timestamp;
 pub mod tracked;
 
 use std::time::Duration;

@@ -1,20 +1,27 @@
 //! HTTP: the router and the state every handler shares. One file per area; `router()` merges them.
 
+pub mod error;
+pub mod extract;
+pub mod files;
 pub mod health;
 pub mod limits;
+pub mod messages;
 pub mod observe;
+pub mod openapi;
 pub mod serve;
+pub mod studies;
 
 use std::sync::Arc;
 
-use axum::extract::MatchedPath;
-use axum::http::header;
-use axum::http::{HeaderName, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::http::{header, HeaderName, Request};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::Auth;
 use crate::feed::Feed;
@@ -49,6 +56,8 @@ pub struct AppState {
     pub limits: Arc<ConnLimits>,
     /// Browser origins allowed to open streams; empty allows any.
     pub allowed_origins: Arc<Vec<String>>,
+    /// `--max-upload`: the largest file an upload may carry, in bytes.
+    pub max_upload: u64,
 }
 
 impl AppState {
@@ -61,9 +70,24 @@ impl AppState {
     }
 }
 
+/// The REST routes (PROTOCOL §7) and their OpenAPI document, built from the same annotations.
+pub fn api(max_upload: u64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let upload_body = usize::try_from(max_upload.saturating_add(files::MULTIPART_OVERHEAD)).unwrap_or(usize::MAX);
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(studies::router())
+        .merge(messages::router())
+        .merge(files::router().layer(DefaultBodyLimit::max(upload_body)))
+        .merge(openapi::router())
+        .split_for_parts()
+}
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
+    let (api, doc) = api(state.max_upload);
+    let doc = openapi::Document(Arc::new(
+        doc.to_json().unwrap_or_else(|e| panic!("OpenAPI document: {e}")),
+    ));
     Router::new()
         .route("/ws", get(ws::handler))
         .route("/events", get(sse::handler))
@@ -71,6 +95,10 @@ pub fn router(state: AppState) -> Router {
         .route("/client.js", get(client_js))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(observe::metrics))
+        .merge(api)
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(Extension(doc))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             observe::count_requests,

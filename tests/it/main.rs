@@ -10,5 +10,6 @@ mod feed;
 mod ops;
 mod poll;
 mod protocol;
+mod rest;
 mod sse;
 mod tail;

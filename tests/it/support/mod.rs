@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod rest;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -1,0 +1,152 @@
+//! HTTP errors (PROTOCOL §7): one enum, one `match` for the status and one for the contract's
+//! `code`, written as `{"error":{"code","message"}}` (plus `details`, field → problem, on a 422).
+//!
+//! A client's mistake is always a 4xx. Server faults are logged with their chain and never
+//! leak: a database failure answers 503 with a fixed message, anything else 500.
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed: unparsable JSON, wrong content type, a bad path or query string.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A unique constraint, e.g. `studies_label_key`.
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` names none of the row's current ETags.
+    #[error("If-Match does not match the current ETag {current}: reload and try again")]
+    PreconditionFailed { current: String },
+    #[error("{0}")]
+    TooLarge(String),
+    /// Validation, field by field.
+    #[error("{}", summary(.0))]
+    Invalid(Violations),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Field → what is wrong with it. `""` stands for the request as a whole.
+pub type Violations = BTreeMap<String, String>;
+
+fn summary(v: &Violations) -> String {
+    let parts: Vec<String> = v
+        .iter()
+        .map(|(k, m)| if k.is_empty() { m.clone() } else { format!("{k}: {m}") })
+        .collect();
+    parts.join("; ")
+}
+
+impl ApiError {
+    /// A 422 about one field.
+    pub fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
+        ApiError::Invalid(Violations::from([(field.to_owned(), problem.into())]))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PreconditionFailed { .. } => "precondition_failed",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::Invalid(_) => "validation_failed",
+            ApiError::Db(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `not_found`, `method_not_allowed`, `conflict`, `precondition_failed`,
+    /// `payload_too_large`, `validation_failed`, `unavailable` or `internal`.
+    pub code: String,
+    pub message: String,
+    /// On `validation_failed`: each offending field and what is wrong with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<BTreeMap<String, String>>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            ApiError::Db(_) => "the database is unavailable or failed; try again later".to_owned(),
+            ApiError::Internal(_) => "internal server error".to_owned(),
+            other => other.to_string(),
+        };
+        if self.status().is_server_error() {
+            tracing::error!(error = ?self, "request failed");
+        }
+        let details = match &self {
+            ApiError::Invalid(v) => Some(v.clone()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message,
+                details,
+            },
+        };
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Turns a violation of the named constraint into a client error, at the call site
+/// (realworld's `on_constraint`); any other error passes through.
+pub trait ResultExt<T> {
+    fn on_constraint(self, name: &str, f: impl FnOnce() -> ApiError) -> Result<T>;
+}
+
+impl<T, E: Into<ApiError>> ResultExt<T> for std::result::Result<T, E> {
+    fn on_constraint(self, name: &str, f: impl FnOnce() -> ApiError) -> Result<T> {
+        self.map_err(|e| match e.into() {
+            ApiError::Db(sqlx::Error::Database(dbe)) if dbe.constraint() == Some(name) => f(),
+            other => other,
+        })
+    }
+}
+
+/// JSON error answers for requests no route takes.
+pub async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

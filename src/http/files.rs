@@ -1,0 +1,302 @@
+//! PROTOCOL §7 files: a study's list, multipart upload, metadata, download, delete.
+//!
+//! An upload streams the multipart field `file` through SHA-256 into memory, never past
+//! `--max-upload` bytes: a declared `Content-Length` over the limit is refused before any of
+//! the body is read, and a body that turns out longer is refused as soon as it passes the limit
+//! (hyper then closes the connection rather than reading the rest). Files have no version:
+//! their ETag is the content's sha256, which is what `If-Match` on DELETE compares.
+
+use axum::extract::multipart::MultipartError;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody, Result, ResultExt};
+use super::extract::{etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, Page};
+use super::AppState;
+use crate::db::files::{self, File, NewFile};
+use crate::db::studies;
+
+pub const NAME_MAX: usize = 255;
+/// Room for the multipart framing (boundaries, part headers) around a file of the largest
+/// allowed size; the whole request body is capped at `max_upload` plus this.
+pub const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, upload))
+        .routes(routes!(read, delete))
+        .routes(routes!(download))
+}
+
+/// `multipart/form-data` with the file in the field `file`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Upload {
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+fn no_study(id: i64) -> ApiError {
+    ApiError::NotFound(format!("no study {id}"))
+}
+
+fn no_file(id: i64) -> ApiError {
+    ApiError::NotFound(format!("no file {id}"))
+}
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::TooLarge(format!("the upload is larger than the limit of {max} bytes"))
+}
+
+fn multipart_error(e: MultipartError, max: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(max)
+    } else {
+        ApiError::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// The last path component of the client's file name, without control characters.
+fn clean_name(name: Option<&str>) -> String {
+    let base = name.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
+    let clean: String = base.chars().filter(|c| !c.is_control()).collect();
+    if clean.trim().is_empty() {
+        "file".to_owned()
+    } else {
+        clean
+    }
+}
+
+/// `attachment; filename="…"` with an ASCII fallback, and the exact name as RFC 8187 `filename*`.
+fn content_disposition(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+// PROTOCOL §7: GET /api/studies/{id}/files
+/// A study's files (metadata) in id order, one keyset page at a time.
+#[utoipa::path(get, path = "/api/studies/{id}/files", tag = "files", params(("id" = i64, Path), Page),
+    responses(
+        (status = 200, body = Items<File>),
+        (status = 400, description = "Malformed id or query string", body = ErrorBody),
+        (status = 404, description = "No such study", body = ErrorBody),
+        (status = 422, description = "limit out of range", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+async fn list(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    AppQuery(page): AppQuery<Page>,
+) -> Result<AppJson<Items<File>>> {
+    let mut checks = Checks::default();
+    let limit = page.limit(&mut checks);
+    checks.done()?;
+    let pool = &state.feed.pool;
+    if !studies::exists(pool, id).await? {
+        return Err(no_study(id));
+    }
+    Ok(AppJson(Items {
+        items: files::list(pool, id, page.after, limit).await?,
+    }))
+}
+
+// PROTOCOL §7: POST /api/studies/{id}/files (multipart field `file`)
+/// Upload a file to a study; answers its metadata.
+#[utoipa::path(post, path = "/api/studies/{id}/files", tag = "files", params(("id" = i64, Path)),
+    request_body(content = Upload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = File, headers(("ETag" = String, description = "\"<sha256>\""))),
+        (status = 400, description = "Malformed id, or not a multipart body", body = ErrorBody),
+        (status = 404, description = "No such study", body = ErrorBody),
+        (status = 413, description = "Larger than --max-upload", body = ErrorBody),
+        (status = 422, description = "No `file` field, or a bad file name", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+async fn upload(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    headers: HeaderMap,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Result<impl IntoResponse> {
+    let max = state.max_upload;
+    // Refuse a declared oversize body before reading any of it (and before `100 Continue`).
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max.saturating_add(MULTIPART_OVERHEAD)) {
+        return Err(too_large(max));
+    }
+    let mut multipart = multipart.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let pool = &state.feed.pool;
+    if !studies::exists(pool, id).await? {
+        return Err(no_study(id));
+    }
+
+    let mut field = loop {
+        match multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
+            Some(f) if f.name() == Some("file") => break f,
+            Some(_) => continue, // other fields are skipped as they stream past
+            None => {
+                return Err(ApiError::invalid(
+                    "file",
+                    "is required: send the content as the multipart field `file`",
+                ))
+            }
+        }
+    };
+    let name = clean_name(field.file_name());
+    let content_type = field.content_type().unwrap_or("application/octet-stream").to_owned();
+    Checks::default()
+        .text("name", Some(&name), true, NAME_MAX)
+        .check(
+            "content_type",
+            content_type.len() <= 255 && HeaderValue::from_str(&content_type).is_ok(),
+            "must be a valid media type",
+        )
+        .done()?;
+
+    let mut hasher = Sha256::new();
+    let mut content = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+        if (content.len() + chunk.len()) as u64 > max {
+            return Err(too_large(max));
+        }
+        hasher.update(&chunk);
+        content.extend_from_slice(&chunk);
+    }
+    let sha256 = hex::encode(hasher.finalize());
+
+    let new = NewFile {
+        study_id: id,
+        name: &name,
+        content_type: &content_type,
+        sha256: &sha256,
+        content: &content,
+    };
+    let mut tx = pool.begin().await?;
+    let file = files::insert(&mut *tx, &new)
+        .await
+        .on_constraint("files_study_id_fkey", || no_study(id))?;
+    files::insert_content(&mut *tx, file.id, &content).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, etag(&file.sha256), AppJson(file)))
+}
+
+// PROTOCOL §7: GET /api/files/{id}
+/// A file's metadata.
+#[utoipa::path(get, path = "/api/files/{id}", tag = "files", params(("id" = i64, Path)),
+    responses(
+        (status = 200, body = File, headers(("ETag" = String, description = "\"<sha256>\""))),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+    let file = files::get(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
+    Ok((etag(&file.sha256), AppJson(file)))
+}
+
+// PROTOCOL §7: GET /api/files/{id}/content
+/// The file's bytes, with its stored content type and its name as `Content-Disposition`.
+#[utoipa::path(get, path = "/api/files/{id}/content", tag = "files", params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "The bytes, as the stored content type", content_type = "*/*", body = Vec<u8>,
+            headers(("ETag" = String, description = "\"<sha256>\""), ("Content-Disposition" = String))),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such file, or no stored content", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+async fn download(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+    let file = files::content(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
+    let bytes = file
+        .content
+        .ok_or_else(|| ApiError::NotFound(format!("file {id} has no stored content")))?;
+    let content_type =
+        HeaderValue::from_str(&file.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_str(&content_disposition(&file.name)).map_err(anyhow::Error::from)?,
+        ),
+        (
+            header::ETAG,
+            HeaderValue::from_str(&format!("\"{}\"", file.sha256)).map_err(anyhow::Error::from)?,
+        ),
+        // Uploaded HTML must not run as the admin page's origin.
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+    ];
+    Ok((headers, bytes))
+}
+
+// PROTOCOL §7: DELETE /api/files/{id}, honouring If-Match (the ETag is the sha256)
+/// Delete a file and its bytes.
+#[utoipa::path(delete, path = "/api/files/{id}", tag = "files",
+    params(("id" = i64, Path), ("If-Match" = Option<String>, Header, description = "The ETag last read: \"<sha256>\"")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id or If-Match", body = ErrorBody),
+        (status = 404, description = "No such file", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the file's sha256", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+async fn delete(State(state): State<AppState>, AppPath(id): AppPath<i64>, if_match: IfMatch) -> Result<StatusCode> {
+    let pool = &state.feed.pool;
+    match files::delete(pool, id, if_match.tags()).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => match files::get(pool, id).await? {
+            Some(f) => Err(ApiError::PreconditionFailed {
+                current: format!("\"{}\"", f.sha256),
+            }),
+            None => Err(no_file(id)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_lose_their_directories_and_control_characters() {
+        assert_eq!(clean_name(Some("../../etc/passwd")), "passwd");
+        assert_eq!(clean_name(Some(r"C:\Users\ana\report.pdf")), "report.pdf");
+        assert_eq!(clean_name(Some("a\nb.txt")), "ab.txt");
+        assert_eq!(clean_name(None), "file");
+    }
+
+    #[test]
+    fn content_disposition_keeps_the_exact_name_and_an_ascii_fallback() {
+        assert_eq!(
+            content_disposition("a b.txt"),
+            "attachment; filename=\"a b.txt\"; filename*=UTF-8''a%20b.txt"
+        );
+        assert_eq!(
+            content_disposition("é\".txt"),
+            "attachment; filename=\"__.txt\"; filename*=UTF-8''%C3%A9%22.txt"
+        );
+    }
+}

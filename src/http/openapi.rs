@@ -1,0 +1,120 @@
+//! `GET /api/openapi.json` (PROTOCOL §7): the OpenAPI 3 document, generated from the handlers'
+//! `#[utoipa::path]` annotations. The REST routes are registered through `utoipa_axum::routes!`,
+//! so a REST route cannot be served without being documented; the routes outside REST (`/ws`,
+//! `/events`, `/api/changes`, `/client.js`, `/healthz`, `/metrics`) are described here, and a test checks that the document and the router agree.
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Extension;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ErrorBody;
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "pgfeed", description = "PostgreSQL as a live change feed: the REST API (PROTOCOL §7). \
+        Every write goes through the database's capture triggers, so it reaches `/ws` subscribers like any other writer's."),
+    paths(ws, events, changes, client_js, healthz, metrics),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "studies"), (name = "messages"), (name = "files"),
+        (name = "feed", description = "The live feed and health"),
+        (name = "meta", description = "This document"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The rendered document, handed to [`document`] as an extension once the router is built.
+#[derive(Clone)]
+pub struct Document(pub Arc<String>);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(document))
+}
+
+// PROTOCOL §7: GET /api/openapi.json
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json", body = Object)))]
+async fn document(Extension(Document(json)): Extension<Document>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], json.as_str().to_owned())
+}
+
+/// PROTOCOL §5: the WebSocket endpoint (served by `transport::ws`; described here).
+#[utoipa::path(get, path = "/ws", tag = "feed",
+    params(
+        ("topics" = Option<String>, Query, description = "Comma-separated topics to subscribe to on connect"),
+        ("since" = Option<String>, Query, description = "Resume after this cursor"),
+        ("token" = Option<String>, Query, description = "JWT, when auth is on"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (PROTOCOL §5)"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+    ))]
+#[allow(dead_code)]
+fn ws() {}
+
+/// PROTOCOL §7: health (served by `http::health`; described here).
+#[utoipa::path(get, path = "/healthz", tag = "feed",
+    responses(
+        (status = 200, description = "The database and the listener are up", content_type = "application/json", body = Object),
+        (status = 503, description = "The database or the listener is down", content_type = "application/json", body = Object),
+    ))]
+#[allow(dead_code)]
+fn healthz() {}
+
+/// PROTOCOL §6: Server-Sent Events (served by `transport::sse`; described here).
+#[utoipa::path(get, path = "/events", tag = "feed",
+    params(
+        ("topics" = String, Query, description = "Comma-separated topics"),
+        ("since" = Option<String>, Query, description = "Resume after this cursor (`Last-Event-ID` wins)"),
+        ("token" = Option<String>, Query, description = "JWT, when auth is on"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`: `id:` cursor, `event:` type, `data:` event JSON", content_type = "text/event-stream"),
+        (status = 400, description = "Malformed topics or cursor", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "A topic this token may not read", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody),
+        (status = 429, description = "Too many connections", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn events() {}
+
+/// PROTOCOL §6: long-polling (served by `transport::poll`; described here).
+#[utoipa::path(get, path = "/api/changes", tag = "feed",
+    params(
+        ("topics" = String, Query, description = "Comma-separated topics"),
+        ("since" = Option<String>, Query, description = "Events after this cursor; without it, the current cursor at once"),
+        ("limit" = Option<u32>, Query, description = "At most this many events (default 500, max 1000)"),
+        ("wait" = Option<u32>, Query, description = "Seconds to wait when nothing is new (default 25, max 60)"),
+        ("token" = Option<String>, Query, description = "JWT, when auth is on"),
+    ),
+    responses(
+        (status = 200, description = "`{\"events\":[…],\"cursor\":\"…\"}`", content_type = "application/json", body = Object),
+        (status = 400, description = "Malformed parameters", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "A topic this token may not read", body = ErrorBody),
+        (status = 404, description = "Unknown topic", body = ErrorBody),
+        (status = 410, description = "`cursor_expired`: take a snapshot", body = ErrorBody),
+        (status = 429, description = "Too many connections", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+fn changes() {}
+
+/// The browser client module (served from the binary; described here).
+#[utoipa::path(get, path = "/client.js", tag = "feed",
+    responses((status = 200, description = "An ES module exporting `connect`", content_type = "text/javascript")))]
+#[allow(dead_code)]
+fn client_js() {}
+
+/// PROTOCOL §7: Prometheus metrics (served by `http::observe`; described here).
+#[utoipa::path(get, path = "/metrics", tag = "feed",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+#[allow(dead_code)]
+fn metrics() {}
