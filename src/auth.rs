@@ -197,3 +197,25 @@ mod tests {
         assert_eq!(query_token(None), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn any_query_string_or_token_is_an_answer_never_a_panic(q in "\\PC{0,200}", t in "\\PC{0,300}") {
+            let _ = query_token(Some(&q));
+            let auth = Auth::new(Some("secret"));
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                headers.insert("authorization", v);
+            }
+            prop_assert!(auth.check(&headers, Some(&t)).is_err());
+        }
+    }
+}

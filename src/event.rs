@@ -285,3 +285,38 @@ mod tests {
         assert_eq!(ev.topic_index("studies:1"), Some(2));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_string_as_a_cursor_is_an_answer_never_a_panic(s in "\\PC{0,64}|[a-f0-9]{1,12}-[0-9-]{0,25}-[0-9]{0,12}") {
+            let epoch = Epoch::new("ab12cd");
+            if let Ok(CursorCheck::Ours(at)) = epoch.parse_cursor(&s) {
+                prop_assert!(at.seq >= 0 && at.pos >= 0);
+                prop_assert_eq!(epoch.parse_cursor(&epoch.cursor(at)), Ok(CursorCheck::Ours(at)));
+            }
+        }
+
+        #[test]
+        fn every_position_round_trips_through_its_cursor(seq in 0i64.., pos in 0i32..) {
+            let epoch = Epoch::new("e0");
+            let at = Position { seq, pos };
+            prop_assert_eq!(epoch.parse_cursor(&epoch.cursor(at)), Ok(CursorCheck::Ours(at)));
+        }
+
+        #[test]
+        fn any_string_as_a_topic_is_an_answer_never_a_panic(s in "\\PC{0,300}|[a-z_.]{1,20}(:[^\\x00]{0,20})?") {
+            if let Ok(t) = Topic::parse(&s) {
+                prop_assert!(!t.table.is_empty() && s.len() <= MAX_TOPIC_LEN);
+                prop_assert!(t.key.is_none_or(|k| !k.is_empty()));
+            }
+        }
+    }
+}

@@ -22,6 +22,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// PROTOCOL §8: no token, a bad signature, an expired token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// PROTOCOL §8: a valid token that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request took longer than {0:?}")]
+    Timeout(std::time::Duration),
     /// A unique constraint, e.g. `studies_label_key`.
     #[error("{0}")]
     Conflict(String),
@@ -61,6 +69,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,6 +86,9 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Conflict(_) => "conflict",
             ApiError::PreconditionFailed { .. } => "precondition_failed",
             ApiError::TooLarge(_) => "payload_too_large",
@@ -93,8 +107,9 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// `bad_request`, `not_found`, `method_not_allowed`, `conflict`, `precondition_failed`,
-    /// `payload_too_large`, `validation_failed`, `unavailable` or `internal`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `precondition_failed`, `payload_too_large`, `validation_failed`, `timeout`, `unavailable` or
+    /// `internal`.
     pub code: String,
     pub message: String,
     /// On `validation_failed`: each offending field and what is wrong with it.

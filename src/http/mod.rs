@@ -3,6 +3,7 @@
 pub mod error;
 pub mod extract;
 pub mod files;
+pub mod guard;
 pub mod health;
 pub mod limits;
 pub mod messages;
@@ -85,6 +86,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api(state.max_upload);
+    // PROTOCOL §8 for REST and metrics (the streams check tokens on connect).
+    let admin_only = axum::middleware::from_fn_with_state(state.clone(), guard::guard);
     let doc = openapi::Document(Arc::new(
         doc.to_json().unwrap_or_else(|e| panic!("OpenAPI document: {e}")),
     ));
@@ -94,8 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/changes", get(poll::handler))
         .route("/client.js", get(client_js))
         .route("/healthz", get(health::healthz))
-        .route("/metrics", get(observe::metrics))
-        .merge(api)
+        .route("/metrics", get(observe::metrics).route_layer(admin_only.clone()))
+        .merge(api.route_layer(admin_only))
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(Extension(doc))

@@ -210,3 +210,110 @@ async fn tokens_are_also_accepted_as_a_bearer_header() {
     let mut ws = crate::support::WsClient { stream };
     ws.subscribe("studies").await;
 }
+
+// ---- REST (PROTOCOL §8: 401 without a valid token, 403 for what a member may not do) ----
+
+async fn as_token(app: &TestApp, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
+    app.request(method, path, |r| match token {
+        Some(t) => r.bearer_auth(t).json(&json!({"author": "m", "body": "hello"})),
+        None => r,
+    })
+    .await
+    .status
+    .as_u16()
+}
+
+#[tokio::test]
+async fn rest_answers_401_without_a_valid_token_and_lets_public_routes_through() {
+    let app = secured().await;
+    app.get("/api/studies").await.assert_error(401, "unauthorized");
+    let expired = token(json!({"role": "admin", "exp": 1_000_000}));
+    assert_eq!(
+        as_token(&app, reqwest::Method::GET, "/api/studies", Some(&expired)).await,
+        401
+    );
+    assert_eq!(app.get("/metrics").await.status, 401);
+    app.get("/api/openapi.json").await.ok(200);
+    app.get("/healthz").await.ok(200);
+    let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
+    assert_eq!(
+        as_token(&app, reqwest::Method::GET, "/api/studies", Some(&admin)).await,
+        200
+    );
+    assert_eq!(
+        as_token(&app, reqwest::Method::GET, "/metrics", Some(&admin)).await,
+        200
+    );
+    // ?token= works for REST too (e.g. a download link).
+    app.get(&format!("/api/studies?token={admin}")).await.ok(200);
+}
+
+#[tokio::test]
+async fn a_member_reads_and_posts_to_its_studies_and_gets_403_everywhere_else() {
+    use reqwest::Method;
+    let app = secured().await;
+    app.psql("insert into studies (id, label, title) values (1, 'mine', 'M'), (2, 'theirs', 'T')");
+    app.psql("insert into messages (id, study_id, author, body) values (10, 1, 'a', 'm'), (20, 2, 'b', 't')");
+    app.psql(
+        "insert into files (id, study_id, name, content_type, size_bytes, sha256) values (30, 2, 'f', 'x', 0, '')",
+    );
+    app.psql("insert into file_contents (file_id, content) values (30, '')");
+    let m = token(json!({"role": "member", "studies": [1], "exp": in_an_hour()}));
+    let m = Some(m.as_str());
+
+    for (method, path, want) in [
+        (Method::GET, "/api/studies/1", 200),
+        (Method::GET, "/api/studies/1/messages", 200),
+        (Method::POST, "/api/studies/1/messages", 201),
+        (Method::GET, "/api/studies/1/files", 200),
+        (Method::GET, "/api/studies", 403),
+        (Method::POST, "/api/studies", 403),
+        (Method::GET, "/api/studies/2", 403),
+        (Method::GET, "/api/studies/2/messages", 403),
+        (Method::POST, "/api/studies/2/messages", 403),
+        (Method::PATCH, "/api/studies/1", 403),
+        (Method::DELETE, "/api/studies/1", 403),
+        (Method::PATCH, "/api/messages/10", 403),
+        (Method::DELETE, "/api/messages/10", 403),
+        (Method::GET, "/api/files/30", 403),
+        (Method::GET, "/api/files/30/content", 403),
+        (Method::DELETE, "/api/files/30", 403),
+        (Method::GET, "/metrics", 403),
+    ] {
+        assert_eq!(as_token(&app, method.clone(), path, m).await, want, "{method} {path}");
+    }
+    // A member's post is an event like any other.
+    assert_eq!(app.psql("select count(*) from messages where study_id = 1"), "2");
+}
+
+#[tokio::test]
+async fn sse_and_long_poll_check_tokens_and_topics_too() {
+    let app = secured().await;
+    app.psql("insert into studies (id, label, title) values (1, 'mine', 'M'), (2, 'theirs', 'T')");
+    assert_eq!(app.get("/events?topics=studies").await.status, 401);
+    assert_eq!(app.get("/api/changes?topics=studies").await.status, 401);
+    let m = token(json!({"role": "member", "studies": [1], "exp": in_an_hour()}));
+    app.get(&format!("/api/changes?topics=studies:2&token={m}"))
+        .await
+        .assert_error(403, "forbidden");
+    app.get(&format!("/events?topics=studies&token={m}"))
+        .await
+        .assert_error(403, "forbidden");
+    app.get(&format!("/api/changes?topics=studies:1&token={m}"))
+        .await
+        .ok(200);
+}
+
+#[tokio::test]
+async fn tail_exits_with_one_line_when_the_token_is_refused() {
+    let app = secured().await;
+    let out = tokio::process::Command::new(crate::support::process::BIN)
+        .args(["tail", "studies", "--url", &app.url(""), "--token", "not-a-jwt"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("401") || err.to_lowercase().contains("token"), "{err}");
+}

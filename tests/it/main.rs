@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod faults;
 mod feed;
+mod fuzz;
 mod ops;
 mod poll;
 mod protocol;
