@@ -343,11 +343,17 @@ async fn two_servers_on_one_database_relay_the_same_events_with_the_same_cursors
     let (ea, eb) = (a.events(2).await, b.events(2).await);
     assert_eq!(ea, eb, "same events, same cursors on both servers");
 
+    // A REST write through server two reaches a client of server one.
+    two.post("/api/studies", json!({"label": "via-two", "title": "T"})).await.ok(201);
+    assert_eq!(a.next_event().await["data"]["label"], "via-two");
+    let via_two = b.next_event().await;
+    assert_eq!(via_two["data"]["label"], "via-two");
+
     // A cursor from one server resumes on the other.
     b.close().await;
     one.psql("insert into studies (label, title) values ('c', 'C')");
     let mut b = two.ws().await;
-    b.subscribe_since("studies", eb[1]["cursor"].as_str().unwrap()).await;
+    b.subscribe_since("studies", via_two["cursor"].as_str().unwrap()).await;
     assert_eq!(b.next_event().await["data"]["label"], "c");
 }
 
