@@ -317,3 +317,22 @@ async fn tail_exits_with_one_line_when_the_token_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("401") || err.to_lowercase().contains("token"), "{err}");
 }
+
+#[tokio::test]
+async fn connections_over_the_total_limit_are_refused_with_429() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.max_connections = 1).await;
+    let _only = app.ws().await;
+    app.get("/api/changes?topics=studies")
+        .await
+        .assert_error(429, "too_many_connections");
+    assert_eq!(refused_status(&app, "", None).await, 429);
+}
+
+#[tokio::test]
+async fn an_oversized_json_body_is_refused_with_413() {
+    let app = TestApp::spawn().await;
+    let big = json!({"label": "x", "title": "y".repeat(3 << 20)});
+    app.post("/api/studies", big)
+        .await
+        .assert_error(413, "payload_too_large");
+}

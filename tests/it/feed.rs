@@ -344,7 +344,9 @@ async fn two_servers_on_one_database_relay_the_same_events_with_the_same_cursors
     assert_eq!(ea, eb, "same events, same cursors on both servers");
 
     // A REST write through server two reaches a client of server one.
-    two.post("/api/studies", json!({"label": "via-two", "title": "T"})).await.ok(201);
+    two.post("/api/studies", json!({"label": "via-two", "title": "T"}))
+        .await
+        .ok(201);
     assert_eq!(a.next_event().await["data"]["label"], "via-two");
     let via_two = b.next_event().await;
     assert_eq!(via_two["data"]["label"], "via-two");
