@@ -382,6 +382,7 @@ where
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
+        tracing::debug!(code, reason, "closing the connection");
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),

@@ -132,6 +132,7 @@ async fn a_client_that_never_reads_is_closed_with_4008_and_others_get_every_even
     }
     let got = healthy.events(N).await;
     assert_eq!(got.len(), N);
+    eprintln!("[4008 test] the healthy client got all {N} events");
 
     // Now the stuck client reads: whatever it had buffered, then 4008.
     let code = tokio::time::timeout(PATIENCE, async {
