@@ -10,6 +10,7 @@ pub mod observe;
 pub mod openapi;
 pub mod serve;
 pub mod studies;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/client.js", get(client_js))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(observe::metrics))
+        .merge(web::router())
         .merge(api)
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
