@@ -260,16 +260,55 @@ function stopFeed() {
   feed = null;
 }
 
-function startFeed(topics, onSnapshot, onEvent, onRefreshNeeded) {
+/**
+ * While a REST reload is in flight, the rows live events touched or deleted meanwhile
+ * (`table:id`), so that merging the reload's older read does not undo them.
+ */
+let inFlight = null;
+
+/**
+ * Subscribes the current view. `reload(guard)` is for `refresh_needed` on a fallback transport,
+ * where client.js cannot take a snapshot until the WebSocket is back: the page reloads over REST
+ * meanwhile, from after the fallback's new starting point, so nothing is missed.
+ */
+function startFeed(topics, onSnapshot, onEvent, reload) {
   stopFeed();
   setConn("connecting");
+  let status = null;
+  let refreshing = false; // refresh_needed came; the reload has not yet
+  const told = () => toast("This page had fallen too far behind to catch up change by change, so it reloaded everything.");
+  const restReload = async () => {
+    if (!reload || !refreshing) return;
+    refreshing = false;
+    inFlight = { touched: new Set(), deleted: new Set() };
+    try {
+      if (await reload(inFlight)) told();
+    } finally {
+      inFlight = null;
+    }
+  };
   feed = connect({
     token,
     topics,
-    onSnapshot,
-    onEvent,
-    onRefreshNeeded,
-    onStatus: (s, detail) => setConn(s, detail),
+    onSnapshot: (topic, data, cursor) => {
+      onSnapshot(topic, data, cursor);
+      if (refreshing) told();
+      refreshing = false;
+    },
+    onEvent: (e) => {
+      if (inFlight) (e.op === "delete" ? inFlight.deleted : inFlight.touched).add(`${e.table}:${e.id}`);
+      onEvent(e);
+    },
+    onRefreshNeeded: (topic, reason) => {
+      console.info("pgfeed: refresh_needed", topic, reason);
+      refreshing = true;
+      if (status === "fallback") restReload();
+    },
+    onStatus: (s, detail) => {
+      status = s;
+      setConn(s, detail);
+      if (s === "fallback" && refreshing) restReload();
+    },
     // An open page should be back soon after the server is: retry within 5 s, and when a
     // restart left us on a fallback transport, try the WebSocket again every 5 s.
     backoffMax: 5000,
@@ -369,25 +408,28 @@ function openTable() {
       ["studies"],
       (_topic, list) => mergeStudies(list),
       onEvent,
-      () => reloadStudiesOverRest(),
+      reloadStudiesOverRest,
     );
   }
 }
 
 /** A snapshot: update rows in place, add new ones, drop vanished ones; flash only real changes. */
-function mergeStudies(list) {
+function mergeStudies(list, guard = null) {
   const seen = new Set();
   for (const s of list) {
     seen.add(s.id);
+    if (guard && guard.deleted.has(`studies:${s.id}`)) continue;
     upsertStudy(s, tableLoaded);
   }
-  for (const id of [...rows.keys()]) if (!seen.has(id)) removeStudy(id, tableLoaded);
+  for (const id of [...rows.keys()]) {
+    if (!seen.has(id) && !(guard && guard.touched.has(`studies:${id}`))) removeStudy(id, tableLoaded);
+  }
   tableLoaded = true;
   updateCount();
 }
 
 /** On a fallback transport a snapshot waits for the WebSocket; meanwhile reload over REST. */
-async function reloadStudiesOverRest() {
+async function reloadStudiesOverRest(guard) {
   try {
     const all = [];
     let after = null;
@@ -397,9 +439,11 @@ async function reloadStudiesOverRest() {
       if (page.items.length < 500) break;
       after = page.items[page.items.length - 1].id;
     }
-    mergeStudies(all);
+    mergeStudies(all, guard);
+    return true;
   } catch (e) {
     console.warn("reloading studies:", e.message);
+    return false;
   }
 }
 
@@ -762,34 +806,39 @@ function openRoom(id) {
     [`studies:${id}`],
     (_topic, data) => mergeRoom(data),
     (e) => roomEvent(e),
-    () => reloadRoomOverRest(id),
+    (guard) => reloadRoomOverRest(id, guard),
   );
 }
 
-function mergeRoom(data) {
+function mergeRoom(data, guard = null) {
   const again = room.loaded;
-  setRoomStudy(data.study, again);
+  const deleted = (key) => guard && guard.deleted.has(key);
+  const touched = (key) => guard && guard.touched.has(key);
+  if (data.study ? !deleted(`studies:${data.study.id}`) : !touched(`studies:${room.id}`)) setRoomStudy(data.study, again);
   const mseen = new Set();
-  for (const m of data.messages) { mseen.add(m.id); upsertMessage(m, again); }
-  for (const id of [...room.messages.keys()]) if (!mseen.has(id)) removeMessage(id);
+  for (const m of data.messages) { mseen.add(m.id); if (!deleted(`messages:${m.id}`)) upsertMessage(m, again); }
+  for (const id of [...room.messages.keys()]) if (!mseen.has(id) && !touched(`messages:${id}`)) removeMessage(id);
   const fseen = new Set();
-  for (const f of data.files) { fseen.add(f.id); upsertFile(f, again); }
-  for (const id of [...room.files.keys()]) if (!fseen.has(id)) removeFile(id);
+  for (const f of data.files) { fseen.add(f.id); if (!deleted(`files:${f.id}`)) upsertFile(f, again); }
+  for (const id of [...room.files.keys()]) if (!fseen.has(id) && !touched(`files:${id}`)) removeFile(id);
   room.loaded = true;
   roomCounts();
   if (!again) scrollThreadToEnd();
 }
 
-async function reloadRoomOverRest(id) {
+async function reloadRoomOverRest(id, guard) {
   try {
     const [study, messages, files] = await Promise.all([
       api("GET", `/api/studies/${id}`).catch((e) => { if (e.status === 404) return null; throw e; }),
       api("GET", `/api/studies/${id}/messages?limit=500`).catch(() => ({ items: [] })),
       api("GET", `/api/studies/${id}/files?limit=500`).catch(() => ({ items: [] })),
     ]);
-    if (room.id === id) mergeRoom({ study, messages: messages.items, files: files.items });
+    if (room.id !== id) return false;
+    mergeRoom({ study, messages: messages.items, files: files.items }, guard);
+    return true;
   } catch (e) {
     console.warn("reloading the room:", e.message);
+    return false;
   }
 }
 

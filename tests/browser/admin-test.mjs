@@ -58,7 +58,7 @@ const browser = await chromium.launch({
 });
 
 /** A page in a context of its own (its own sessionStorage, like another person's browser). */
-async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }) {
+async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }, waitConnected = true) {
   const context = await browser.newContext({ viewport, acceptDownloads: true });
   const page = await context.newPage();
   page.on("console", (m) => { if (m.type() !== "debug") process.stderr.write(`[${name} ${m.type()}] ${m.text()}\n`); });
@@ -77,7 +77,7 @@ async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["class", "data-status"] });
   });
   await page.goto(`${serverUrl}/${hash}`);
-  await page.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
+  if (waitConnected) await page.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
   page.name = name;
   return page;
 }
@@ -333,8 +333,90 @@ async function roomScenario() {
   return { messages: 4 };
 }
 
+
+// ---- refresh_needed: the log no longer holds the pages' cursors --------------------------------
+
+async function refreshScenario() {
+  const ids = psql(`insert into studies (label, title) values ('keep-1', 'Kept'), ('gone-1', 'Deleted while down'), ('room-1', 'A room')
+                    returning id`).split("\n").map(Number);
+  const [keep, gone, roomId] = ids;
+  psql(`insert into messages (study_id, author, body) values (${roomId}, 'ana', 'before')`);
+  const a = await openPage("A");
+  const b = await openPage("B", `#/studies/${roomId}`);
+  await a.locator(row(gone)).waitFor({ timeout: LIVE_MS });
+  await b.locator("#thread li", { hasText: "before" }).waitFor({ timeout: LIVE_MS });
+
+  // While the server is down, rows change and retention deletes the whole log, so the pages'
+  // cursors are gone: the server answers refresh_needed, and the pages reload their snapshots.
+  await need("stop");
+  psql(`insert into studies (label, title) values ('new-1', 'Created while down');
+        update studies set title = 'Kept, renamed' where id = ${keep};
+        delete from studies where id = ${gone};
+        insert into messages (study_id, author, body) values (${roomId}, 'ben', 'while down');`);
+  // (A transaction of its own: psql -c runs its statements as one, and the commits above must be
+  // stamped before they can be pruned.)
+  psql("select pgfeed.prune('0 seconds', 1000000)");
+  assert(psql("select count(*) from pgfeed.commits") === "0", "the whole log was pruned");
+  await need("start");
+  const t = Date.now();
+  await within("refresh_needed → table reloaded", t, async () => {
+    await a.locator("#studies td.label", { hasText: "new-1" }).waitFor({ timeout: PATIENCE_MS });
+    await a.locator(row(gone)).waitFor({ state: "detached", timeout: PATIENCE_MS });
+    await a.locator(`${row(keep)} td.title`, { hasText: "renamed" }).waitFor({ timeout: PATIENCE_MS });
+  });
+  await within("refresh_needed → room reloaded", t, () => b.locator("#thread li", { hasText: "while down" }).waitFor({ timeout: PATIENCE_MS }));
+  for (const p of [a, b]) await p.locator(".toast", { hasText: "reloaded everything" }).waitFor({ timeout: LIVE_MS });
+  const shown = await shownIds(a);
+  assert(JSON.stringify([...shown].sort((x, y) => x - y)) === JSON.stringify(dbIds()), `A shows the database's rows: ${shown}`);
+  assert((await b.locator("#thread li").count()) === 2, "B shows each message once");
+  // And live again from the snapshot's cursor.
+  psql(`insert into messages (study_id, author, body) values (${roomId}, 'carla', 'after')`);
+  await b.locator("#thread li", { hasText: "after" }).waitFor({ timeout: LIVE_MS });
+  return { rows: shown.length };
+}
+
+// ---- auth: the token prompt and a member's view --------------------------------------------------
+
+async function memberScenario() {
+  const memberToken = process.env.ADMIN_TEST_MEMBER_TOKEN;
+  psql(`insert into studies (id, label, title) overriding system value values
+          (1, 'mine-1', 'Member study one'), (2, 'theirs-2', 'Not the member''s'), (3, 'mine-3', 'Member study three')`);
+  const a = await openPage("member", "", { width: 1280, height: 800 }, false);
+  // Auth is on and there is no token: the page asks for one.
+  await a.locator("#login-view").waitFor({ timeout: LIVE_MS });
+  await a.fill("#login-token", "not-a-token");
+  await a.press("#login-token", "Enter");
+  await a.locator("#login-token-error", { hasText: "not a JWT" }).waitFor({ timeout: LIVE_MS });
+  await a.fill("#login-token", memberToken);
+  await a.press("#login-token", "Enter");
+  await a.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
+  await a.waitForFunction(() => document.querySelectorAll("#studies tbody tr[data-id]").length === 2, null, { timeout: LIVE_MS });
+  assert(JSON.stringify(await shownIds(a)) === "[1,3]", `the member sees only studies 1 and 3: ${await shownIds(a)}`);
+  assert(!(await a.locator("#new-study").isVisible()), "a member is not offered to create studies");
+  // Live, for the member's studies only.
+  psql("update studies set title = 'Not the member''s, renamed' where id = 2");
+  psql("update studies set title = 'Member study one, renamed' where id = 1");
+  await a.locator(`${row(1)} td.title`, { hasText: "renamed" }).waitFor({ timeout: LIVE_MS });
+  assert(!(await a.locator(row(2)).count()), "study 2 never shows");
+  // The token is remembered for the tab.
+  await a.reload();
+  await a.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
+  await a.waitForFunction(() => document.querySelectorAll("#studies tbody tr[data-id]").length === 2, null, { timeout: LIVE_MS });
+  assert(await a.locator("#login-view").isHidden(), "no prompt after a reload");
+  // The member's room.
+  await a.click(`${row(3)} td.label a`);
+  await a.locator("#room-title", { hasText: "Member study three" }).waitFor({ timeout: LIVE_MS });
+  psql("insert into messages (study_id, author, body) values (3, 'psql', 'hello member')");
+  await a.locator("#thread li", { hasText: "hello member" }).waitFor({ timeout: LIVE_MS });
+  // Signing out forgets the token.
+  await a.click("#signout");
+  await a.locator("#login-view").waitFor({ timeout: LIVE_MS });
+  assert(await a.evaluate(() => sessionStorage.getItem("pgfeed.token") === null), "the token is forgotten");
+  return { rows: 2 };
+}
+
 try {
-  const scenarios = { table: tableScenario, room: roomScenario };
+  const scenarios = { table: tableScenario, room: roomScenario, refresh: refreshScenario, member: memberScenario };
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
   const summary = await scenarios[scenario]();
   out({ done: { ...summary, delays, slowest_ms: Math.max(0, ...delays.map((d) => d.ms)) } });

@@ -2,23 +2,38 @@
 //! headless Chromium driven by playwright-core (tests/browser/admin-test.mjs), two pages at a time,
 //! with psql as the outside writer and a server restart on the same port. Needs `node`,
 //! `chromium` (apt) and `npm ci --prefix tests/browser`; a missing piece fails the test with the
-//! command that installs it. The scenarios save the README's screenshots in docs/screenshots/.
+//! command that installs it. The scenarios take the README's screenshots (see [`screenshots`]).
 
 use std::path::Path;
 use std::process::Stdio;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::support::{TestApp, PATIENCE};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-const SCREENSHOTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/screenshots");
+
+/// Where the scenarios save their screenshots: target/screenshots/, or the committed
+/// docs/screenshots/ (shown in the README) with `PGFEED_UPDATE_SCREENSHOTS=1`, so that an
+/// ordinary test run leaves the work tree clean.
+fn screenshots() -> String {
+    let dir = if std::env::var_os("PGFEED_UPDATE_SCREENSHOTS").is_some() {
+        "docs/screenshots"
+    } else {
+        "target/screenshots"
+    };
+    format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"))
+}
 
 /// Runs one scenario of admin-test.mjs against `app`, serving its requests to stop and start
 /// the server; returns the summary it ends with.
 async fn run(app: TestApp, scenario: &str) -> Value {
+    run_with(app, scenario, &[]).await
+}
+
+async fn run_with(app: TestApp, scenario: &str, env: &[(&str, String)]) -> Value {
     let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -33,7 +48,8 @@ async fn run(app: TestApp, scenario: &str) -> Value {
         .arg(app.url(""))
         .arg(&app.db.url)
         .arg(scenario)
-        .arg(SCREENSHOTS)
+        .arg(screenshots())
+        .envs(env.iter().map(|(k, v)| (k, v.as_str())))
         .current_dir(DIR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -90,6 +106,26 @@ async fn admin_rooms_share_messages_and_files_live() {
     let app = TestApp::spawn().await;
     let summary = run(app, "room").await;
     eprintln!("admin room: {summary}");
+}
+
+/// The pages' cursors are pruned from the log while the server is down: on reconnect the server
+/// answers `refresh_needed`, and the table and the room reload their snapshots (the changes made
+/// meanwhile included, nothing doubled) and go on live.
+#[tokio::test]
+async fn after_refresh_needed_the_admin_page_reloads_its_snapshots() {
+    let app = TestApp::spawn().await;
+    let summary = run(app, "refresh").await;
+    eprintln!("admin refresh: {summary}");
+}
+
+/// With auth on, the page asks for a token, keeps it for the tab, and a member's table holds
+/// only the studies named in the token (built from their rooms), live.
+#[tokio::test]
+async fn with_auth_the_admin_page_asks_for_a_token_and_shows_a_member_their_studies() {
+    let app = crate::auth::secured().await;
+    let member = crate::auth::token(json!({"role": "member", "studies": [1, 3], "exp": crate::auth::in_an_hour()}));
+    let summary = run_with(app, "member", &[("ADMIN_TEST_MEMBER_TOKEN", member)]).await;
+    eprintln!("admin member: {summary}");
 }
 
 #[tokio::test]
