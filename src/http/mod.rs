@@ -11,6 +11,7 @@ pub mod observe;
 pub mod openapi;
 pub mod serve;
 pub mod studies;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(observe::metrics).route_layer(admin_only.clone()))
         .merge(api.route_layer(admin_only))
+        .merge(web::router())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(Extension(doc))

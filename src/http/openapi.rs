@@ -1,7 +1,7 @@
 //! `GET /api/openapi.json` (PROTOCOL §7): the OpenAPI 3 document, generated from the handlers'
 //! `#[utoipa::path]` annotations. The REST routes are registered through `utoipa_axum::routes!`,
 //! so a REST route cannot be served without being documented; the routes outside REST (`/ws`,
-//! `/events`, `/api/changes`, `/client.js`, `/healthz`, `/metrics`) are described here, and a test checks that the document and the router agree.
+//! `/events`, `/api/changes`, `/client.js`, `/healthz`, `/metrics`, and the admin page's `/`, `/admin.js`, `/admin.css`) are described here, and a test checks that the document and the router agree.
 
 use std::sync::Arc;
 
@@ -19,11 +19,12 @@ use super::AppState;
 #[openapi(
     info(title = "pgfeed", description = "PostgreSQL as a live change feed: the REST API (PROTOCOL §7). \
         Every write goes through the database's capture triggers, so it reaches `/ws` subscribers like any other writer's."),
-    paths(ws, events, changes, client_js, healthz, metrics),
+    paths(ws, events, changes, client_js, healthz, metrics, admin_page, admin_js, admin_css),
     components(schemas(ErrorBody)),
     tags(
         (name = "studies"), (name = "messages"), (name = "files"),
         (name = "feed", description = "The live feed and health"),
+        (name = "admin", description = "The live admin page"),
         (name = "meta", description = "This document"),
     ),
 )]
@@ -118,3 +119,21 @@ fn client_js() {}
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 #[allow(dead_code)]
 fn metrics() {}
+
+/// PROTOCOL §7: the live admin page (served by `http::web`; described here).
+#[utoipa::path(get, path = "/", tag = "admin",
+    responses((status = 200, description = "The admin page, an HTML document", content_type = "text/html")))]
+#[allow(dead_code)]
+fn admin_page() {}
+
+/// The admin page's script, an ES module importing `/client.js`.
+#[utoipa::path(get, path = "/admin.js", tag = "admin",
+    responses((status = 200, description = "An ES module", content_type = "text/javascript")))]
+#[allow(dead_code)]
+fn admin_js() {}
+
+/// The admin page's stylesheet.
+#[utoipa::path(get, path = "/admin.css", tag = "admin",
+    responses((status = 200, description = "CSS", content_type = "text/css")))]
+#[allow(dead_code)]
+fn admin_css() {}

@@ -185,8 +185,11 @@ async fn healthcheck_exits_zero_for_a_healthy_server_and_non_zero_otherwise() {
 #[tokio::test]
 async fn insecure_no_auth_allows_a_wildcard_bind_and_says_so_loudly() {
     let db = TestDb::create().await;
-    let server =
-        serve(&["serve", "--bind", "0.0.0.0:0", "--insecure-no-auth"], &[("DATABASE_URL", &db.url)]).await;
+    let server = serve(
+        &["serve", "--bind", "0.0.0.0:0", "--insecure-no-auth"],
+        &[("DATABASE_URL", &db.url)],
+    )
+    .await;
     let warning = server.log_line("WITHOUT AUTHENTICATION").expect("a warning at start");
     assert!(warning.contains("WARN"), "{warning}");
     assert!(server.terminate().await.success());
