@@ -173,8 +173,12 @@ export function connect(options = {}) {
     open(() => startFallback(order, i + 1));
   }
 
-  /** While on a fallback, try a WebSocket now and then; when one opens, switch back to it. */
-  function probeWs() {
+  /**
+   * While on a fallback, try a WebSocket now and then; when one opens, switch back to it. The
+   * first try comes soon (`soon`): the WebSocket attempts that led to the fallback may have failed
+   * only because the server was down (a restart), not because WebSockets are blocked.
+   */
+  function probeWs(soon = false) {
     if (!transports.includes("ws") || typeof WebSocket === "undefined") return;
     clearTimeout(probe);
     probe = setTimeout(() => {
@@ -190,7 +194,7 @@ export function connect(options = {}) {
         start();
       };
       ws.onerror = () => probeWs();
-    }, wsRetryEvery);
+    }, soon ? Math.min(1000, wsRetryEvery) : wsRetryEvery);
   }
 
   function wsUrl() {
@@ -304,7 +308,7 @@ export function connect(options = {}) {
         failures = 0;
         for (const [t, k] of cursors) if (isAfter(frame.cursor, k)) cursors.set(t, frame.cursor);
         setStatus(STATUS.FALLBACK, "sse");
-        probeWs();
+        probeWs(true);
       } else if (type === "refresh_needed") {
         try { onRefreshNeeded(frame.topic, frame.reason); } catch (e) { console.error(e); }
         cursors.set(frame.topic, null);
@@ -380,7 +384,7 @@ export function connect(options = {}) {
           working = true;
           failures = 0;
           setStatus(STATUS.FALLBACK, "poll");
-          probeWs();
+          probeWs(true);
         }
         for (const event of body.events) deliver(event, true);
         for (const [t, k] of cursors) if (isAfter(body.cursor, k)) cursors.set(t, body.cursor);
