@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use sqlx::PgPool;
 
 use crate::config::{DbConfig, ServeConfig};
@@ -143,6 +144,13 @@ impl App {
 
         tracing::info!("listening on http://{}", tcp.local_addr()?);
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        // Events are small frames written as they come: with Nagle's algorithm on, a frame written
+        // while the previous one is unacknowledged waits for the peer's delayed ACK (40 ms).
+        let tcp = tcp.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         axum::serve(tcp, app)
             .with_graceful_shutdown(shutdown.token.clone().cancelled_owned())
             .await?;

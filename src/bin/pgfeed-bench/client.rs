@@ -39,8 +39,9 @@ pub async fn connect(server: SocketAddr, index: usize) -> anyhow::Result<Ws> {
         .with_context(|| format!("binding {source}"))?;
     let stream = socket.connect(server).await.context("connecting to pgfeed")?;
     stream.set_nodelay(true)?;
-    // The client's own buffers stay small: 10,000 of them live in this process during `idle`.
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    // Small, because tungstenite zero-fills the read buffer before each read, and 10,000 of them
+    // live in this process during `idle`.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
     let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{server}/ws"), stream, Some(config))
         .await
         .context("WebSocket handshake")?;
@@ -80,6 +81,8 @@ pub struct Seen {
     pub pos: i32,
     pub id: i64,
     pub stamp_us: Option<i64>,
+    /// The commit stamp's `committed_at` (µs since the epoch).
+    pub committed_us: Option<i64>,
 }
 
 /// Reads the few fields the bench needs from an event frame without a full JSON parse: the client
@@ -95,7 +98,16 @@ pub fn parse_event(text: &str) -> Option<Seen> {
         .find("\"body\":")
         .and_then(|i| string_after(text[i + 7..].trim_start(), "\""))
         .and_then(|b| b.parse().ok());
-    Some(Seen { seq, pos, id, stamp_us })
+    let committed_us = string_after(text, "\"committed_at\":\"")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros());
+    Some(Seen {
+        seq,
+        pos,
+        id,
+        stamp_us,
+        committed_us,
+    })
 }
 
 fn string_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
@@ -118,6 +130,8 @@ pub struct Tally {
     pub ids: Vec<i64>,
     /// Receive time − writer timestamp, in µs, for frames that carry one.
     pub latencies_us: Vec<u32>,
+    /// Receive time − the event's `committed_at`, in µs: the relay's part of the latency.
+    pub relay_us: Vec<u32>,
     /// Frames whose (seq, pos) was not after the previous frame's.
     pub out_of_order: u64,
     /// When the last event arrived (µs since the epoch).
@@ -159,6 +173,9 @@ pub async fn receive_on(ws: &mut Ws, mut target: watch::Receiver<Option<usize>>,
                         if let Some(stamp) = seen.stamp_us {
                             tally.latencies_us.push((at - stamp).clamp(0, u32::MAX as i64) as u32);
                         }
+                        if let Some(c) = seen.committed_us {
+                            tally.relay_us.push((at - c).clamp(0, u32::MAX as i64) as u32);
+                        }
                         tally.last_at_us = at;
                     }
                     None => tally.other += 1,
@@ -186,9 +203,10 @@ mod tests {
 
     #[test]
     fn an_event_frame_yields_its_position_id_and_stamp() {
-        let frame = r#"{"type":"message_created","topic":"messages","cursor":"ab12-41-3","table":"messages","op":"insert","id":7,"data":{"id": 7, "body": "1700000000123456", "author": "w1"},"committed_at":"x"}"#;
+        let frame = r#"{"type":"message_created","topic":"messages","cursor":"ab12-41-3","table":"messages","op":"insert","id":7,"data":{"id": 7, "body": "1700000000123456", "author": "w1"},"committed_at":"2023-11-14T22:13:20.123457Z"}"#;
         let seen = parse_event(frame).unwrap();
         assert_eq!((seen.seq, seen.pos, seen.id, seen.stamp_us), (41, 3, 7, Some(1_700_000_000_123_456)));
+        assert_eq!(seen.committed_us, Some(1_700_000_000_123_457));
         assert!(parse_event(r#"{"type":"pong"}"#).is_none());
     }
 }

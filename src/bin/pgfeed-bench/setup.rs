@@ -176,10 +176,12 @@ impl Server {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return Duration::ZERO;
         };
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        // Fields after the parenthesised command name start at field 3 (state); utime and stime
+        // are fields 14 and 15 (proc(5)).
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = field(14) + field(15);
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
             .flatten()
