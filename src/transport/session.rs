@@ -135,7 +135,7 @@ where
                 snapshot: false,
                 id: None,
             };
-            self.subscribe(frame).await?;
+            Box::pin(self.subscribe(frame)).await?;
         }
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.ping_interval,
@@ -156,7 +156,9 @@ where
                         if text.len() > MAX_CLIENT_FRAME {
                             return self.close(close::TOO_BIG, "frame over 64 KiB").await;
                         }
-                        self.handle(text.as_str()).await?;
+                        // Boxed: handling a frame (snapshots, catch-up reads) needs a deep future that
+                        // would otherwise sit inside every idle connection's task (PERF: `idle`).
+                        Box::pin(self.handle(text.as_str())).await?;
                     }
                     Some(Ok(Message::Binary(_))) => self.client_error("bad_request", "frames must be JSON text", None).await?,
                     Some(Err(e)) => {

@@ -7,11 +7,12 @@ use serde::Deserialize;
 
 use super::session::{self, Initial, MAX_CLIENT_FRAME};
 
-/// Initial read buffer of a connection. tungstenite zero-fills the whole buffer before every read
-/// attempt, and the session polls for client frames after every delivery, so its 128 KiB default
-/// cost a 128 KiB memset per delivery (28% of pgfeed's CPU under fan-out) and kept idle
-/// connections large. Client frames are small; a larger one grows the buffer for its length.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of a connection, and the most one read takes. tungstenite zero-fills the buffer
+/// before every read attempt, and the session polls for client frames after every delivery, so its
+/// 128 KiB default cost a 128 KiB memset per delivery (28% of pgfeed's CPU under fan-out) and made
+/// every idle connection large. Client frames are small; a larger one grows the buffer to its
+/// length and is read in several calls.
+const READ_BUFFER: usize = 1024;
 use crate::http::AppState;
 
 #[derive(Debug, Deserialize)]
