@@ -374,10 +374,23 @@ where
             }
             Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
             Item::Event(d) => {
-                Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?
+                // Backlog events are only buffered; `flush` sends a page of them in one go.
+                let text =
+                    Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?;
+                return match stall(self.socket.feed(Message::Text(text))).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(FeedError::Gone),
+                };
             }
         };
         match stall(self.socket.send(Message::Text(msg))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(FeedError::Gone),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), FeedError> {
+        match stall(self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(FeedError::Gone),
         }
