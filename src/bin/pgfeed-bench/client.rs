@@ -205,7 +205,10 @@ mod tests {
     fn an_event_frame_yields_its_position_id_and_stamp() {
         let frame = r#"{"type":"message_created","topic":"messages","cursor":"ab12-41-3","table":"messages","op":"insert","id":7,"data":{"id": 7, "body": "1700000000123456", "author": "w1"},"committed_at":"2023-11-14T22:13:20.123457Z"}"#;
         let seen = parse_event(frame).unwrap();
-        assert_eq!((seen.seq, seen.pos, seen.id, seen.stamp_us), (41, 3, 7, Some(1_700_000_000_123_456)));
+        assert_eq!(
+            (seen.seq, seen.pos, seen.id, seen.stamp_us),
+            (41, 3, 7, Some(1_700_000_000_123_456))
+        );
         assert_eq!(seen.committed_us, Some(1_700_000_000_123_457));
         assert!(parse_event(r#"{"type":"pong"}"#).is_none());
     }

@@ -17,7 +17,8 @@ impl Percentiles {
             return Percentiles::default();
         }
         micros.sort_unstable();
-        let at = |q: f64| micros[((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1] as f64 / 1000.0;
+        let at =
+            |q: f64| micros[((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len()) - 1] as f64 / 1000.0;
         Percentiles {
             p50: at(0.50),
             p90: at(0.90),

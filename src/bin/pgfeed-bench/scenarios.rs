@@ -64,11 +64,21 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
 pub async fn machine(db: &BenchDb) -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_default();
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
         .unwrap_or(0);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let pg = db.version().await.unwrap_or_default();
@@ -217,16 +227,24 @@ async fn stream_scenario(
         doubled += d;
     }
     let out_of_order: u64 = tallies.iter().map(|t| t.out_of_order).sum();
-    let closed: BTreeMap<u16, usize> = tallies.iter().filter_map(|t| t.closed).fold(BTreeMap::new(), |mut m, c| {
-        *m.entry(c).or_default() += 1;
-        m
-    });
+    let closed: BTreeMap<u16, usize> = tallies
+        .iter()
+        .filter_map(|t| t.closed)
+        .fold(BTreeMap::new(), |mut m, c| {
+            *m.entry(c).or_default() += 1;
+            m
+        });
     let last_delivery_us = tallies.iter().map(|t| t.last_at_us).max().unwrap_or(0);
     let tail_ms = (last_delivery_us - written.last_commit_us) as f64 / 1000.0;
     let span_s = (last_delivery_us.max(written.last_commit_us) - written.first_us) as f64 / 1e6;
     let write_s = (written.last_commit_us - written.first_us) as f64 / 1e6;
     let per_s = delivered as f64 / span_s.max(1e-9);
-    let relay = Percentiles::of(tallies.iter_mut().flat_map(|t| std::mem::take(&mut t.relay_us)).collect());
+    let relay = Percentiles::of(
+        tallies
+            .iter_mut()
+            .flat_map(|t| std::mem::take(&mut t.relay_us))
+            .collect(),
+    );
     let lat = Percentiles::of(tallies.into_iter().flat_map(|t| t.latencies_us).collect());
     let exact = lost == 0 && doubled == 0 && out_of_order == 0;
 
@@ -236,7 +254,10 @@ async fn stream_scenario(
             exact && per_s >= 195_000.0 && lat.p99 <= 100.0,
             "≥ 195,000 deliveries/s, p99 ≤ 100 ms, none lost",
         ),
-        _ => (exact && delivered == expected, "all delivered; last commit → last delivery reported"),
+        _ => (
+            exact && delivered == expected,
+            "all delivered; last commit → last delivery reported",
+        ),
     };
     let mut table = vec![
         ("subscribers".to_owned(), format!("{n} on `messages`")),
@@ -250,7 +271,10 @@ async fn stream_scenario(
             ),
         ),
         ("deliveries".to_owned(), format!("{delivered} of {expected} expected")),
-        ("deliveries/s".to_owned(), format!("{per_s:.0} (first write → last delivery)")),
+        (
+            "deliveries/s".to_owned(),
+            format!("{per_s:.0} (first write → last delivery)"),
+        ),
         (
             "lost / doubled / out of order".to_owned(),
             format!("{lost} / {doubled} / {out_of_order}"),
@@ -260,7 +284,11 @@ async fn stream_scenario(
         ("last commit → last delivery".to_owned(), format!("{tail_ms:.1} ms")),
         (
             "pgfeed CPU".to_owned(),
-            format!("{:.2} s ({:.0}% of one core)", cpu.as_secs_f64(), 100.0 * cpu.as_secs_f64() / span_s.max(1e-9)),
+            format!(
+                "{:.2} s ({:.0}% of one core)",
+                cpu.as_secs_f64(),
+                100.0 * cpu.as_secs_f64() / span_s.max(1e-9)
+            ),
         ),
         ("connections closed by server".to_owned(), format!("{closed:?}")),
         ("target".to_owned(), target.to_owned()),
@@ -286,7 +314,10 @@ async fn stream_scenario(
 async fn idle(n: usize, db: &BenchDb, server: &Server) -> anyhow::Result<()> {
     let limit = setup::file_limit() as usize;
     if limit < n + 256 {
-        bail!("the open-file limit is {limit}; `idle` with {n} connections needs {}", n + 256);
+        bail!(
+            "the open-file limit is {limit}; `idle` with {n} connections needs {}",
+            n + 256
+        );
     }
     let setup_conn = db.connect("pgfeed-bench").await?;
     let study = setup::new_study(&setup_conn).await?;
@@ -328,13 +359,23 @@ async fn idle(n: usize, db: &BenchDb, server: &Server) -> anyhow::Result<()> {
     drop(target_tx);
     let ok = per_conn <= 6.0 && reached == n + 1;
     let table = [
-        ("connections".to_owned(), format!("{n} idle, subscribed to {topic}, from 127.0.0.2…127.0.0.{}", 2 + (n - 1) / 200)),
+        (
+            "connections".to_owned(),
+            format!(
+                "{n} idle, subscribed to {topic}, from 127.0.0.2…127.0.0.{}",
+                2 + (n - 1) / 200
+            ),
+        ),
         ("opened in".to_owned(), format!("{:.2} s", opened.as_secs_f64())),
         ("pgfeed RSS".to_owned(), format!("{before} KiB → {after} KiB")),
         ("growth per connection".to_owned(), format!("{per_conn:.2} KiB")),
         (
             "one row then reached".to_owned(),
-            format!("{reached} of {} connections, the last after {:.1} ms", n + 1, (last - sent) as f64 / 1000.0),
+            format!(
+                "{reached} of {} connections, the last after {:.1} ms",
+                n + 1,
+                (last - sent) as f64 / 1000.0
+            ),
         ),
         ("target".to_owned(), "≤ 6 KiB per connection".to_owned()),
         ("verdict".to_owned(), verdict(ok).to_owned()),
@@ -408,10 +449,17 @@ async fn catchup(rows: usize, args: &Args, db: &BenchDb, server: &Server) -> any
 
     let ok = lost == 0 && doubled == 0 && tally.out_of_order == 0 && per_s >= 100_000.0 && went_live;
     let table = [
-        ("behind by".to_owned(), format!("{rows} events ({txs} commits of {PER_TX} rows)")),
+        (
+            "behind by".to_owned(),
+            format!("{rows} events ({txs} commits of {PER_TX} rows)"),
+        ),
         (
             "replayed".to_owned(),
-            format!("{} events in {:.3} s: {per_s:.0} events/s", tally.ids.len(), replay.as_secs_f64()),
+            format!(
+                "{} events in {:.3} s: {per_s:.0} events/s",
+                tally.ids.len(),
+                replay.as_secs_f64()
+            ),
         ),
         (
             "lost / doubled / out of order".to_owned(),
@@ -425,7 +473,10 @@ async fn catchup(rows: usize, args: &Args, db: &BenchDb, server: &Server) -> any
                 "the live row did not arrive".to_owned()
             },
         ),
-        ("target".to_owned(), "≥ 100,000 events/s, in order, then live".to_owned()),
+        (
+            "target".to_owned(),
+            "≥ 100,000 events/s, in order, then live".to_owned(),
+        ),
         ("verdict".to_owned(), verdict(ok).to_owned()),
     ];
     let out = json!({
@@ -450,6 +501,9 @@ const VARIANTS: [(&str, &str); 3] = [
     ("bare NOTIFY", "bench_notify"),
     ("pgfeed capture", "bench_tracked"),
 ];
+
+/// Writer count, variant, median TPS, and the writers' wait events (samples, most first).
+type PassResult = (usize, &'static str, f64, Vec<(String, u64)>);
 
 /// writers: TPS of 1-row inserts at 1, 4 and 16 writers, per variant, with where writers wait.
 async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
@@ -492,7 +546,7 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
     };
 
     let pool = db.writers(16).await?;
-    let mut results: Vec<(usize, &str, f64, Vec<(String, u64)>)> = Vec::new();
+    let mut results: Vec<PassResult> = Vec::new();
     for &w in &[1usize, 4, 16] {
         for (variant, table) in VARIANTS {
             let mut passes = Vec::new();
@@ -507,7 +561,7 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
             passes.sort_by(f64::total_cmp);
             let median = passes[passes.len() / 2];
             let mut waits: Vec<_> = waits.into_iter().collect();
-            waits.sort_by(|a, b| b.1.cmp(&a.1));
+            waits.sort_by_key(|w| std::cmp::Reverse(w.1));
             eprintln!("pgfeed-bench: {w:>2} writers, {variant}: {median:.0} TPS");
             results.push((w, variant, median, waits));
         }
@@ -530,8 +584,10 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
                 notify / plain.max(1e-9)
             ),
         ));
-        rows.push(json!({"writers": w, "no_trigger_tps": plain.round(), "notify_tps": notify.round(),
-            "capture_tps": capture.round(), "capture_vs_notify": report::round(ratio)}));
+        rows.push(
+            json!({"writers": w, "no_trigger_tps": plain.round(), "notify_tps": notify.round(),
+            "capture_tps": capture.round(), "capture_vs_notify": report::round(ratio)}),
+        );
     }
     let mut wait_json = serde_json::Map::new();
     for (w, variant, _, waits) in &results {
@@ -545,11 +601,18 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
             table.push((format!("16 writers wait ({variant})"), top.join(", ")));
             wait_json.insert(
                 variant.to_string(),
-                json!(waits.iter().take(6).map(|(k, v)| json!({"wait": k, "share": report::round(*v as f64 / total as f64)})).collect::<Vec<_>>()),
+                json!(waits
+                    .iter()
+                    .take(6)
+                    .map(|(k, v)| json!({"wait": k, "share": report::round(*v as f64 / total as f64)}))
+                    .collect::<Vec<_>>()),
             );
         }
     }
-    table.push(("target".to_owned(), "capture ≥ 0.8× bare NOTIFY at every writer count".to_owned()));
+    table.push((
+        "target".to_owned(),
+        "capture ≥ 0.8× bare NOTIFY at every writer count".to_owned(),
+    ));
     table.push(("verdict".to_owned(), verdict(ok).to_owned()));
     let out = json!({
         "scenario": "writers", "pass_s": args.pass.as_secs_f64(), "repeat": args.repeat.max(1),

@@ -102,7 +102,9 @@ impl BenchDb {
     /// The PostgreSQL server version, for the report.
     pub async fn version(&self) -> anyhow::Result<String> {
         let c = self.connect("pgfeed-bench").await?;
-        Ok(c.query_one("select current_setting('server_version')", &[]).await?.get(0))
+        Ok(c.query_one("select current_setting('server_version')", &[])
+            .await?
+            .get(0))
     }
 }
 
@@ -117,7 +119,14 @@ impl Server {
     pub async fn start(binary: &std::path::Path, db: &BenchDb) -> anyhow::Result<Server> {
         let data_dir = std::env::temp_dir().join(format!("pgfeed-bench-data-{}", std::process::id()));
         let mut child = Command::new(binary)
-            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", &db.url, "--data-dir"])
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--database-url",
+                &db.url,
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "pgfeed=info")
@@ -192,7 +201,10 @@ impl Server {
     /// SIGTERM, then wait for a graceful exit (sessions closed with 1001).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
             Ok(status) => {
