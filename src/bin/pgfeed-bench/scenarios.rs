@@ -209,6 +209,7 @@ async fn stream_scenario(
 
     eprintln!("pgfeed-bench: writing ({load:?}, {} writers)", args.writers);
     let cpu0 = server.cpu_time();
+    let own0 = setup::cpu_time("self");
     let written = write(db, args.writers, study, load).await?;
     target_tx.send_replace(Some(written.ids.len()));
     let mut tallies: Vec<Tally> = Vec::with_capacity(n);
@@ -216,6 +217,7 @@ async fn stream_scenario(
         tallies.push(r.await?);
     }
     let cpu = server.cpu_time().saturating_sub(cpu0);
+    let own = setup::cpu_time("self").saturating_sub(own0);
 
     let rows = written.ids.len();
     let expected = rows * n;
@@ -290,6 +292,14 @@ async fn stream_scenario(
                 100.0 * cpu.as_secs_f64() / span_s.max(1e-9)
             ),
         ),
+        (
+            "bench (writers + clients) CPU".to_owned(),
+            format!(
+                "{:.2} s ({:.0}% of one core)",
+                own.as_secs_f64(),
+                100.0 * own.as_secs_f64() / span_s.max(1e-9)
+            ),
+        ),
         ("connections closed by server".to_owned(), format!("{closed:?}")),
         ("target".to_owned(), target.to_owned()),
         ("verdict".to_owned(), verdict(ok).to_owned()),
@@ -303,7 +313,8 @@ async fn stream_scenario(
         "deliveries": delivered, "expected": expected, "deliveries_per_s": per_s.round(),
         "lost": lost, "doubled": doubled, "out_of_order": out_of_order,
         "latency": lat.json(), "relay_latency": relay.json(), "tail_ms": report::round(tail_ms),
-        "server_cpu_s": report::round(cpu.as_secs_f64()), "closed": closed,
+        "server_cpu_s": report::round(cpu.as_secs_f64()),
+        "bench_cpu_s": report::round(own.as_secs_f64()), "closed": closed,
         "machine": machine(db).await, "meets_target": ok,
     });
     report::print(name, &table, &out);

@@ -179,23 +179,7 @@ impl Server {
 
     /// CPU time (user + system) the server has used so far.
     pub fn cpu_time(&self) -> Duration {
-        let Some(pid) = self.pid() else {
-            return Duration::ZERO;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return Duration::ZERO;
-        };
-        // Fields after the parenthesised command name start at field 3 (state); utime and stime
-        // are fields 14 and 15 (proc(5)).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        let ticks = field(14) + field(15);
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as u64;
-        Duration::from_millis(ticks * 1000 / hz.max(1))
+        self.pid().map_or(Duration::ZERO, |pid| cpu_time(&pid.to_string()))
     }
 
     /// SIGTERM, then wait for a graceful exit (sessions closed with 1001).
@@ -259,4 +243,22 @@ pub async fn new_study(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .await
         .context("creating the bench study")?;
     Ok(row.get(0))
+}
+
+/// CPU time (user + system) used so far by process `pid` (`"self"` for the bench itself).
+pub fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the parenthesised command name start at field 3 (state); utime and stime
+    // are fields 14 and 15 (proc(5)).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(14) + field(15);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / hz.max(1))
 }
