@@ -199,8 +199,15 @@ pub enum Item {
 
 /// Where [`Subscriptions::add`] sends what precedes the live stream: the transport's writer.
 pub trait Emit: Send {
-    /// Sends one item to the client; `Err(FeedError::Gone)` when the connection failed.
+    /// Sends one item to the client; `Err(FeedError::Gone)` when the connection failed. A writer
+    /// may hold backlog events until [`Emit::flush`].
     fn emit(&mut self, item: Item) -> impl std::future::Future<Output = Result<(), FeedError>> + Send;
+
+    /// Sends whatever `emit` held back. Called after each page of backlog, so a resume writes
+    /// many events per socket write instead of one.
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), FeedError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// One connection's subscriptions, all fed through one [`Outbox`]. For each topic it keeps the
@@ -299,6 +306,7 @@ impl Subscriptions {
                         at = d.at();
                         emit.emit(Item::Event(d)).await?;
                     }
+                    emit.flush().await?;
                 }
                 Backlog::Log => while !self.catch_up(topic, &mut at, emit).await? {},
             }
@@ -333,6 +341,7 @@ impl Subscriptions {
             *at = event.at;
             emit.emit(Item::Event(Delivery::new(Arc::new(event), i))).await?;
         }
+        emit.flush().await?;
         Ok(last_page)
     }
 

@@ -36,6 +36,8 @@ const ERROR_WINDOW: Duration = Duration::from_secs(10);
 /// How long one write may wait for a client that does not read before the client is dropped.
 /// Its queue overflows long before, so this only bounds how long a stuck socket is kept.
 const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long a closing server waits for the client's answering Close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Deliveries written per flush when several are waiting.
 const WRITE_BATCH: usize = 64;
 
@@ -155,7 +157,7 @@ where
                 snapshot: false,
                 id: None,
             };
-            self.subscribe(frame).await?;
+            Box::pin(self.subscribe(frame)).await?;
         }
         self.metrics.set_subscriptions(self.subs.len());
         let mut ping = tokio::time::interval_at(
@@ -188,7 +190,9 @@ where
                             }
                             Rate::Abuse => return self.close(close::POLICY, "persistently over the frame rate limit").await,
                         }
-                        self.handle(text.as_str()).await?;
+                        // Boxed: handling a frame (snapshots, catch-up reads) needs a deep future that
+                        // would otherwise sit inside every idle connection's task (PERF: `idle`).
+                        Box::pin(self.handle(text.as_str())).await?;
                         self.metrics.set_subscriptions(self.subs.len());
                     }
                     Some(Ok(Message::Binary(_))) => self.client_error("bad_request", "frames must be JSON text", None).await?,
@@ -388,7 +392,23 @@ where
             reason: Utf8Bytes::from_static(reason),
         };
         // Best effort: a client that does not read will not get it, and is dropped anyway.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.socket.send(Message::Close(Some(frame)))).await;
+        if tokio::time::timeout(Duration::from_secs(5), self.socket.send(Message::Close(Some(frame))))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        // The closing handshake: read (and drop) what the client still sends until its Close.
+        // Dropping the socket with unread client data in the kernel would send a TCP reset,
+        // which can destroy our Close frame before the client reads it.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(msg)) = self.socket.next().await {
+                if let Message::Close(_) = msg {
+                    break;
+                }
+            }
+        })
+        .await;
         Ok(())
     }
 }
@@ -461,10 +481,23 @@ where
             }
             Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
             Item::Event(d) => {
-                Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?
+                // Backlog events are only buffered; `flush` sends a page of them in one go.
+                let text =
+                    Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?;
+                return match stall(self.socket.feed(Message::Text(text))).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(FeedError::Gone),
+                };
             }
         };
         match stall(self.socket.send(Message::Text(msg))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(FeedError::Gone),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), FeedError> {
+        match stall(self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(FeedError::Gone),
         }

@@ -1,0 +1,124 @@
+//! `pgfeed-bench`: drives a real `pgfeed serve` over real sockets and prints what it measured.
+//!
+//! Each scenario starts the `pgfeed` binary that sits next to this one (build both with
+//! `cargo build --release`), pointed at the bench's own PostgreSQL: a private, durable cluster in a
+//! temp dir (fsync on, like production), or `--database-url`. Writers are separate PostgreSQL
+//! connections, never calls into pgfeed; subscribers are WebSocket clients on loopback, spread over
+//! 127.0.0.2… source addresses so that a per-IP connection limit never caps a scenario.
+//!
+//! Every scenario is bounded in time and count and prints a human table, then one JSON line.
+//! Timings live here and only here: the tests assert behaviour, never durations.
+
+// A crate root's modules resolve beside it, so the bench's own folder is named explicitly.
+#[path = "pgfeed-bench/client.rs"]
+mod client;
+#[path = "pgfeed-bench/report.rs"]
+mod report;
+#[path = "pgfeed-bench/scenarios.rs"]
+mod scenarios;
+#[path = "pgfeed-bench/setup.rs"]
+mod setup;
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "pgfeed-bench", about = "Benchmarks a real `pgfeed serve` over real sockets")]
+pub struct Args {
+    /// Which scenario to run; `all` runs each in turn.
+    pub scenario: Scenario,
+
+    /// PostgreSQL to use (a scratch database: the bench writes rows and tables into it).
+    /// Without it, the bench runs a private durable cluster in a temp dir and removes it afterwards.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// How long `latency` and `fanout` write for.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// How long each `writers` pass lasts (3 variants × 3 writer counts × --repeat passes).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub pass: Duration,
+
+    /// `writers`: passes per (variant, writer count); the median is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+
+    /// Subscribers (default per scenario: latency 100, fanout 1000, burst 10, idle 10000).
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+
+    /// Rows per second written (default: latency 500, fanout 200).
+    #[arg(long)]
+    pub rate: Option<u32>,
+
+    /// Rows inserted by `burst` (default 20000) or replayed by `catchup` (default 100000).
+    #[arg(long)]
+    pub rows: Option<usize>,
+
+    /// Writer connections for latency, fanout, burst and catchup's fill.
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
+
+    /// The `pgfeed` binary to run (default: next to this executable).
+    #[arg(long)]
+    pub pgfeed: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Latency,
+    Fanout,
+    Burst,
+    Idle,
+    Catchup,
+    Writers,
+    All,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    pgfeed::telemetry::init("warn", pgfeed::config::LogFormat::Human, std::io::stderr);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgfeed-bench: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgfeed-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    setup::raise_file_limit();
+    let db = setup::BenchDb::open(args.database_url.as_deref()).await?;
+    let list = match args.scenario {
+        Scenario::All => vec![
+            Scenario::Latency,
+            Scenario::Fanout,
+            Scenario::Burst,
+            Scenario::Idle,
+            Scenario::Catchup,
+            Scenario::Writers,
+        ],
+        one => vec![one],
+    };
+    let mut result = Ok(());
+    for scenario in list {
+        let r = scenarios::run(scenario, &args, &db).await;
+        if let Err(e) = r {
+            eprintln!("pgfeed-bench: {scenario:?} failed: {e:#}");
+            result = Err(e);
+        }
+    }
+    db.close().await?;
+    result
+}
