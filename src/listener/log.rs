@@ -68,57 +68,9 @@ pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::
 }
 
 /// Up to `limit` events after `after`, in commit order; only those published on `topic` when given.
-/// The retention check and the read are one statement, hence one snapshot, so a concurrent prune
-/// can never turn into a silent gap: the answer is then `Expired`.
-///
-/// The read walks commits in seq order and looks up each one's events by (txid, pos), so a page
-/// costs its own size whatever the log holds. A plain join let the planner pick a hash join over
-/// the whole events table (300 ms a page at 190,000 events, measured with `pgfeed-bench catchup`),
-/// both when its statistics lagged a fast-growing log and in the generic plan a prepared statement
-/// gets after five runs; `offset 0` keeps the per-commit lookup from being flattened into such a
-/// join. One statement is also one round trip, where a repeatable-read transaction took five.
 pub async fn read_after(pool: &PgPool, after: Position, topic: Option<&str>, limit: i64) -> Result<Page, sqlx::Error> {
-    let rows = sqlx::query(
-        r#"select m.pruned_upto, r.*
-           from pgfeed.meta m
-           left join lateral (
-               select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
-                      e.data::text as data, c.committed_at
-               from pgfeed.commits c
-               cross join lateral (
-                   select * from pgfeed.events e
-                   where e.txid = c.txid and (c.seq > $1 or e.pos > $2)
-                     and ($3::text is null or $3 = any(e.topics))
-                   order by e.pos
-                   offset 0
-               ) e
-               where c.seq >= $1
-               order by c.seq, e.pos
-               limit $4
-           ) r on true
-           order by r.seq, r.pos"#,
-    )
-    .bind(after.seq)
-    .bind(after.pos)
-    .bind(topic)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    let pruned: i64 = match rows.first() {
-        Some(row) => row.try_get("pruned_upto")?,
-        None => 0,
-    };
-    if expired(after, pruned) {
-        return Ok(Page::Expired);
-    }
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        // The one row of an empty page carries only `pruned_upto`.
-        if row.try_get::<Option<i64>, _>("seq")?.is_some() {
-            events.push(LogRow::from_row(row)?);
-        }
-    }
-    Ok(Page::Rows(events))
+    let topics = topic.map(|t| [t.to_owned()]);
+    Ok(read(pool, after, topics.as_ref().map(|t| t.as_slice()), limit).await?.0)
 }
 
 /// Up to `limit` events after `after` published on any of `topics`, in commit order, each event
@@ -131,39 +83,69 @@ pub async fn read_after_any(
     topics: &[String],
     limit: i64,
 ) -> Result<(Page, i64), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await?;
-    let row = sqlx::query(
-        r#"select pruned_upto as pruned,
-                  greatest((select max(seq) from pgfeed.commits), pruned_upto, 0) as newest
-           from pgfeed.meta"#,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let (pruned, newest): (i64, i64) = (row.get("pruned"), row.get("newest"));
-    if expired(after, pruned) {
-        return Ok((Page::Expired, newest));
-    }
-    let rows = sqlx::query_as::<_, LogRow>(
-        r#"select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
-                  e.data::text as data, c.committed_at
-           from pgfeed.commits c
-           join pgfeed.events e on e.txid = c.txid
-           where c.seq >= $1 and (c.seq > $1 or e.pos > $2)
-             and e.topics && $3::text[]
-           order by c.seq, e.pos
-           limit $4"#,
+    read(pool, after, Some(topics), limit).await
+}
+
+/// The one log read: up to `limit` events after `after` (on any of `topics`, when given), and the
+/// newest commit seq. The retention check, the newest seq and the read are one statement, hence
+/// one snapshot, so a concurrent prune can never turn into a silent gap: the answer is then
+/// `Expired`.
+///
+/// The read walks commits in seq order and looks up each one's events by (txid, pos), so a page
+/// costs its own size whatever the log holds. A plain join let the planner pick a hash join over
+/// the whole events table (300 ms a page at 190,000 events, measured with `pgfeed-bench catchup`),
+/// both when its statistics lagged a fast-growing log and in the generic plan a prepared statement
+/// gets after five runs; `offset 0` keeps the per-commit lookup from being flattened into such a
+/// join. One statement is also one round trip, where a repeatable-read transaction took five.
+async fn read(
+    pool: &PgPool,
+    after: Position,
+    topics: Option<&[String]>,
+    limit: i64,
+) -> Result<(Page, i64), sqlx::Error> {
+    let rows = sqlx::query(
+        r#"select m.pruned_upto,
+                  greatest((select max(seq) from pgfeed.commits), m.pruned_upto, 0) as newest,
+                  r.*
+           from pgfeed.meta m
+           left join lateral (
+               select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
+                      e.data::text as data, c.committed_at
+               from pgfeed.commits c
+               cross join lateral (
+                   select * from pgfeed.events e
+                   where e.txid = c.txid and (c.seq > $1 or e.pos > $2)
+                     and ($3::text[] is null or e.topics && $3)
+                   order by e.pos
+                   offset 0
+               ) e
+               where c.seq >= $1
+               order by c.seq, e.pos
+               limit $4
+           ) r on true
+           order by r.seq, r.pos"#,
     )
     .bind(after.seq)
     .bind(after.pos)
     .bind(topics)
     .bind(limit)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
-    tx.commit().await?;
-    Ok((Page::Rows(rows), newest))
+    let (pruned, newest): (i64, i64) = match rows.first() {
+        Some(row) => (row.try_get("pruned_upto")?, row.try_get("newest")?),
+        None => (0, 0),
+    };
+    if expired(after, pruned) {
+        return Ok((Page::Expired, newest));
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The one row of an empty page carries only `pruned_upto` and `newest`.
+        if row.try_get::<Option<i64>, _>("seq")?.is_some() {
+            events.push(LogRow::from_row(row)?);
+        }
+    }
+    Ok((Page::Rows(events), newest))
 }
 
 /// Deletes what is older than `keep`, in small batches; returns the number of commits removed.
