@@ -36,10 +36,13 @@ create sequence if not exists pgfeed.commit_seq;
 
 create table if not exists pgfeed.commits (
     seq          bigint primary key,
-    txid         xid8 not null unique,
+    txid         xid8 not null,
     committed_at timestamptz not null
 );
-create index if not exists commits_committed_at on pgfeed.commits (committed_at);
+-- Only the primary key: an insert here is inside the stamp's serialized section, and no reader
+-- looks commits up by txid or time (retention walks them in seq order, which is commit order).
+drop index if exists pgfeed.commits_committed_at;
+alter table pgfeed.commits drop constraint if exists commits_txid_key;
 
 -- The log. `id` is a global insertion order, kept for a later snapshot-batch reader; readers of
 -- this version order by (commits.seq, pos).
@@ -122,23 +125,26 @@ end
 $$;
 
 -- The commit stamp. Runs once per transaction (only the first event queues it), just before
--- commit. Keep this critical section to the lock, the sequence, one insert and the notify.
+-- commit. Everything after the lock is serialized across all writers until this commit is
+-- flushed, so that section is kept to the lock, the sequence, one insert and the notify, in as
+-- few statements as possible. No `set search_path` clause (its save/restore would run inside
+-- the section): every name is schema-qualified instead, which is just as safe.
 create or replace function pgfeed.stamp() returns trigger
     language plpgsql
     security definer
-    set search_path = pg_catalog, pgfeed
 as $$
 declare
-    seq bigint;
+    s bigint;
 begin
-    -- Held until this transaction has committed and become visible (or aborted): the next
-    -- committer waits here, so it draws a larger seq only once this one can be read.
-    perform pg_advisory_xact_lock(7133002);
-    seq := nextval('pgfeed.commit_seq');
-    insert into pgfeed.commits (seq, txid, committed_at) values (seq, pg_current_xact_id(), clock_timestamp());
-    perform pg_notify('pgfeed', seq::text);
-    -- A synchronous_commit=off writer would otherwise release the lock before its commit is durable.
-    perform set_config('synchronous_commit', 'on', true);
+    -- A synchronous_commit=off writer would otherwise release the lock before its commit is
+    -- durable. Then the lock, held until this transaction has committed and become visible (or
+    -- aborted): the next committer waits here, so it draws a larger seq only once this one can
+    -- be read.
+    perform pg_catalog.set_config('synchronous_commit', 'on', true), pg_catalog.pg_advisory_xact_lock(7133002);
+    insert into pgfeed.commits (seq, txid, committed_at)
+    values (pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp())
+    returning seq into s;
+    perform pg_catalog.pg_notify('pgfeed', s::text);
     return null;
 end
 $$;
@@ -229,11 +235,14 @@ declare
     n   int;
     top bigint;
 begin
-    with old as (
-        select seq, txid from pgfeed.commits
-        where committed_at < clock_timestamp() - keep
-        order by seq
-        limit batch
+    -- The oldest `batch` commits, and of those the run that is older than `keep`: seq order is
+    -- commit order, so this reads only the start of the primary key, however long the log.
+    with oldest as (
+        select seq, txid, committed_at from pgfeed.commits order by seq limit batch
+    ), old as (
+        select seq, txid from oldest
+        where seq < coalesce((select min(seq) from oldest where committed_at >= clock_timestamp() - keep),
+                             9223372036854775807)
     ), ev as (
         delete from pgfeed.events e using old where e.txid = old.txid
     ), gone as (

@@ -25,9 +25,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(config: pgfeed::config::ServeConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
+    // Installed first: a SIGTERM that comes while the server is still starting is kept for later.
+    let stop = shutdown::signal();
     let app = App::build(config, shutdown.clone()).await?;
     tokio::spawn(async move {
-        shutdown::signal().await;
+        stop.await;
         shutdown.token.cancel();
     });
     app.run_until_stopped().await

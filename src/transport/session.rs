@@ -185,7 +185,8 @@ where
                         match self.rate.take() {
                             Rate::Ok => {}
                             Rate::Excess => {
-                                self.send_json(&json!({"type": "error", "code": "rate_limited", "message": "too many frames; slow down"})).await?;
+                                let v = json!({"type": "error", "code": "rate_limited", "message": "too many frames; slow down"});
+                                Box::pin(self.send_json(&v)).await?;
                                 continue;
                             }
                             Rate::Abuse => return self.close(close::POLICY, "persistently over the frame rate limit").await,
@@ -195,7 +196,7 @@ where
                         Box::pin(self.handle(text.as_str())).await?;
                         self.metrics.set_subscriptions(self.subs.len());
                     }
-                    Some(Ok(Message::Binary(_))) => self.client_error("bad_request", "frames must be JSON text", None).await?,
+                    Some(Ok(Message::Binary(_))) => Box::pin(self.client_error("bad_request", "frames must be JSON text", None)).await?,
                     Some(Err(e)) => {
                         let text = format!("{e:#}");
                         if text.contains("too long") || text.contains("Space limit") {
@@ -211,7 +212,7 @@ where
                         return Ok(());
                     }
                     awaiting_pong = true;
-                    self.write(Message::Ping(Bytes::new())).await?;
+                    Box::pin(self.write(Message::Ping(Bytes::new()))).await?;
                 }
             }
         }
@@ -385,7 +386,13 @@ where
         Ok(())
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
+    /// Boxed: the closing handshake's future is large, and an unboxed one would be reserved in
+    /// every connection's task for its whole life (PERF: `idle`).
+    fn close(&mut self, code: u16, reason: &'static str) -> futures::future::BoxFuture<'_, Result<(), End>> {
+        Box::pin(self.close_handshake(code, reason))
+    }
+
+    async fn close_handshake(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
         tracing::debug!(code, reason, "closing the connection");
         let frame = CloseFrame {
             code,

@@ -100,7 +100,7 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let span = tracing::info_span!("ws", connection = %id);
+    let span = tracing::debug_span!("ws", connection = %id);
     let shutdown = state.shutdown.token.clone();
     let tracker = state.shutdown.tracker.clone();
     let metrics = state.metrics.connection(Transport::Ws);
