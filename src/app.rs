@@ -114,6 +114,7 @@ impl App {
             limits: http::limits::ConnLimits::new(config.max_connections_per_ip, config.max_connections),
             allowed_origins: Arc::new(config.allowed_origins.clone()),
             max_upload: config.max_upload,
+            request_timeout: config.request_timeout,
         };
 
         let tcp = tokio::net::TcpListener::bind(config.bind)

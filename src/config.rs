@@ -128,6 +128,10 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_MAX_UPLOAD", default_value = "25MiB", value_parser = parse_size)]
     pub max_upload: u64,
 
+    /// The longest a REST request (an upload included) may take before it is cut off with 503.
+    #[arg(long, env = "PGFEED_REQUEST_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     /// Time a client has to send a request's headers (slowloris protection).
     #[arg(long, env = "PGFEED_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,

@@ -4,8 +4,6 @@
 //! their messages and files, and post messages and files to them; a file is judged by the study
 //! it belongs to, so guessing ids reveals nothing. Every other route answers 403 to a member.
 
-use std::time::Duration;
-
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -14,9 +12,6 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{query_token, Access};
-
-/// A REST request (upload included) that takes longer than this is cut off: 503 `timeout`.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a member may do: (method, route pattern, what the `{id}` names).
 enum Scope {
@@ -50,9 +45,10 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         headers: req.headers().clone(),
     };
     match allow(&state, &asked).await {
-        Ok(()) => match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        // A REST request (upload included) that takes longer is cut off: 503 `timeout`.
+        Ok(()) => match tokio::time::timeout(state.request_timeout, next.run(req)).await {
             Ok(response) => response,
-            Err(_) => ApiError::Timeout(REQUEST_TIMEOUT).into_response(),
+            Err(_) => ApiError::Timeout(state.request_timeout).into_response(),
         },
         Err(e) => e.into_response(),
     }

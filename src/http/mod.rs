@@ -60,6 +60,8 @@ pub struct AppState {
     pub allowed_origins: Arc<Vec<String>>,
     /// `--max-upload`: the largest file an upload may carry, in bytes.
     pub max_upload: u64,
+    /// `--request-timeout`: the longest a REST request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {

@@ -336,3 +336,58 @@ async fn an_oversized_json_body_is_refused_with_413() {
         .await
         .assert_error(413, "payload_too_large");
 }
+
+#[tokio::test]
+async fn a_rest_request_whose_body_never_finishes_is_cut_off_with_503() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.request_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /api/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"la",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"timeout""#), "{answer}");
+}
+
+#[tokio::test]
+async fn the_listener_uses_listen_database_url_when_given() {
+    // A listener pointed at a database that does not exist never comes up, though REST works:
+    // proof that the setting is what the LISTEN session uses.
+    let db = TestDb::create().await;
+    let wrong = db.url.replace(&db.name, "no_such_database");
+    let mut cfg = pgfeed::config::ServeConfig::defaults();
+    cfg.listen_database_url = Some(wrong);
+    let shutdown = pgfeed::shutdown::Shutdown::new();
+    cfg.db.database_url = Some(db.url.clone());
+    cfg.bind = "127.0.0.1:0".parse().unwrap();
+    let app = pgfeed::app::App::build(cfg, shutdown.clone()).await.unwrap();
+    let addr = app.addr();
+    let handle = tokio::spawn(app.run_until_stopped());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(
+        (body["database"].as_bool(), body["listener"].as_bool()),
+        (Some(true), Some(false))
+    );
+    shutdown.token.cancel();
+    let _ = handle.await;
+
+    // And pointed at the right one, everything flows.
+    let app = TestApp::spawn_with(db.clone(), |c| c.listen_database_url = Some(db.url.clone())).await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    app.psql("insert into studies (label, title) values ('l', 'L')");
+    assert_eq!(ws.next_event().await["data"]["label"], "l");
+}
