@@ -1,5 +1,7 @@
 //! Operating it: metrics, and many servers on one database surviving the loss of one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -52,6 +54,7 @@ async fn resilient_client(
     addrs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     start: usize,
     want: usize,
+    subscribed: Arc<AtomicUsize>,
 ) -> Vec<String> {
     let mut got = Vec::new();
     let mut cursor: Option<String> = None;
@@ -81,7 +84,10 @@ async fn resilient_client(
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
             match v["type"].as_str() {
                 Some("subscribed") => {
-                    cursor.get_or_insert_with(|| v["cursor"].as_str().unwrap().to_owned());
+                    if cursor.is_none() {
+                        subscribed.fetch_add(1, Ordering::SeqCst);
+                        cursor = Some(v["cursor"].as_str().unwrap().to_owned());
+                    }
                 }
                 Some("message_created") => {
                     got.push(v["data"]["body"].as_str().unwrap().to_owned());
@@ -111,10 +117,18 @@ async fn three_servers_one_killed_and_restarted_every_client_gets_every_event_on
         c.addr.clone(),
     ]));
     const N: usize = 300;
+    let subscribed = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(resilient_client(addrs.clone(), i, N)))
+        .map(|i| tokio::spawn(resilient_client(addrs.clone(), i, N, subscribed.clone())))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every client is subscribed before the first row is written.
+    tokio::time::timeout(PATIENCE, async {
+        while subscribed.load(Ordering::SeqCst) < 6 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the clients did not subscribe");
 
     // Act: a psql writer; mid-way, server b is killed (SIGKILL), later a new one joins.
     let script: String = (0..N)

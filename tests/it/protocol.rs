@@ -118,6 +118,9 @@ async fn a_client_that_never_reads_is_closed_with_4008_and_others_get_every_even
         ))
         .await
         .unwrap();
+    // Subscribed before anything is written (then it stops reading): otherwise a slow subscribe
+    // could start after the inserts, and there would be nothing for it to fall behind on.
+    assert_eq!(stuck.next_json().await["type"], "subscribed");
 
     let mut healthy = app.ws().await;
     healthy.subscribe("messages").await;
