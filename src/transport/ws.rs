@@ -104,6 +104,10 @@ pub async fn handler(
     let shutdown = state.shutdown.token.clone();
     let tracker = state.shutdown.tracker.clone();
     let metrics = state.metrics.connection(Transport::Ws);
+    // Only what the session needs goes into it, not the whole state: every idle connection holds
+    // its captures for its whole life (PERF: `idle`).
+    let (feed, config) = (state.feed.clone(), state.session.clone());
+    drop(state);
     // Frames up to 1 MiB are read whole so that one over 64 KiB is answered with 1009 rather
     // than a protocol error; larger ones fail in the reader and get the same answer.
     ws.read_buffer_size(READ_BUFFER)
@@ -114,7 +118,7 @@ pub async fn handler(
             // can tell each session to close with 1001 and wait for it.
             tracker.track_future(
                 async move {
-                    session::run(socket, state.feed, initial, state.session, access, metrics, shutdown).await;
+                    session::run(socket, feed, initial, config, access, metrics, shutdown).await;
                     drop(permit);
                 }
                 .instrument(span),
