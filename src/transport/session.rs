@@ -89,19 +89,28 @@ struct SnapshotFrame<'a> {
 }
 
 /// Runs the session until the client leaves, misbehaves, falls behind, or the server shuts down.
-pub async fn run<S>(
+///
+/// A plain function that builds the session and returns its loop as the connection's one future:
+/// an `async fn` here would keep its arguments (the socket above all) in the future beside the
+/// session they move into, and every idle connection would pay for both (PERF: `idle`).
+/// `held` (the connection-limit permit) is released when the future ends.
+#[allow(clippy::too_many_arguments)]
+pub fn run<S, H>(
     socket: S,
     feed: Feed,
     initial: Initial,
     config: SessionConfig,
     access: Access,
     metrics: ConnectionGuard,
+    held: H,
     shutdown: CancellationToken,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+    H: Send,
 {
     let (outbox, inbox) = Outbox::new(CONNECTION_QUEUE);
-    let mut session = Session {
+    let session = Session {
         socket,
         subs: Subscriptions::new(feed.clone(), outbox),
         feed,
@@ -110,13 +119,12 @@ pub async fn run<S>(
         access,
         metrics,
         errors: (Instant::now(), 0),
+        _held: held,
     };
-    if let Err(e) = session.run(initial, inbox, shutdown).await {
-        tracing::debug!(error = %e, "session ended");
-    }
+    Box::new(session).serve(initial, inbox, shutdown)
 }
 
-struct Session<S> {
+struct Session<S, H> {
     socket: S,
     subs: Subscriptions,
     feed: Feed,
@@ -128,6 +136,8 @@ struct Session<S> {
     metrics: ConnectionGuard,
     /// Start of the current error window and the bad frames seen in it.
     errors: (Instant, u32),
+    /// Whatever the transport holds for the connection's lifetime (its connection-limit permit).
+    _held: H,
 }
 
 /// Why the loop ended early; the connection is gone either way.
@@ -139,10 +149,24 @@ enum End {
     Stalled,
 }
 
-impl<S> Session<S>
+impl<S, H> Session<S, H>
 where
     S: Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send,
+    H: Send,
 {
+    /// The connection's life: the loop, then the logged reason it ended. The session is boxed
+    /// once, so the future holds a pointer to it rather than a copy beside its own locals.
+    async fn serve(
+        mut self: Box<Self>,
+        initial: Initial,
+        inbox: mpsc::Receiver<Delivery>,
+        shutdown: CancellationToken,
+    ) {
+        if let Err(e) = self.run(initial, inbox, shutdown).await {
+            tracing::debug!(error = %e, "session ended");
+        }
+    }
+
     async fn run(
         &mut self,
         initial: Initial,

@@ -117,11 +117,7 @@ pub async fn handler(
             // axum does not track upgraded connections (axum#3003): the tracker does, so shutdown
             // can tell each session to close with 1001 and wait for it.
             tracker.track_future(
-                async move {
-                    session::run(socket, feed, initial, config, access, metrics, shutdown).await;
-                    drop(permit);
-                }
-                .instrument(span),
+                session::run(socket, feed, initial, config, access, metrics, permit, shutdown).instrument(span),
             )
         })
 }
