@@ -128,13 +128,14 @@ $$;
 -- commit. Everything after the lock is serialized across all writers until this commit is
 -- flushed, so that section is kept to the lock, the sequence, one insert and the notify, in as
 -- few statements as possible. No `set search_path` clause (its save/restore would run inside
--- the section): every name is schema-qualified instead, which is just as safe.
+-- the section): every function and type name is schema-qualified instead, and no operator is
+-- used, so a writer's search_path cannot redirect anything in this security-definer function.
 create or replace function pgfeed.stamp() returns trigger
     language plpgsql
     security definer
 as $$
 declare
-    s bigint;
+    s pg_catalog.int8;
 begin
     -- A synchronous_commit=off writer would otherwise release the lock before its commit is
     -- durable. Then the lock, held until this transaction has committed and become visible (or
@@ -144,7 +145,7 @@ begin
     insert into pgfeed.commits (seq, txid, committed_at)
     values (pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp())
     returning seq into s;
-    perform pg_catalog.pg_notify('pgfeed', s::text);
+    perform pg_catalog.pg_notify('pgfeed', s::pg_catalog.text);
     return null;
 end
 $$;
