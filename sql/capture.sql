@@ -171,6 +171,7 @@ create or replace function pgfeed.track_as(
 ) returns void
     language plpgsql
     set search_path = pg_catalog, pgfeed
+    set client_min_messages = warning
 as $$
 declare
     pk text[];
@@ -219,6 +220,7 @@ $$;
 create or replace function pgfeed.untrack(tbl regclass) returns void
     language plpgsql
     set search_path = pg_catalog, pgfeed
+    set client_min_messages = warning
 as $$
 begin
     execute format('drop trigger if exists pgfeed_capture on %s', tbl);
