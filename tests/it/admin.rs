@@ -4,16 +4,11 @@
 //! `chromium` (apt) and `npm ci --prefix tests/browser`; a missing piece fails the test with the
 //! command that installs it. The scenarios take the README's screenshots (see [`screenshots`]).
 
-use std::path::Path;
-use std::process::Stdio;
-
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
+use crate::support::browser::node_driver;
 use crate::support::{TestApp, PATIENCE};
-
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
 /// Where the scenarios save their screenshots: target/screenshots/, or the committed
 /// docs/screenshots/ (shown in the README) with `PGFEED_UPDATE_SCREENSHOTS=1`, so that an
@@ -34,27 +29,12 @@ async fn run(app: TestApp, scenario: &str) -> Value {
 }
 
 async fn run_with(app: TestApp, scenario: &str, env: &[(&str, String)]) -> Value {
-    let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install -y chromium"
-    );
-    assert!(
-        Path::new(DIR).join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: npm ci --prefix tests/browser"
-    );
-    let mut child = Command::new("node")
-        .arg("admin-test.mjs")
+    let mut child = node_driver("admin-test.mjs")
         .arg(app.url(""))
         .arg(&app.db.url)
         .arg(scenario)
         .arg(screenshots())
         .envs(env.iter().map(|(k, v)| (k, v.as_str())))
-        .current_dir(DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("node is missing: apt-get install -y nodejs npm");
     let mut stdin = child.stdin.take().expect("stdin");

@@ -2,16 +2,12 @@
 //! (tests/browser/client-test.mjs). Needs `node`, `chromium` (apt) and `npm ci --prefix
 //! tests/browser`; a missing piece fails the test with the command that installs it.
 
-use std::path::Path;
-use std::process::Stdio;
-
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use crate::support::browser::node_driver;
 use crate::support::{TestApp, PATIENCE};
-
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
 
 /// The page, through the node driver: one JSON line per command and answer.
 struct Browser {
@@ -24,25 +20,10 @@ impl Browser {
     /// Opens the server's origin in Chromium and connects client.js to `topics`; returns the
     /// page and the status it reached first (`connected`, or `fallback:sse` etc.).
     async fn open(app: &TestApp, mode: &str, topics: &[&str]) -> (Browser, String) {
-        let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        assert!(
-            Path::new(&chromium).exists(),
-            "{chromium} is missing: apt-get install -y chromium"
-        );
-        assert!(
-            Path::new(DIR).join("node_modules/playwright-core").exists(),
-            "playwright-core is missing: npm ci --prefix tests/browser"
-        );
-        let mut child = Command::new("node")
-            .arg("client-test.mjs")
+        let mut child = node_driver("client-test.mjs")
             .arg(app.url(""))
             .arg(mode)
             .args(topics)
-            .current_dir(DIR)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("node is missing: apt-get install -y nodejs npm");
         let stdin = child.stdin.take().expect("stdin");
