@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -141,8 +141,9 @@ pub struct Event {
     /// `study_created` etc.: SSE's `event:` line.
     pub kind: String,
     pub topics: Vec<String>,
-    /// `frames[i]` is the event's JSON with `"topic": topics[i]`.
-    pub frames: Vec<Bytes>,
+    /// `frames[i]` is the event's JSON with `"topic": topics[i]`: text known to be UTF-8 once,
+    /// here, so no transport validates it again per subscriber.
+    pub frames: Vec<Utf8Bytes>,
     pub committed_at: DateTime<Utc>,
 }
 
@@ -184,7 +185,7 @@ impl Event {
                     data,
                     committed_at: &committed_at,
                 };
-                serde_json::to_vec(&wire).map(Bytes::from)
+                serde_json::to_string(&wire).map(Utf8Bytes::from)
             })
             .collect::<Result<_, _>>()?;
         Ok(Event {
@@ -276,7 +277,7 @@ mod tests {
         };
         let ev = Event::from_row(row, &Epoch::new("e1")).unwrap();
         assert_eq!(ev.frames.len(), 3);
-        let v: serde_json::Value = serde_json::from_slice(&ev.frames[2]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(ev.frames[2].as_str()).unwrap();
         assert_eq!(v["topic"], "studies:1");
         assert_eq!(v["cursor"], "e1-7-2");
         assert_eq!(v["data"]["body"], "hi");

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +50,7 @@ impl Delivery {
     }
 
     /// The event's JSON for this topic, shared with every other subscriber of the topic.
-    pub fn frame(&self) -> &Bytes {
+    pub fn frame(&self) -> &Utf8Bytes {
         &self.event.frames[self.topic]
     }
 }

@@ -109,7 +109,7 @@ async fn changes(state: AppState, q: ChangesQuery, access: Access) -> Result<Ans
             let events = events
                 .iter()
                 .map(|d| {
-                    let text = String::from_utf8(d.frame().to_vec()).map_err(|e| FeedError::Corrupt(e.to_string()))?;
+                    let text = d.frame().as_str().to_owned();
                     RawValue::from_string(text).map_err(|e| FeedError::Corrupt(e.to_string()))
                 })
                 .collect::<Result<_, _>>()?;

@@ -249,8 +249,7 @@ where
         let mut newest = None;
         while let Some(d) = next.take() {
             if self.subs.accept(&d) {
-                let text = Utf8Bytes::try_from(d.frame().clone()).map_err(axum::Error::new)?;
-                stall(self.socket.feed(Message::Text(text))).await??;
+                stall(self.socket.feed(Message::Text(d.frame().clone()))).await??;
                 fed += 1;
                 newest = Some(d.event.committed_at);
             }
@@ -513,8 +512,7 @@ where
             Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
             Item::Event(d) => {
                 // Backlog events are only buffered; `flush` sends a page of them in one go.
-                let text =
-                    Utf8Bytes::try_from(d.frame().clone()).map_err(|_| FeedError::Corrupt("not UTF-8".into()))?;
+                let text = d.frame().clone();
                 return match stall(self.socket.feed(Message::Text(text))).await {
                     Ok(Ok(())) => Ok(()),
                     _ => Err(FeedError::Gone),

@@ -268,7 +268,7 @@ async fn run(
 /// One change as an SSE event: `id:` its cursor, `event:` its type, `data:` its JSON.
 fn event_of(feed: &Feed, d: &Delivery) -> SseEvent {
     // Frames are compact JSON (serde_json, jsonb text): no raw line breaks, as `data` requires.
-    let data = std::str::from_utf8(d.frame()).unwrap_or("null");
+    let data = d.frame().as_str();
     SseEvent::default()
         .id(feed.cursor(d.at()))
         .event(d.event.kind.as_str())

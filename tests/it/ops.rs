@@ -18,7 +18,13 @@ async fn metrics_count_connections_relayed_events_deliveries_and_requests() {
     ws.subscribe("studies").await;
     app.psql("insert into studies (label, title) values ('a', 'A'), ('b', 'B')");
     ws.events(2).await;
-    let _ = reqwest::get(format!("http://{}/healthz", app.addr)).await.unwrap();
+    let health = reqwest::get(format!("http://{}/healthz", app.addr)).await.unwrap();
+    // README "Logs": every response carries its request's id.
+    let id = health
+        .headers()
+        .get("x-request-id")
+        .expect("x-request-id on the response");
+    assert_eq!(id.to_str().unwrap().len(), 36, "a UUID: {id:?}");
 
     let text = reqwest::get(format!("http://{}/metrics", app.addr))
         .await
