@@ -38,12 +38,13 @@ pub struct Args {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
 
-    /// How long each `writers` pass lasts (3 variants × 3 writer counts × --repeat passes).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long each `writers` pass lasts (3 variants × 3 writer counts × --repeat rounds).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub pass: Duration,
 
-    /// `writers`: passes per (variant, writer count); the median is reported.
-    #[arg(long, default_value_t = 1)]
+    /// `writers`: rounds per writer count, each one pass of every variant in turn; the median
+    /// of the per-round ratios is reported.
+    #[arg(long, default_value_t = 3)]
     pub repeat: usize,
 
     /// Subscribers (default per scenario: latency 100, fanout 1000, burst 10, idle 10000).

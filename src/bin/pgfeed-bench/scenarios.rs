@@ -53,7 +53,7 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
         }
         Scenario::Idle => idle(args.subscribers.unwrap_or(10_000), db, &server).await,
         Scenario::Catchup => catchup(args.rows.unwrap_or(100_000), args, db, &server).await,
-        Scenario::Writers => writers(args, db).await,
+        Scenario::Writers => writers(args, db, &server).await,
         Scenario::All => unreachable!("expanded by the caller"),
     };
     server.stop().await?;
@@ -513,11 +513,47 @@ const VARIANTS: [(&str, &str); 3] = [
     ("pgfeed capture", "bench_tracked"),
 ];
 
-/// Writer count, variant, median TPS, and the writers' wait events (samples, most first).
-type PassResult = (usize, &'static str, f64, Vec<(String, u64)>);
+/// What one (writer count, variant) measured over all rounds.
+struct VariantResult {
+    writers: usize,
+    variant: &'static str,
+    /// TPS of each round, in round order.
+    tps: Vec<f64>,
+    /// Machine CPU (all processes, all cores) per transaction, µs, per round.
+    cpu_us: Vec<f64>,
+    /// Of that, the pgfeed server process's, per round.
+    pgfeed_us: Vec<f64>,
+    /// The writers' wait events (samples), summed over rounds.
+    waits: BTreeMap<String, u64>,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Busy and total jiffies of the whole machine, from /proc/stat (0, 0 where unreadable).
+fn machine_jiffies() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(cpu) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    let total: u64 = f.iter().take(8).sum();
+    (total - idle, total)
+}
 
 /// writers: TPS of 1-row inserts at 1, 4 and 16 writers, per variant, with where writers wait.
-async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
+///
+/// The variants take turns within each round (no trigger, bare NOTIFY, capture, then again), so
+/// drift on the machine (disk flush latency moves by tens of percent over minutes on a VM) lands
+/// on all three alike; the ratio is taken per round and its median reported.
+async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<()> {
     let setup_conn = db.connect("pgfeed-bench").await?;
     setup_conn
         .batch_execute(
@@ -557,57 +593,116 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
     };
 
     let pool = db.writers(16).await?;
-    let mut results: Vec<PassResult> = Vec::new();
+    let rounds = args.repeat.max(1);
+    let hz = 100.0; // USER_HZ: /proc/stat counts in 1/100 s on Linux
+    let mut results: Vec<VariantResult> = Vec::new();
     for &w in &[1usize, 4, 16] {
-        for (variant, table) in VARIANTS {
-            let mut passes = Vec::new();
-            let mut waits: BTreeMap<String, u64> = BTreeMap::new();
-            for _ in 0..args.repeat.max(1) {
+        let first = results.len();
+        for (variant, _) in VARIANTS {
+            results.push(VariantResult {
+                writers: w,
+                variant,
+                tps: vec![],
+                cpu_us: vec![],
+                pgfeed_us: vec![],
+                waits: BTreeMap::new(),
+            });
+        }
+        for round in 0..rounds {
+            for (k, (variant, table)) in VARIANTS.iter().enumerate() {
+                let (busy0, _) = machine_jiffies();
+                let server0 = server.cpu_time();
                 let (tps, pass_waits) = writer_pass(&pool[..w], table, args.pass, db).await?;
-                passes.push(tps);
-                for (k, v) in pass_waits {
-                    *waits.entry(k).or_default() += v;
+                let (busy1, _) = machine_jiffies();
+                let txns = (tps * args.pass.as_secs_f64()).max(1.0);
+                let cpu_us = (busy1 - busy0) as f64 / hz * 1e6 / txns;
+                let pgfeed_us = (server.cpu_time() - server0).as_secs_f64() * 1e6 / txns;
+                eprintln!(
+                    "pgfeed-bench: {w:>2} writers, round {}/{rounds}, {variant}: {tps:.0} TPS, {cpu_us:.0} µs CPU per transaction",
+                    round + 1
+                );
+                let r = &mut results[first + k];
+                r.tps.push(tps);
+                r.cpu_us.push(cpu_us);
+                r.pgfeed_us.push(pgfeed_us);
+                for (key, v) in pass_waits {
+                    *r.waits.entry(key).or_default() += v;
                 }
             }
-            passes.sort_by(f64::total_cmp);
-            let median = passes[passes.len() / 2];
-            let mut waits: Vec<_> = waits.into_iter().collect();
-            waits.sort_by_key(|w| std::cmp::Reverse(w.1));
-            eprintln!("pgfeed-bench: {w:>2} writers, {variant}: {median:.0} TPS");
-            results.push((w, variant, median, waits));
         }
     }
     listen.1.abort();
     drop(listen.0);
 
-    let tps = |w: usize, v: &str| results.iter().find(|r| r.0 == w && r.1 == v).map_or(0.0, |r| r.2);
+    let find = |w: usize, v: &str| results.iter().find(|r| r.writers == w && r.variant == v);
     let mut table = Vec::new();
     let mut rows = Vec::new();
     let mut ok = true;
     for &w in &[1usize, 4, 16] {
-        let (plain, notify, capture) = (tps(w, "no trigger"), tps(w, "bare NOTIFY"), tps(w, "pgfeed capture"));
-        let ratio = capture / notify.max(1e-9);
+        let (Some(plain), Some(notify), Some(capture)) =
+            (find(w, "no trigger"), find(w, "bare NOTIFY"), find(w, "pgfeed capture"))
+        else {
+            continue;
+        };
+        // The ratio of each round (same minutes of the machine), then the median of those.
+        let per_round: Vec<f64> = capture
+            .tps
+            .iter()
+            .zip(&notify.tps)
+            .map(|(c, n)| c / n.max(1e-9))
+            .collect();
+        let ratio = median(&per_round);
         ok &= ratio >= 0.8;
+        let (p, n, c) = (median(&plain.tps), median(&notify.tps), median(&capture.tps));
+        let cpu = |r: &VariantResult| median(&r.cpu_us);
         table.push((
             format!("{w:>2} writers"),
             format!(
-                "no trigger {plain:>6.0} · bare NOTIFY {notify:>6.0} ({:.2}×) · capture {capture:>6.0} TPS = {ratio:.2}× bare NOTIFY",
-                notify / plain.max(1e-9)
+                "no trigger {p:>6.0} · bare NOTIFY {n:>6.0} ({:.2}×) · capture {c:>6.0} TPS = {ratio:.2}× bare NOTIFY \
+                 (rounds {})",
+                n / p.max(1e-9),
+                per_round
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
         ));
-        rows.push(
-            json!({"writers": w, "no_trigger_tps": plain.round(), "notify_tps": notify.round(),
-            "capture_tps": capture.round(), "capture_vs_notify": report::round(ratio)}),
-        );
+        table.push((
+            format!("{w:>2} writers, CPU/txn"),
+            format!(
+                "no trigger {:.0} µs · bare NOTIFY {:.0} µs · capture {:.0} µs, of which the pgfeed process {:.0} µs \
+                 (whole machine)",
+                cpu(plain),
+                cpu(notify),
+                cpu(capture),
+                median(&capture.pgfeed_us)
+            ),
+        ));
+        rows.push(json!({
+            "writers": w, "no_trigger_tps": p.round(), "notify_tps": n.round(), "capture_tps": c.round(),
+            "capture_vs_notify": report::round(ratio),
+            "capture_vs_notify_rounds": per_round.iter().map(|r| report::round(*r)).collect::<Vec<_>>(),
+            "cpu_us_per_txn": {"no_trigger": cpu(plain).round(), "notify": cpu(notify).round(), "capture": cpu(capture).round(),
+                "capture_pgfeed_process": median(&capture.pgfeed_us).round()},
+        }));
     }
     let mut wait_json = serde_json::Map::new();
-    for (w, variant, _, waits) in &results {
+    for VariantResult {
+        writers: w,
+        variant,
+        waits,
+        ..
+    } in &results
+    {
+        let mut waits: Vec<(&String, &u64)> = waits.iter().collect();
+        waits.sort_by_key(|w| std::cmp::Reverse(*w.1));
         if *w == 16 && *variant != "no trigger" {
             let total: u64 = waits.iter().map(|x| x.1).sum::<u64>().max(1);
             let top: Vec<String> = waits
                 .iter()
                 .take(4)
-                .map(|(k, v)| format!("{k} {:.0}%", 100.0 * *v as f64 / total as f64))
+                .map(|(k, v)| format!("{k} {:.0}%", 100.0 * **v as f64 / total as f64))
                 .collect();
             table.push((format!("16 writers wait ({variant})"), top.join(", ")));
             wait_json.insert(
@@ -615,7 +710,7 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
                 json!(waits
                     .iter()
                     .take(6)
-                    .map(|(k, v)| json!({"wait": k, "share": report::round(*v as f64 / total as f64)}))
+                    .map(|(k, v)| json!({"wait": k, "share": report::round(**v as f64 / total as f64)}))
                     .collect::<Vec<_>>()),
             );
         }
@@ -626,7 +721,7 @@ async fn writers(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
     ));
     table.push(("verdict".to_owned(), verdict(ok).to_owned()));
     let out = json!({
-        "scenario": "writers", "pass_s": args.pass.as_secs_f64(), "repeat": args.repeat.max(1),
+        "scenario": "writers", "pass_s": args.pass.as_secs_f64(), "rounds": rounds,
         "results": rows, "waits_at_16": wait_json,
         "notifications_received": received.load(std::sync::atomic::Ordering::Relaxed),
         "machine": machine(db).await, "meets_target": ok,
