@@ -80,72 +80,71 @@ create or replace function pgfeed.capture() returns trigger
     set timezone = 'UTC'
 as $$
 declare
-    topic        text := tg_argv[0];
-    type_prefix  text := tg_argv[1];
-    pk           text[] := string_to_array(tg_argv[2], ',');
-    parent_col   text := tg_argv[3];
-    parent_topic text := tg_argv[4];
-    rec          jsonb;
-    row_id       jsonb;
-    key          text;
-    topics       text[];
-    op           text;
-    type         text;
-    pos          int;
+    -- tg_argv: topic, type prefix, primary key columns (comma-separated), parent column, parent topic.
+    rec    jsonb;
+    key    text;
+    topics text[];
 begin
     if tg_op = 'DELETE' then
-        rec := to_jsonb(old); op := 'delete'; type := type_prefix || '_deleted';
-    elsif tg_op = 'UPDATE' then
-        rec := to_jsonb(new); op := 'update'; type := type_prefix || '_updated';
+        rec := to_jsonb(old);
     else
-        rec := to_jsonb(new); op := 'insert'; type := type_prefix || '_created';
+        rec := to_jsonb(new);
     end if;
 
-    if cardinality(pk) = 1 then
-        row_id := rec -> pk[1];
-        key := rec ->> pk[1];
+    if strpos(tg_argv[2], ',') = 0 then
+        key := rec ->> tg_argv[2];
     else
-        select jsonb_agg(rec -> c), string_agg(rec ->> c, ',') into row_id, key from unnest(pk) c;
+        select string_agg(rec ->> c, ',') into key from unnest(string_to_array(tg_argv[2], ',')) c;
+    end if;
+    topics := array[tg_argv[0], tg_argv[0] || ':' || key];
+    if tg_argv[3] <> '' and rec ->> tg_argv[3] is not null then
+        topics := topics || (tg_argv[4] || ':' || (rec ->> tg_argv[3]));
     end if;
 
-    topics := array[topic, topic || ':' || key];
-    if parent_col <> '' and rec ->> parent_col is not null then
-        topics := topics || (parent_topic || ':' || (rec ->> parent_col));
-    end if;
-
-    -- Position within the transaction. A transaction-local setting: it starts again at 1 in
-    -- the next transaction, and a rolled-back savepoint rolls it back with its events.
-    pos := coalesce(nullif(current_setting('pgfeed.pos', true), ''), '0')::int + 1;
-    perform set_config('pgfeed.pos', pos::text, true);
-
+    -- One statement per event (each statement has a fixed executor cost that writers pay).
+    -- `pos`, the position within the transaction, is a transaction-local setting: it starts again
+    -- at 1 in the next transaction, and a rolled-back savepoint rolls it back with its events.
     insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data)
-    values (pg_current_xact_id(), pos, type, topic, op, row_id, topics, rec);
+    values (
+        pg_current_xact_id(),
+        set_config('pgfeed.pos', (coalesce(nullif(current_setting('pgfeed.pos', true), ''), '0')::int + 1)::text, true)::int,
+        tg_argv[1] || case tg_op when 'INSERT' then '_created' when 'UPDATE' then '_updated' else '_deleted' end,
+        tg_argv[0],
+        lower(tg_op),
+        case when strpos(tg_argv[2], ',') = 0 then rec -> tg_argv[2]
+             else (select jsonb_agg(rec -> c) from unnest(string_to_array(tg_argv[2], ',')) c) end,
+        topics,
+        rec);
     return null;
 end
 $$;
 
 -- The commit stamp. Runs once per transaction (only the first event queues it), just before
--- commit. Everything after the lock is serialized across all writers until this commit is
--- flushed, so that section is kept to the lock, the sequence, one insert and the notify, in as
--- few statements as possible. No `set search_path` clause (its save/restore would run inside
--- the section): every function and type name is schema-qualified instead, and no operator is
--- used, so a writer's search_path cannot redirect anything in this security-definer function.
+-- commit. From the lock on, everything is serialized across all writers until this commit is
+-- flushed, so that section is kept to the lock, the sequence, one insert and the notify, in one
+-- statement: the statement's executor setup (plan lookup, opening the table) happens before its
+-- first row takes the lock, and nothing but the insert itself runs under it. No `set search_path`
+-- clause (its save/restore would run inside the section): every function and type name is
+-- schema-qualified instead, and no operator is used, so a writer's search_path cannot redirect
+-- anything in this security-definer function.
 create or replace function pgfeed.stamp() returns trigger
     language plpgsql
     security definer
 as $$
 declare
-    s pg_catalog.int8;
+    notified record;
 begin
-    -- A synchronous_commit=off writer would otherwise release the lock before its commit is
-    -- durable. Then the lock, held until this transaction has committed and become visible (or
-    -- aborted): the next committer waits here, so it draws a larger seq only once this one can
-    -- be read.
-    perform pg_catalog.set_config('synchronous_commit', 'on', true), pg_catalog.pg_advisory_xact_lock(7133002);
+    -- In the subquery, which runs before the sequence is drawn (`offset 0` keeps it a separate
+    -- plan node): first make the commit synchronous (a synchronous_commit=off writer would
+    -- otherwise release the lock before its commit is durable), then take the lock, held until
+    -- this transaction has committed and become visible (or aborted). The next committer waits
+    -- there, so it draws a larger seq only once this one can be read.
     insert into pgfeed.commits (seq, txid, committed_at)
-    values (pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp())
-    returning seq into s;
-    perform pg_catalog.pg_notify('pgfeed', s::pg_catalog.text);
+    select pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp()
+    from (select pg_catalog.set_config('synchronous_commit', 'on', true),
+                 pg_catalog.pg_advisory_xact_lock(7133002)
+          offset 0) as locked
+    returning pg_catalog.pg_notify('pgfeed', seq::pg_catalog.text) into notified;
     return null;
 end
 $$;
