@@ -120,7 +120,9 @@ pub struct ServeConfig {
     pub max_frames_per_second: u32,
 
     /// Comma-separated browser origins allowed to open WebSockets and SSE streams
-    /// (e.g. https://admin.example.com). Empty: any origin. Requests without Origin are allowed.
+    /// (e.g. https://admin.example.com), and given CORS headers (REST, SSE, long-poll) so their
+    /// pages can read the answers. Empty: streams from any origin, no CORS headers. Requests
+    /// without Origin are allowed.
     #[arg(long, env = "PGFEED_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 

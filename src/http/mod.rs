@@ -16,10 +16,11 @@ pub mod web;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{header, HeaderName, Request};
+use axum::http::{header, HeaderName, HeaderValue, Method, Request};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Extension, Router};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -87,6 +88,31 @@ pub fn api(max_upload: u64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// CORS for the origins `--allowed-origins` lists, so that a page served elsewhere can use REST and
+/// the streams client.js falls back to (SSE and long-poll are read with `fetch` and a bearer
+/// header, which needs a preflight). None without a list: an open server is no reason to let any
+/// website read it from its visitors' browsers, so only listed origins get CORS headers.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                HeaderName::from_static("last-event-id"),
+                REQUEST_ID,
+            ])
+            .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api(state.max_upload);
     // PROTOCOL §8 for REST and metrics (the streams check tokens on connect).
@@ -126,5 +152,8 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // Outermost: a preflight is answered before routing and auth, as browsers send it
+        // without credentials.
+        .layer(tower::util::option_layer(cors(&state.allowed_origins)))
         .with_state(state)
 }

@@ -187,6 +187,98 @@ async fn websocket_origins_outside_the_allow_list_are_refused() {
 }
 
 #[tokio::test]
+async fn listed_origins_get_cors_headers_and_answered_preflights_others_get_none() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.allowed_origins = vec!["https://admin.example".into()]
+    })
+    .await;
+    let from = |origin: &'static str| move |r: reqwest::RequestBuilder| r.header("origin", origin);
+
+    // client.js's long-poll fallback, from a page on a listed origin: readable there.
+    let poll = app
+        .request(
+            reqwest::Method::GET,
+            "/api/changes?topics=studies&wait=0",
+            from("https://admin.example"),
+        )
+        .await;
+    assert_eq!(poll.status, 200);
+    assert_eq!(
+        poll.header("access-control-allow-origin"),
+        Some("https://admin.example")
+    );
+
+    // Its SSE fallback sends a bearer header, so the browser asks first, without credentials.
+    let preflight = app
+        .request(reqwest::Method::OPTIONS, "/events?topics=studies", |r| {
+            from("https://admin.example")(r)
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization,last-event-id")
+        })
+        .await;
+    assert!(preflight.status.is_success(), "preflight answered {}", preflight.status);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://admin.example")
+    );
+    let allowed = preflight
+        .header("access-control-allow-headers")
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("last-event-id"),
+        "{allowed}"
+    );
+
+    // REST: a conditional PATCH is preflighted too, and the ETag it answers must be readable.
+    let preflight = app
+        .request(reqwest::Method::OPTIONS, "/api/studies/1", |r| {
+            from("https://admin.example")(r)
+                .header("access-control-request-method", "PATCH")
+                .header("access-control-request-headers", "content-type,if-match")
+        })
+        .await;
+    assert!(preflight.status.is_success());
+    assert!(preflight
+        .header("access-control-allow-methods")
+        .unwrap_or("")
+        .contains("PATCH"));
+    let created = app
+        .request(reqwest::Method::POST, "/api/studies", |r| {
+            from("https://admin.example")(r).json(&json!({"label": "CORS-1", "title": "t"}))
+        })
+        .await;
+    assert_eq!(created.status, 201);
+    assert!(created
+        .header("access-control-expose-headers")
+        .unwrap_or("")
+        .to_lowercase()
+        .contains("etag"));
+
+    // Any other origin: no CORS headers, so its pages cannot read the answers.
+    let other = app
+        .request(
+            reqwest::Method::GET,
+            "/api/changes?topics=studies&wait=0",
+            from("https://evil.example"),
+        )
+        .await;
+    assert_eq!(other.header("access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn without_an_origin_list_no_cors_headers_are_sent() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .request(reqwest::Method::GET, "/api/studies", |r| {
+            r.header("origin", "https://admin.example")
+        })
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+}
+
+#[tokio::test]
 async fn a_client_that_sends_headers_slowly_is_cut_off() {
     let app = TestApp::spawn_with(TestDb::create().await, |c| {
         c.header_read_timeout = Duration::from_millis(500)
