@@ -196,3 +196,33 @@ async fn a_backlog_longer_than_a_log_page_streams_in_order() {
     assert_eq!(got, (1..=2500).collect::<Vec<_>>());
     sse.assert_quiet(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn a_quiet_stream_gets_a_keep_alive_comment_every_15_seconds() {
+    // Proxies close idle responses: README promises a `: keep-alive` comment every 15 s.
+    let app = TestApp::spawn().await;
+    let mut resp = reqwest::Client::new()
+        .get(app.url("/events?topics=studies"))
+        .send()
+        .await
+        .expect("GET /events");
+    assert_eq!(resp.status(), 200);
+    let started = tokio::time::Instant::now();
+    let mut text = String::new();
+    let deadline = started + Duration::from_secs(25);
+    while !text.contains(": keep-alive\n") {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("no keep-alive within 25 s")
+            .expect("stream error")
+            .expect("stream ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Not earlier than the interval (the stream opened with `subscribed` and nothing since).
+    assert!(
+        started.elapsed() >= Duration::from_secs(14),
+        "keep-alive after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(text.matches("event:").count(), 1, "only `subscribed` before it: {text}");
+}
