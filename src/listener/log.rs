@@ -4,7 +4,7 @@
 //! drawn in commit order under the stamp lock (sql/capture.sql), a reader that has seen seq N
 //! never later finds a commit with a smaller seq: "after my cursor" never skips anything.
 
-use sqlx::{FromRow, PgPool, Row};
+use sqlx::{FromRow, PgExecutor, PgPool, Row};
 
 use crate::event::{Epoch, LogRow, Position};
 
@@ -37,11 +37,11 @@ pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
 }
 
 /// Just after the newest commit the log holds (or has pruned): where a new reader starts.
-pub async fn head(pool: &PgPool) -> Result<Position, sqlx::Error> {
+pub async fn head<'e>(db: impl PgExecutor<'e>) -> Result<Position, sqlx::Error> {
     let seq: i64 = sqlx::query_scalar(
         r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok(Position::end_of(seq))
 }
@@ -68,9 +68,14 @@ pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::
 }
 
 /// Up to `limit` events after `after`, in commit order; only those published on `topic` when given.
-pub async fn read_after(pool: &PgPool, after: Position, topic: Option<&str>, limit: i64) -> Result<Page, sqlx::Error> {
+pub async fn read_after<'e>(
+    db: impl PgExecutor<'e>,
+    after: Position,
+    topic: Option<&str>,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
     let topics = topic.map(|t| [t.to_owned()]);
-    Ok(read(pool, after, topics.as_ref().map(|t| t.as_slice()), limit).await?.0)
+    Ok(read(db, after, topics.as_ref().map(|t| t.as_slice()), limit).await?.0)
 }
 
 /// Up to `limit` events after `after` published on any of `topics`, in commit order, each event
@@ -97,8 +102,8 @@ pub async fn read_after_any(
 /// both when its statistics lagged a fast-growing log and in the generic plan a prepared statement
 /// gets after five runs; `offset 0` keeps the per-commit lookup from being flattened into such a
 /// join. One statement is also one round trip, where a repeatable-read transaction took five.
-async fn read(
-    pool: &PgPool,
+async fn read<'e>(
+    db: impl PgExecutor<'e>,
     after: Position,
     topics: Option<&[String]>,
     limit: i64,
@@ -129,7 +134,7 @@ async fn read(
     .bind(after.pos)
     .bind(topics)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let (pruned, newest): (i64, i64) = match rows.first() {
         Some(row) => (row.try_get("pruned_upto")?, row.try_get("newest")?),

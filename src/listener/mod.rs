@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ use crate::metrics::Metrics;
 pub const CHANNEL: &str = "pgfeed";
 /// `application_name` of the listener's session, to find it in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "pgfeed-listener";
+/// `application_name` of the connection the listener reads the log on.
+pub const READER_APPLICATION_NAME: &str = "pgfeed-reader";
 /// Read the log this often even without a wake-up: a safety net, not the mechanism.
 const SAFETY_TICK: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -63,7 +65,9 @@ pub async fn run(
             r = listen_and_relay(&url, &pool, &hub, &status, &metrics) => r,
         };
         if status.is_up() {
+            // It had been working: retry soon, and back off only if it keeps failing.
             metrics.listener_reconnects.inc();
+            backoff = BACKOFF_MIN;
         }
         status.set(false);
         if let Err(e) = outcome {
@@ -74,9 +78,6 @@ pub async fn run(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        if status.is_up() {
-            backoff = BACKOFF_MIN;
-        }
     }
 }
 
@@ -114,6 +115,16 @@ async fn listen_and_relay(
     });
 
     let result = async {
+        // The log is read on a connection of the listener's own, opened like the pool's: a wake-up
+        // costs one round trip, where a pool checkout first pings the connection (another round
+        // trip, and a wake-up of its backend, per commit under load). It fails and is replaced
+        // together with the LISTEN session.
+        let options = (*pool.connect_options())
+            .clone()
+            .application_name(READER_APPLICATION_NAME);
+        let mut reader = PgConnection::connect_with(&options)
+            .await
+            .context("connecting the listener's log reader")?;
         client
             .batch_execute(&format!("listen {CHANNEL}"))
             .await
@@ -121,12 +132,12 @@ async fn listen_and_relay(
         status.set(true);
         tracing::info!("listener connected");
         // Everything committed before LISTEN took effect is read now; everything after it wakes us.
-        relay(pool, hub, metrics).await?;
+        relay(&mut reader, hub, metrics).await?;
         let mut tick = tokio::time::interval(SAFETY_TICK);
         loop {
             tokio::select! {
-                _ = wake.notified() => relay(pool, hub, metrics).await?,
-                _ = tick.tick() => relay(pool, hub, metrics).await?,
+                _ = wake.notified() => relay(&mut reader, hub, metrics).await?,
+                _ = tick.tick() => relay(&mut reader, hub, metrics).await?,
                 ended = &mut driver => {
                     return match ended {
                         Ok(Ok(())) => Err(anyhow::anyhow!("connection closed")),
@@ -143,10 +154,10 @@ async fn listen_and_relay(
 }
 
 /// Publishes every event after the hub's last position, in log order, a page at a time.
-pub async fn relay(pool: &PgPool, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
+pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
-        let rows = match log::read_after(pool, after, None, log::PAGE)
+        let rows = match log::read_after(&mut *reader, after, None, log::PAGE)
             .await
             .context("reading the log")?
         {
@@ -155,7 +166,7 @@ pub async fn relay(pool: &PgPool, hub: &Hub, metrics: &Metrics) -> anyhow::Resul
                 // Only when this server was cut off from the database for longer than the
                 // retention: its subscribers may have missed pruned events, so they must resume
                 // (and will be told to refresh).
-                let head = log::head(pool).await.context("reading the log head")?;
+                let head = log::head(&mut *reader).await.context("reading the log head")?;
                 tracing::error!(
                     ?after,
                     ?head,

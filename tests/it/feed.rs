@@ -6,7 +6,7 @@ use std::time::Duration;
 use pgfeed::event::{CursorCheck, Epoch, Position};
 use serde_json::{json, Value};
 
-use crate::support::{ids, Seen, TestApp, TestDb};
+use crate::support::{ids, Seen, TestApp, TestDb, PATIENCE};
 
 /// The position inside an (opaque) cursor, to check ordering in tests.
 fn position(cursor: &Value) -> Position {
@@ -270,7 +270,7 @@ async fn a_cursor_older_than_retention_gets_refresh_needed() {
 }
 
 #[tokio::test]
-async fn killing_the_listener_connection_while_a_writer_inserts_loses_and_doubles_nothing() {
+async fn killing_the_listener_connections_while_a_writer_inserts_loses_and_doubles_nothing() {
     let app = TestApp::spawn().await;
     app.psql("insert into studies (id, label, title) values (1, 'x', 'X')");
     let mut ws = app.ws().await;
@@ -283,13 +283,26 @@ async fn killing_the_listener_connection_while_a_writer_inserts_loses_and_double
         })
         .collect();
     let writer = app.db.psql_script(script);
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let killed = app.psql(&format!(
-            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '{}' and datname = current_database()",
-            pgfeed::listener::APPLICATION_NAME
-        ));
-        assert_eq!(killed, "1", "the listener's backend was found and killed");
+    // Its LISTEN session and the connection it reads the log on, in turn, each once the listener
+    // has reconnected after the previous kill.
+    for session in [
+        pgfeed::listener::APPLICATION_NAME,
+        pgfeed::listener::READER_APPLICATION_NAME,
+        pgfeed::listener::APPLICATION_NAME,
+        pgfeed::listener::READER_APPLICATION_NAME,
+    ] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let kill = format!(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = '{session}' and datname = current_database()"
+        );
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while app.psql(&kill) != "1" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the listener's {session} session never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     writer.await.expect("writer");
 

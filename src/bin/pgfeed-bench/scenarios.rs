@@ -521,8 +521,10 @@ struct VariantResult {
     tps: Vec<f64>,
     /// Machine CPU (all processes, all cores) per transaction, µs, per round.
     cpu_us: Vec<f64>,
-    /// Of that, the pgfeed server process's, per round.
+    /// Of that, the pgfeed process's, per round.
     pgfeed_us: Vec<f64>,
+    /// Of that, PostgreSQL backends' by role (see [`BACKEND_ROLES`]), per round.
+    backend_us: BTreeMap<&'static str, Vec<f64>>,
     /// The writers' wait events (samples), summed over rounds.
     waits: BTreeMap<String, u64>,
 }
@@ -546,6 +548,37 @@ fn machine_jiffies() -> (u64, u64) {
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     let total: u64 = f.iter().take(8).sum();
     (total - idle, total)
+}
+
+/// PostgreSQL backends whose CPU the `writers` scenario reports, by `application_name`.
+const BACKEND_ROLES: [(&str, &str); 4] = [
+    ("writers", WRITER_APP),
+    ("pgfeed reads", pgfeed::listener::READER_APPLICATION_NAME),
+    ("pgfeed LISTEN", pgfeed::listener::APPLICATION_NAME),
+    ("bare-NOTIFY LISTEN", NOTIFY_LISTENER_APP),
+];
+const NOTIFY_LISTENER_APP: &str = "pgfeed-bench-notify-listener";
+
+/// CPU used so far by the backends of each role, per backend pid (read from /proc: only when
+/// PostgreSQL runs on this machine; otherwise every figure is 0).
+async fn backend_cpu(conn: &tokio_postgres::Client) -> BTreeMap<(&'static str, i32), Duration> {
+    let mut out = BTreeMap::new();
+    let Ok(rows) = conn
+        .query(
+            "select pid, application_name from pg_stat_activity where backend_type = 'client backend'",
+            &[],
+        )
+        .await
+    else {
+        return out;
+    };
+    for row in rows {
+        let (pid, app): (i32, String) = (row.get(0), row.get(1));
+        if let Some((role, _)) = BACKEND_ROLES.iter().find(|(_, a)| *a == app) {
+            out.insert((*role, pid), setup::cpu_time(&pid.to_string()));
+        }
+    }
+    out
 }
 
 /// writers: TPS of 1-row inserts at 1, 4 and 16 writers, per variant, with where writers wait.
@@ -577,7 +610,8 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
     // The bare-NOTIFY relay's LISTEN connection, as pgfeed's listener is for capture.
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let listen = {
-        let config: tokio_postgres::Config = db.url.parse()?;
+        let mut config: tokio_postgres::Config = db.url.parse()?;
+        config.application_name(NOTIFY_LISTENER_APP);
         let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
         let received = received.clone();
         let driver = tokio::spawn(async move {
@@ -593,6 +627,7 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
     };
 
     let pool = db.writers(16).await?;
+    let observer = db.connect("pgfeed-bench").await?;
     let rounds = args.repeat.max(1);
     let hz = 100.0; // USER_HZ: /proc/stat counts in 1/100 s on Linux
     let mut results: Vec<VariantResult> = Vec::new();
@@ -605,11 +640,13 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 tps: vec![],
                 cpu_us: vec![],
                 pgfeed_us: vec![],
+                backend_us: BTreeMap::new(),
                 waits: BTreeMap::new(),
             });
         }
         for round in 0..rounds {
             for (k, (variant, table)) in VARIANTS.iter().enumerate() {
+                let backends0 = backend_cpu(&observer).await;
                 let (busy0, _) = machine_jiffies();
                 let server0 = server.cpu_time();
                 let (tps, pass_waits) = writer_pass(&pool[..w], table, args.pass, db).await?;
@@ -617,6 +654,11 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 let txns = (tps * args.pass.as_secs_f64()).max(1.0);
                 let cpu_us = (busy1 - busy0) as f64 / hz * 1e6 / txns;
                 let pgfeed_us = (server.cpu_time() - server0).as_secs_f64() * 1e6 / txns;
+                let mut by_role: BTreeMap<&'static str, f64> = BTreeMap::new();
+                for ((role, pid), cpu) in backend_cpu(&observer).await {
+                    let before = backends0.get(&(role, pid)).copied().unwrap_or_default();
+                    *by_role.entry(role).or_default() += cpu.saturating_sub(before).as_secs_f64() * 1e6 / txns;
+                }
                 eprintln!(
                     "pgfeed-bench: {w:>2} writers, round {}/{rounds}, {variant}: {tps:.0} TPS, {cpu_us:.0} µs CPU per transaction",
                     round + 1
@@ -625,6 +667,12 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 r.tps.push(tps);
                 r.cpu_us.push(cpu_us);
                 r.pgfeed_us.push(pgfeed_us);
+                for (role, _) in BACKEND_ROLES {
+                    r.backend_us
+                        .entry(role)
+                        .or_default()
+                        .push(by_role.get(role).copied().unwrap_or(0.0));
+                }
                 for (key, v) in pass_waits {
                     *r.waits.entry(key).or_default() += v;
                 }
@@ -668,6 +716,24 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                     .join(" ")
             ),
         ));
+        let roles = |r: &VariantResult| {
+            BACKEND_ROLES
+                .iter()
+                .map(|(role, _)| (*role, median(r.backend_us.get(role).map_or(&[][..], |v| v.as_slice()))))
+                .filter(|(_, us)| *us >= 0.5)
+                .collect::<Vec<_>>()
+        };
+        let show = |r: &VariantResult| {
+            roles(r)
+                .iter()
+                .map(|(role, us)| format!("{role} {us:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        table.push((
+            format!("{w:>2} writers, backends"),
+            format!("µs/txn · bare NOTIFY: {} · capture: {}", show(notify), show(capture)),
+        ));
         table.push((
             format!("{w:>2} writers, CPU/txn"),
             format!(
@@ -684,7 +750,9 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
             "capture_vs_notify": report::round(ratio),
             "capture_vs_notify_rounds": per_round.iter().map(|r| report::round(*r)).collect::<Vec<_>>(),
             "cpu_us_per_txn": {"no_trigger": cpu(plain).round(), "notify": cpu(notify).round(), "capture": cpu(capture).round(),
-                "capture_pgfeed_process": median(&capture.pgfeed_us).round()},
+                "capture_pgfeed_process": median(&capture.pgfeed_us).round(),
+                "notify_backends": roles(notify).into_iter().map(|(k, v)| (k.to_owned(), json!(v.round()))).collect::<serde_json::Map<_, _>>(),
+                "capture_backends": roles(capture).into_iter().map(|(k, v)| (k.to_owned(), json!(v.round()))).collect::<serde_json::Map<_, _>>()},
         }));
     }
     let mut wait_json = serde_json::Map::new();
