@@ -535,19 +535,20 @@ fn median(xs: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Busy and total jiffies of the whole machine, from /proc/stat (0, 0 where unreadable).
-fn machine_jiffies() -> (u64, u64) {
+/// Busy jiffies (1/100 s of one core) of the whole machine so far, from /proc/stat (0 where
+/// unreadable).
+fn machine_busy_jiffies() -> u64 {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return (0, 0);
+        return 0;
     };
     let Some(cpu) = stat.lines().next() else {
-        return (0, 0);
+        return 0;
     };
     let f: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal ...
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     let total: u64 = f.iter().take(8).sum();
-    (total - idle, total)
+    total.saturating_sub(idle)
 }
 
 /// PostgreSQL backends whose CPU the `writers` scenario reports, by `application_name`.
@@ -647,12 +648,12 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
         for round in 0..rounds {
             for (k, (variant, table)) in VARIANTS.iter().enumerate() {
                 let backends0 = backend_cpu(&observer).await;
-                let (busy0, _) = machine_jiffies();
+                let busy0 = machine_busy_jiffies();
                 let server0 = server.cpu_time();
                 let (tps, pass_waits) = writer_pass(&pool[..w], table, args.pass, db).await?;
-                let (busy1, _) = machine_jiffies();
+                let busy1 = machine_busy_jiffies();
                 let txns = (tps * args.pass.as_secs_f64()).max(1.0);
-                let cpu_us = (busy1 - busy0) as f64 / hz * 1e6 / txns;
+                let cpu_us = busy1.saturating_sub(busy0) as f64 / hz * 1e6 / txns;
                 let pgfeed_us = (server.cpu_time() - server0).as_secs_f64() * 1e6 / txns;
                 let mut by_role: BTreeMap<&'static str, f64> = BTreeMap::new();
                 for ((role, pid), cpu) in backend_cpu(&observer).await {
