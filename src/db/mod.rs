@@ -23,16 +23,14 @@ const POOL_SIZE: u32 = 16;
 
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().context("parsing the database URL")?;
-    // JIT compiles a query when its estimated cost is high, and a prepared statement's generic plan
-    // (the log reads' after five runs) can be estimated far above what it costs: JIT then spent
-    // 440 ms compiling a 5 ms page read. pgfeed's queries are all short, so never JIT them.
+    // Plan each prepared statement once per connection (its generic plan), not at every run: the
+    // estimate for `seq >= $1` over the whole log makes the log read's generic plan look far dearer
+    // than a custom one, so PostgreSQL re-planned it at every wake-up, 0.3 ms of planning for 0.1 ms
+    // of execution (pg_stat_statements under `pgfeed-bench writers`), on the CPU the writers share.
+    // Every query here is a short index walk whose plan does not depend on its parameters' values.
     //
-    // And plan each prepared statement once per connection (its generic plan), not at every run:
-    // the estimate for `seq >= $1` over the whole log makes the log read's generic plan look far
-    // dearer than a custom one, so PostgreSQL re-planned it at every wake-up: 0.3 ms of planning
-    // for 0.1 ms of execution (pg_stat_statements under `pgfeed-bench writers`), on the CPU the
-    // writers share. Every query here is a short index walk whose plan does not depend on its
-    // parameters' values.
+    // That estimate is also why JIT must stay off: JIT compiles a query whose estimated cost is
+    // high, and spent 440 ms compiling a 5 ms page read. pgfeed's queries are all short.
     let options = options
         .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")])
         .application_name("pgfeed")

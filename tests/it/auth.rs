@@ -186,74 +186,76 @@ async fn websocket_origins_outside_the_allow_list_are_refused() {
     let _ = app.ws().await;
 }
 
+/// A browser's CORS preflight from `origin` for `method` with `headers`: asserts it is answered for
+/// that origin and returns (allowed methods, allowed headers), lower-cased.
+async fn preflight(app: &TestApp, origin: &str, path: &str, method: &str, headers: &str) -> (String, String) {
+    let reply = app
+        .request(reqwest::Method::OPTIONS, path, |r| {
+            r.header("origin", origin)
+                .header("access-control-request-method", method)
+                .header("access-control-request-headers", headers)
+        })
+        .await;
+    assert!(
+        reply.status.is_success(),
+        "preflight of {method} {path} answered {}",
+        reply.status
+    );
+    assert_eq!(reply.header("access-control-allow-origin"), Some(origin));
+    let lower = |name: &str| reply.header(name).unwrap_or("").to_lowercase();
+    (
+        lower("access-control-allow-methods"),
+        lower("access-control-allow-headers"),
+    )
+}
+
 #[tokio::test]
 async fn listed_origins_get_cors_headers_and_answered_preflights_others_get_none() {
-    let app = TestApp::spawn_with(TestDb::create().await, |c| {
-        c.allowed_origins = vec!["https://admin.example".into()]
-    })
-    .await;
+    const ORIGIN: &str = "https://admin.example";
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.allowed_origins = vec![ORIGIN.into()]).await;
     let from = |origin: &'static str| move |r: reqwest::RequestBuilder| r.header("origin", origin);
 
     // client.js's long-poll fallback, from a page on a listed origin: readable there.
     let poll = app
-        .request(
-            reqwest::Method::GET,
-            "/api/changes?topics=studies&wait=0",
-            from("https://admin.example"),
-        )
+        .request(reqwest::Method::GET, "/api/changes?topics=studies&wait=0", from(ORIGIN))
         .await;
     assert_eq!(poll.status, 200);
-    assert_eq!(
-        poll.header("access-control-allow-origin"),
-        Some("https://admin.example")
-    );
+    assert_eq!(poll.header("access-control-allow-origin"), Some(ORIGIN));
 
     // Its SSE fallback sends a bearer header, so the browser asks first, without credentials.
-    let preflight = app
-        .request(reqwest::Method::OPTIONS, "/events?topics=studies", |r| {
-            from("https://admin.example")(r)
-                .header("access-control-request-method", "GET")
-                .header("access-control-request-headers", "authorization,last-event-id")
-        })
-        .await;
-    assert!(preflight.status.is_success(), "preflight answered {}", preflight.status);
-    assert_eq!(
-        preflight.header("access-control-allow-origin"),
-        Some("https://admin.example")
-    );
-    let allowed = preflight
-        .header("access-control-allow-headers")
-        .unwrap_or("")
-        .to_lowercase();
+    let (_, headers) = preflight(
+        &app,
+        ORIGIN,
+        "/events?topics=studies",
+        "GET",
+        "authorization,last-event-id",
+    )
+    .await;
     assert!(
-        allowed.contains("authorization") && allowed.contains("last-event-id"),
-        "{allowed}"
+        headers.contains("authorization") && headers.contains("last-event-id"),
+        "{headers}"
     );
 
-    // REST: a conditional PATCH is preflighted too, and the ETag it answers must be readable.
-    let preflight = app
-        .request(reqwest::Method::OPTIONS, "/api/studies/1", |r| {
-            from("https://admin.example")(r)
-                .header("access-control-request-method", "PATCH")
-                .header("access-control-request-headers", "content-type,if-match")
-        })
-        .await;
-    assert!(preflight.status.is_success());
-    assert!(preflight
-        .header("access-control-allow-methods")
-        .unwrap_or("")
-        .contains("PATCH"));
+    // REST: a conditional PATCH is preflighted too, and what it answers in headers must be readable.
+    let (methods, headers) = preflight(&app, ORIGIN, "/api/studies/1", "PATCH", "content-type,if-match").await;
+    assert!(methods.contains("patch"), "{methods}");
+    assert!(
+        headers.contains("content-type") && headers.contains("if-match"),
+        "{headers}"
+    );
     let created = app
         .request(reqwest::Method::POST, "/api/studies", |r| {
-            from("https://admin.example")(r).json(&json!({"label": "CORS-1", "title": "t"}))
+            from(ORIGIN)(r).json(&json!({"label": "CORS-1", "title": "t"}))
         })
         .await;
     assert_eq!(created.status, 201);
-    assert!(created
+    let exposed = created
         .header("access-control-expose-headers")
         .unwrap_or("")
-        .to_lowercase()
-        .contains("etag"));
+        .to_lowercase();
+    for name in ["etag", "location", "x-request-id"] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed}");
+    }
 
     // Any other origin: no CORS headers, so its pages cannot read the answers.
     let other = app

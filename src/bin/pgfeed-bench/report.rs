@@ -39,6 +39,13 @@ impl Percentiles {
     }
 }
 
+/// The middle value (the upper one of an even count); 0 when there is none.
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 pub fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -92,6 +99,13 @@ mod tests {
     fn lost_and_doubled_are_counted_against_the_expected_ids() {
         assert_eq!(lost_and_doubled(&[1, 2, 3, 4], &[4, 2, 2, 1]), (1, 1));
         assert_eq!(lost_and_doubled(&[1, 2], &[1, 2]), (0, 0));
+    }
+
+    #[test]
+    fn median_is_the_middle_value_and_0_of_nothing() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 4.0);
+        assert_eq!(median(&[]), 0.0);
     }
 
     #[test]

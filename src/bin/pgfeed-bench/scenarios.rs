@@ -529,12 +529,6 @@ struct VariantResult {
     waits: BTreeMap<String, u64>,
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// Busy jiffies (1/100 s of one core) of the whole machine so far, from /proc/stat (0 where
 /// unreadable).
 fn machine_busy_jiffies() -> u64 {
@@ -700,10 +694,14 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
             .zip(&notify.tps)
             .map(|(c, n)| c / n.max(1e-9))
             .collect();
-        let ratio = median(&per_round);
+        let ratio = report::median(&per_round);
         ok &= ratio >= 0.8;
-        let (p, n, c) = (median(&plain.tps), median(&notify.tps), median(&capture.tps));
-        let cpu = |r: &VariantResult| median(&r.cpu_us);
+        let (p, n, c) = (
+            report::median(&plain.tps),
+            report::median(&notify.tps),
+            report::median(&capture.tps),
+        );
+        let cpu = |r: &VariantResult| report::median(&r.cpu_us);
         table.push((
             format!("{w:>2} writers"),
             format!(
@@ -720,7 +718,12 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
         let roles = |r: &VariantResult| {
             BACKEND_ROLES
                 .iter()
-                .map(|(role, _)| (*role, median(r.backend_us.get(role).map_or(&[][..], |v| v.as_slice()))))
+                .map(|(role, _)| {
+                    (
+                        *role,
+                        report::median(r.backend_us.get(role).map_or(&[][..], |v| v.as_slice())),
+                    )
+                })
                 .filter(|(_, us)| *us >= 0.5)
                 .collect::<Vec<_>>()
         };
@@ -743,7 +746,7 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 cpu(plain),
                 cpu(notify),
                 cpu(capture),
-                median(&capture.pgfeed_us)
+                report::median(&capture.pgfeed_us)
             ),
         ));
         rows.push(json!({
@@ -751,7 +754,7 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
             "capture_vs_notify": report::round(ratio),
             "capture_vs_notify_rounds": per_round.iter().map(|r| report::round(*r)).collect::<Vec<_>>(),
             "cpu_us_per_txn": {"no_trigger": cpu(plain).round(), "notify": cpu(notify).round(), "capture": cpu(capture).round(),
-                "capture_pgfeed_process": median(&capture.pgfeed_us).round(),
+                "capture_pgfeed_process": report::median(&capture.pgfeed_us).round(),
                 "notify_backends": roles(notify).into_iter().map(|(k, v)| (k.to_owned(), json!(v.round()))).collect::<serde_json::Map<_, _>>(),
                 "capture_backends": roles(capture).into_iter().map(|(k, v)| (k.to_owned(), json!(v.round()))).collect::<serde_json::Map<_, _>>()},
         }));
