@@ -28,6 +28,12 @@ async fn without_since_it_answers_at_once_with_the_current_cursor() {
         .map(|e| e["data"]["label"].as_str().unwrap())
         .collect();
     assert_eq!(labels, ["new"], "only what came after the cursor");
+    // The answer is written out by hand around the stored frames: still JSON, labelled as such.
+    let reply = app
+        .get(&format!("/api/changes?topics=studies&since={}&wait=0", cursor(&v)))
+        .await;
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.json()["events"], serde_json::json!([]));
 }
 
 #[tokio::test]
