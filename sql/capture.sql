@@ -44,10 +44,11 @@ create table if not exists pgfeed.commits (
 drop index if exists pgfeed.commits_committed_at;
 alter table pgfeed.commits drop constraint if exists commits_txid_key;
 
--- The log. `id` is a global insertion order, kept for a later snapshot-batch reader; readers of
--- this version order by (commits.seq, pos).
+-- The log: one row per change, tagged with its transaction and its position in it. Readers order
+-- by (commits.seq, pos). No global id: a `bigserial` here cost writers a sequence draw and a
+-- second index insert per event (about 10 % of 1-row TPS, `pgfeed-bench writers`), and nothing
+-- reads it; a future reader that needs an insertion order can add a column then.
 create table if not exists pgfeed.events (
-    id     bigserial primary key,
     txid   xid8 not null,
     pos    int not null,
     type   text not null,
@@ -57,6 +58,8 @@ create table if not exists pgfeed.events (
     topics text[] not null,
     data   jsonb not null
 );
+-- Logs made by earlier versions had one; dropping it is a catalog change (its sequence goes too).
+alter table pgfeed.events drop column if exists id;
 create index if not exists events_txid_pos on pgfeed.events (txid, pos);
 
 -- Tables in the feed: topic name -> table, for the server's topic validation and snapshots.
@@ -71,48 +74,83 @@ create table if not exists pgfeed.tracked (
 
 -- The row trigger. Arguments: topic, type prefix, primary key columns (comma-separated),
 -- parent column and parent topic (both '' when the table has no room to report to).
--- `set timezone` makes timestamps render the same whatever the writer's session uses;
--- `security definer` lets writers that cannot touch the pgfeed schema still be captured.
+--
+-- Every writer runs this for every row, so it is written for cost as much as for safety:
+-- - `security definer` lets writers that cannot touch the pgfeed schema still be captured. It has
+--   no `set search_path` clause (whose save and restore ran on every row): every function, type and
+--   operator is schema-qualified instead (`operator(pg_catalog.=)`; no `case x when`, `nullif` or
+--   other syntax that looks an operator up), so a writer's search_path cannot redirect anything.
+-- - Timestamps render in UTC whatever the writer's session uses. A `set timezone` clause cost every
+--   row two time zone changes; now a session already in UTC (pgfeed's own, and any server whose
+--   `timezone` is UTC) changes nothing, and other sessions switch to UTC around `to_jsonb` only.
 create or replace function pgfeed.capture() returns trigger
     language plpgsql
     security definer
-    set search_path = pg_catalog, pgfeed
-    set timezone = 'UTC'
 as $$
 declare
-    -- tg_argv: topic, type prefix, primary key columns (comma-separated), parent column, parent topic.
-    rec    jsonb;
-    key    text;
-    topics text[];
+    rec    pg_catalog.jsonb;
+    tz     pg_catalog.text;
+    key    pg_catalog.text;
+    topics pg_catalog.text[];
+    pos    pg_catalog.text;
+    rid    pg_catalog.jsonb;
+    op     pg_catalog.text;
+    kind   pg_catalog.text;
 begin
-    if tg_op = 'DELETE' then
-        rec := to_jsonb(old);
+    tz := pg_catalog.current_setting('TimeZone');
+    if tz operator(pg_catalog.<>) 'UTC' and tz operator(pg_catalog.<>) 'Etc/UTC' then
+        perform pg_catalog.set_config('TimeZone', 'UTC', true);
+    end if;
+    if tg_op operator(pg_catalog.=) 'DELETE' then
+        rec := pg_catalog.to_jsonb(old);
+        op := 'delete';
+        kind := '_deleted';
+    elsif tg_op operator(pg_catalog.=) 'UPDATE' then
+        rec := pg_catalog.to_jsonb(new);
+        op := 'update';
+        kind := '_updated';
     else
-        rec := to_jsonb(new);
+        rec := pg_catalog.to_jsonb(new);
+        op := 'insert';
+        kind := '_created';
+    end if;
+    if tz operator(pg_catalog.<>) 'UTC' and tz operator(pg_catalog.<>) 'Etc/UTC' then
+        -- Back to the writer's zone, as a local setting: it ends with the transaction as it would have.
+        perform pg_catalog.set_config('TimeZone', tz, true);
     end if;
 
-    if strpos(tg_argv[2], ',') = 0 then
-        key := rec ->> tg_argv[2];
+    if pg_catalog.strpos(tg_argv[2], ',') operator(pg_catalog.=) 0 then
+        key := rec operator(pg_catalog.->>) tg_argv[2];
+        rid := rec operator(pg_catalog.->) tg_argv[2];
     else
-        select string_agg(rec ->> c, ',') into key from unnest(string_to_array(tg_argv[2], ',')) c;
+        select pg_catalog.string_agg(rec operator(pg_catalog.->>) c, ','), pg_catalog.jsonb_agg(rec operator(pg_catalog.->) c)
+        into key, rid
+        from pg_catalog.unnest(pg_catalog.string_to_array(tg_argv[2], ',')) c;
     end if;
-    topics := array[tg_argv[0], tg_argv[0] || ':' || key];
-    if tg_argv[3] <> '' and rec ->> tg_argv[3] is not null then
-        topics := topics || (tg_argv[4] || ':' || (rec ->> tg_argv[3]));
+    topics := array[tg_argv[0], tg_argv[0] operator(pg_catalog.||) ':' operator(pg_catalog.||) key];
+    if tg_argv[3] operator(pg_catalog.<>) '' and rec operator(pg_catalog.->>) tg_argv[3] is not null then
+        topics := topics operator(pg_catalog.||) (tg_argv[4] operator(pg_catalog.||) ':' operator(pg_catalog.||) (rec operator(pg_catalog.->>) tg_argv[3]));
     end if;
 
-    -- One statement per event (each statement has a fixed executor cost that writers pay).
     -- `pos`, the position within the transaction, is a transaction-local setting: it starts again
-    -- at 1 in the next transaction, and a rolled-back savepoint rolls it back with its events.
+    -- at 1 in the next transaction (unset or '' there), and a rolled-back savepoint rolls it back
+    -- with its events.
+    pos := pg_catalog.current_setting('pgfeed.pos', true);
+    if pos is null or pos operator(pg_catalog.=) '' then
+        pos := '1';
+    else
+        pos := (pos::pg_catalog.int4 operator(pg_catalog.+) 1)::pg_catalog.text;
+    end if;
+    perform pg_catalog.set_config('pgfeed.pos', pos, true);
+
     insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data)
     values (
-        pg_current_xact_id(),
-        set_config('pgfeed.pos', (coalesce(nullif(current_setting('pgfeed.pos', true), ''), '0')::int + 1)::text, true)::int,
-        tg_argv[1] || case tg_op when 'INSERT' then '_created' when 'UPDATE' then '_updated' else '_deleted' end,
+        pg_catalog.pg_current_xact_id(),
+        pos::pg_catalog.int4,
+        tg_argv[1] operator(pg_catalog.||) kind,
         tg_argv[0],
-        lower(tg_op),
-        case when strpos(tg_argv[2], ',') = 0 then rec -> tg_argv[2]
-             else (select jsonb_agg(rec -> c) from unnest(string_to_array(tg_argv[2], ',')) c) end,
+        op,
+        rid,
         topics,
         rec);
     return null;
@@ -125,8 +163,8 @@ $$;
 -- statement: the statement's executor setup (plan lookup, opening the table) happens before its
 -- first row takes the lock, and nothing but the insert itself runs under it. No `set search_path`
 -- clause (its save/restore would run inside the section): every function and type name is
--- schema-qualified instead, and no operator is used, so a writer's search_path cannot redirect
--- anything in this security-definer function.
+-- schema-qualified instead, and the one operator is written `operator(pg_catalog.=)`, so a
+-- writer's search_path cannot redirect anything in this security-definer function.
 create or replace function pgfeed.stamp() returns trigger
     language plpgsql
     security definer
@@ -135,13 +173,15 @@ declare
     notified record;
 begin
     -- In the subquery, which runs before the sequence is drawn (`offset 0` keeps it a separate
-    -- plan node): first make the commit synchronous (a synchronous_commit=off writer would
-    -- otherwise release the lock before its commit is durable), then take the lock, held until
-    -- this transaction has committed and become visible (or aborted). The next committer waits
-    -- there, so it draws a larger seq only once this one can be read.
+    -- plan node): first make the commit synchronous if it is not (a synchronous_commit=off
+    -- writer would otherwise release the lock before its commit is durable; every other value
+    -- flushes locally, and leaving it alone spares a setting change per commit), then take the
+    -- lock, held until this transaction has committed and become visible (or aborted). The next
+    -- committer waits there, so it draws a larger seq only once this one can be read.
     insert into pgfeed.commits (seq, txid, committed_at)
     select pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp()
-    from (select pg_catalog.set_config('synchronous_commit', 'on', true),
+    from (select case when pg_catalog.current_setting('synchronous_commit') operator(pg_catalog.=) 'off'
+                      then pg_catalog.set_config('synchronous_commit', 'on', true) end,
                  pg_catalog.pg_advisory_xact_lock(7133002)
           offset 0) as locked
     returning pg_catalog.pg_notify('pgfeed', seq::pg_catalog.text) into notified;
@@ -185,6 +225,9 @@ begin
             using hint = 'Events name their row by its primary key; add one, then track the table.';
     end if;
 
+    -- A dropped table leaves its row here (there is no hook on DROP TABLE short of a superuser's
+    -- event trigger); forget such rows, so a table dropped and created again can be tracked again.
+    delete from pgfeed.tracked t where not exists (select from pg_class c where c.oid = t.relid);
     insert into pgfeed.tracked (topic, relid, type_prefix, pk, parent_col, parent_topic)
     values (topic, tbl, type_prefix, pk, parent_col, parent_topic)
     on conflict (relid) do update

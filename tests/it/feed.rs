@@ -536,6 +536,86 @@ async fn a_table_tracked_with_pgfeed_track_joins_the_feed() {
 }
 
 #[tokio::test]
+async fn a_table_dropped_and_created_again_can_be_tracked_again() {
+    let app = TestApp::spawn().await;
+    app.psql("create table gadgets (id int primary key); select pgfeed.track('gadgets')");
+    app.psql("drop table gadgets");
+    app.psql("create table gadgets (id int primary key, name text); select pgfeed.track('gadgets')");
+    let mut ws = app.ws().await;
+    ws.subscribe("gadgets").await;
+    app.psql("insert into gadgets values (1, 'sprocket')");
+    let e = ws.next_event().await;
+    assert_eq!(
+        (e["type"].as_str(), e["data"]["name"].as_str()),
+        (Some("gadgets_created"), Some("sprocket"))
+    );
+}
+
+#[tokio::test]
+async fn capture_renders_timestamps_in_utc_and_leaves_the_writers_time_zone_alone() {
+    let app = TestApp::spawn().await;
+    app.psql("create table stamps (id int primary key, at timestamptz not null); select pgfeed.track('stamps')");
+    let mut ws = app.ws().await;
+    ws.subscribe("stamps").await;
+    // The writer works in New York time; after its captured rows, in the same transaction and
+    // after it, its zone is still New York.
+    let zones = app.psql(
+        "set timezone = 'America/New_York';
+         begin;
+         insert into stamps values (1, '2026-11-23 12:00:00+00');
+         update stamps set at = at + interval '1 hour 30 minutes';
+         create temp table seen as select current_setting('TimeZone') as zone;
+         commit;
+         insert into seen select current_setting('TimeZone');
+         select string_agg(zone, ' ') from seen",
+    );
+    assert_eq!(zones, "America/New_York America/New_York");
+    let events = ws.events(2).await;
+    assert_eq!(events[0]["data"]["at"], "2026-11-23T12:00:00+00:00");
+    assert_eq!(events[1]["data"]["at"], "2026-11-23T13:30:00+00:00");
+}
+
+/// The capture trigger runs as its owner (security definer) without a `set search_path` clause,
+/// so it must not resolve any name through the writer's search_path.
+#[tokio::test]
+async fn a_writers_search_path_cannot_redirect_the_capture_trigger() {
+    let app = TestApp::spawn().await;
+    app.psql("create table notes (id int primary key, body text); select pgfeed.track('notes')");
+    // Operators and functions that shadow pg_catalog's for a session that puts `evil` first.
+    app.psql(
+        r#"create schema evil;
+           create function evil.always(a text, b text) returns boolean language sql as 'select true';
+           create operator evil.= (leftarg = text, rightarg = text, function = evil.always);
+           create operator evil.<> (leftarg = text, rightarg = text, function = evil.always);
+           create function evil.to_jsonb(anyelement) returns jsonb language sql as $$select '{"id": 0}'::jsonb$$;
+           create function evil.current_setting(text) returns text language sql as $$select 'evil'$$;
+           create function evil.strpos(text, text) returns int language sql as 'select 1';"#,
+    );
+    let mut ws = app.ws().await;
+    ws.subscribe("notes").await;
+    app.psql(
+        "set search_path = evil, pg_catalog, public;
+         insert into notes values (1, 'kept');
+         update notes set body = 'changed' where id = 1;
+         delete from notes where id = 1",
+    );
+    let events = ws.events(3).await;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e["type"].as_str(), e["id"].as_i64(), e["data"]["body"].as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("notes_created"), Some(1), Some("kept")),
+            (Some("notes_updated"), Some(1), Some("changed")),
+            (Some("notes_deleted"), Some(1), Some("changed")),
+        ]
+    );
+    ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
 async fn a_rolled_back_transaction_produces_no_event() {
     let app = TestApp::spawn().await;
     let mut ws = app.ws().await;
