@@ -1,10 +1,11 @@
 //! The listener: relays every committed change from the log to the hub, in commit order.
 //!
 //! One dedicated tokio-postgres session per server runs `LISTEN pgfeed`. A notification is only a
-//! wake-up: on every wake-up that announces a commit not yet relayed, on every (re)connect and on a
-//! slow safety tick, the listener reads every event after the last position it relayed, page by
-//! page (`log::read_after`), and publishes them. A notification missed while disconnected, or folded by PostgreSQL, therefore
-//! costs latency and never data; rows of any size arrive whole because NOTIFY carries none.
+//! wake-up: on every wake-up that announces a commit not yet relayed, on every (re)connect and on
+//! a slow safety tick, the listener reads every event after the last position it relayed, page by
+//! page (`log::read_after`), and publishes them. A notification missed while disconnected, or
+//! folded by PostgreSQL, therefore costs latency and never data; rows of any size arrive whole
+//! because NOTIFY carries none.
 
 pub mod log;
 
