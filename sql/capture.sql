@@ -90,6 +90,8 @@ as $$
 declare
     rec    pg_catalog.jsonb;
     tz     pg_catalog.text;
+    utc    pg_catalog.bool;
+    unused pg_catalog.text;
     key    pg_catalog.text;
     topics pg_catalog.text[];
     pos    pg_catalog.text;
@@ -98,8 +100,9 @@ declare
     kind   pg_catalog.text;
 begin
     tz := pg_catalog.current_setting('TimeZone');
-    if tz operator(pg_catalog.<>) 'UTC' and tz operator(pg_catalog.<>) 'Etc/UTC' then
-        perform pg_catalog.set_config('TimeZone', 'UTC', true);
+    utc := tz operator(pg_catalog.=) 'UTC' or tz operator(pg_catalog.=) 'Etc/UTC';
+    if not utc then
+        unused := pg_catalog.set_config('TimeZone', 'UTC', true);
     end if;
     if tg_op operator(pg_catalog.=) 'DELETE' then
         rec := pg_catalog.to_jsonb(old);
@@ -114,9 +117,9 @@ begin
         op := 'insert';
         kind := '_created';
     end if;
-    if tz operator(pg_catalog.<>) 'UTC' and tz operator(pg_catalog.<>) 'Etc/UTC' then
+    if not utc then
         -- Back to the writer's zone, as a local setting: it ends with the transaction as it would have.
-        perform pg_catalog.set_config('TimeZone', tz, true);
+        unused := pg_catalog.set_config('TimeZone', tz, true);
     end if;
 
     if pg_catalog.strpos(tg_argv[2], ',') operator(pg_catalog.=) 0 then
@@ -135,13 +138,14 @@ begin
     -- `pos`, the position within the transaction, is a transaction-local setting: it starts again
     -- at 1 in the next transaction (unset or '' there), and a rolled-back savepoint rolls it back
     -- with its events.
+    -- (Assignments, not `perform`: plpgsql evaluates an assignment's expression directly, while
+    -- `perform` runs a query through SPI, several µs per row.)
     pos := pg_catalog.current_setting('pgfeed.pos', true);
     if pos is null or pos operator(pg_catalog.=) '' then
-        pos := '1';
+        pos := pg_catalog.set_config('pgfeed.pos', '1', true);
     else
-        pos := (pos::pg_catalog.int4 operator(pg_catalog.+) 1)::pg_catalog.text;
+        pos := pg_catalog.set_config('pgfeed.pos', (pos::pg_catalog.int4 operator(pg_catalog.+) 1)::pg_catalog.text, true);
     end if;
-    perform pg_catalog.set_config('pgfeed.pos', pos, true);
 
     insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data)
     values (
