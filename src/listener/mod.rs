@@ -223,9 +223,13 @@ async fn listen_and_relay(
         loop {
             tokio::select! {
                 _ = announced.wake.notified() => {
-                    if announced.pending(hub.last().seq) {
-                        let at = pacer.read_at(Instant::now(), hub.last().seq);
-                        tokio::time::sleep_until(at).await;
+                    let relayed = hub.last().seq;
+                    if announced.pending(relayed) {
+                        let now = Instant::now();
+                        let at = pacer.read_at(now, relayed);
+                        if at > now {
+                            tokio::time::sleep_until(at).await;
+                        }
                         pacer.read_started(Instant::now());
                         relay(&mut reader, hub, metrics).await?;
                     }
