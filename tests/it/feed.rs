@@ -575,6 +575,43 @@ async fn capture_renders_timestamps_in_utc_and_leaves_the_writers_time_zone_alon
     assert_eq!(events[1]["data"]["at"], "2026-11-23T13:30:00+00:00");
 }
 
+#[tokio::test]
+async fn a_writer_without_rights_on_the_pgfeed_schema_is_captured() {
+    let app = TestApp::spawn().await;
+    app.psql("create table tickets (id int primary key, what text); select pgfeed.track('tickets')");
+    // A login of its own (roles are cluster-wide: named after this test's database), allowed to
+    // write `tickets` and nothing in the pgfeed schema.
+    let role = format!("w_{}", app.psql("select current_database()"));
+    app.psql(&format!(
+        "create role \"{role}\"; grant insert, update, delete, select on tickets to \"{role}\""
+    ));
+    assert_eq!(
+        app.psql(&format!(
+            "select has_schema_privilege('{role}', 'pgfeed', 'usage'), \
+                    has_table_privilege('{role}', 'pgfeed.events', 'insert')"
+        )),
+        "f|f"
+    );
+    let mut ws = app.ws().await;
+    ws.subscribe("tickets").await;
+    app.psql(&format!(
+        "set role \"{role}\"; insert into tickets values (1, 'open'); update tickets set what = 'closed'"
+    ));
+    let events = ws.events(2).await;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e["type"].as_str(), e["data"]["what"].as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("tickets_created"), Some("open")),
+            (Some("tickets_updated"), Some("closed"))
+        ]
+    );
+    app.psql(&format!("drop owned by \"{role}\"; drop role \"{role}\""));
+}
+
 /// The capture trigger runs as its owner (security definer) without a `set search_path` clause,
 /// so it must not resolve any name through the writer's search_path.
 #[tokio::test]
