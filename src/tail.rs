@@ -94,17 +94,19 @@ pub async fn run(config: TailConfig, stop: impl std::future::Future<Output = ()>
     }
 }
 
-/// `http://host:port` (or `ws://`) → `ws://host:port/ws?token=…`.
+/// `http://host:port` (or `ws://`) → `ws://host:port/ws?token=…`; `https://` (or `wss://`) →
+/// `wss://…`, for a server behind a TLS-terminating proxy (certificates checked against the
+/// system's roots; `SSL_CERT_FILE` names others).
 fn ws_url(base: &str, token: Option<&str>) -> anyhow::Result<String> {
     let base = base.trim_end_matches('/');
-    let rest = if let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("ws://")) {
-        rest
-    } else if base.starts_with("https://") || base.starts_with("wss://") {
-        bail!("{base}: TLS is not built into `pgfeed tail`; reach the server over http:// (e.g. through an SSH tunnel)")
+    let (scheme, rest) = if let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("ws://")) {
+        ("ws", rest)
+    } else if let Some(rest) = base.strip_prefix("https://").or_else(|| base.strip_prefix("wss://")) {
+        ("wss", rest)
     } else {
-        bail!("{base}: the URL must look like http://HOST:PORT")
+        bail!("{base}: the URL must look like http://HOST:PORT or https://HOST")
     };
-    let mut url = format!("ws://{rest}/ws");
+    let mut url = format!("{scheme}://{rest}/ws");
     if let Some(token) = token {
         let encoded: String = token
             .bytes()
@@ -232,7 +234,9 @@ mod tests {
             ws_url("http://h:1/", Some("a.b+c")).unwrap(),
             "ws://h:1/ws?token=a.b%2Bc"
         );
-        assert!(ws_url("https://h", None).unwrap_err().to_string().contains("TLS"));
+        assert_eq!(ws_url("https://h.example/", None).unwrap(), "wss://h.example/ws");
+        assert_eq!(ws_url("wss://h:8443", Some("t")).unwrap(), "wss://h:8443/ws?token=t");
         assert!(ws_url("h:1", None).is_err());
+        assert!(ws_url("ftp://h", None).is_err());
     }
 }

@@ -30,7 +30,12 @@ fn command(args: &[&str]) -> Command {
 
 impl Tail {
     fn start(args: &[&str]) -> Tail {
+        Tail::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Tail {
         let mut child = command(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -169,4 +174,62 @@ async fn tail_of_an_unknown_topic_exits_with_the_servers_reason() {
         stderr.contains("nosuchtable") && stderr.contains("unknown_topic"),
         "{stderr:?}"
     );
+}
+
+/// A TLS-terminating proxy on 127.0.0.1 in front of `upstream`, as a deployment would put before
+/// pgfeed, with a fresh self-signed certificate for `localhost`: its port, and the certificate as
+/// a PEM file in `dir`.
+async fn tls_proxy(upstream: std::net::SocketAddr, dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let pem = dir.join("localhost.pem");
+    std::fs::write(&pem, certified.cert.pem()).expect("writing the certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (Ok(mut tls), Ok(mut server)) = (
+                    acceptor.accept(tcp).await,
+                    tokio::net::TcpStream::connect(upstream).await,
+                ) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+            });
+        }
+    });
+    (port, pem)
+}
+
+#[tokio::test]
+async fn tail_reaches_a_server_behind_tls_with_an_https_url() {
+    let app = TestApp::spawn().await;
+    let dir = std::env::temp_dir().join(format!("pgfeed-tls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, pem) = tls_proxy(app.addr, &dir).await;
+    let url = format!("https://localhost:{port}");
+    let since = current_cursor(&app).await;
+
+    // Trusting the proxy's certificate (SSL_CERT_FILE, as with curl or git): events over wss://.
+    let mut tail = Tail::start_with(
+        &["studies", "--url", &url, "--since", &since],
+        &[("SSL_CERT_FILE", pem.to_str().unwrap())],
+    );
+    app.psql("insert into studies (label, title) values ('over-tls', 'T')");
+    assert_eq!(tail.next().await["data"]["label"], "over-tls");
+
+    // Not trusting it: refused at the start, with one line that says why.
+    let (code, stdout, stderr) = run_to_end(&["studies", "--url", &url]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.contains("certificate"), "{stderr:?}");
+    std::fs::remove_dir_all(&dir).ok();
 }
