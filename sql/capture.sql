@@ -11,9 +11,12 @@
 --   2. The transaction's first event queues `pgfeed.stamp()`, a deferred constraint trigger that
 --      runs just before commit: under an advisory lock held until the transaction is committed
 --      and visible, it draws the next `commit_seq`, records `(seq, txid)` in `pgfeed.commits` and
---      sends `NOTIFY pgfeed` as a wake-up. Seq order is therefore commit order.
+--      sends `NOTIFY pgfeed` as a wake-up (4.). Seq order is therefore commit order.
 --   3. Readers ask for commits with seq greater than their cursor, joined to their events,
 --      ordered by (seq, pos). NOTIFY carries no data: a missed notification costs latency only.
+--   4. The NOTIFY is sent only while some pgfeed listener is idle (waiting for one): under load
+--      listeners poll the log instead, and writers skip NOTIFY's queue lock, queue entry and the
+--      wake-up of every listening backend (see the end of `pgfeed.stamp()`).
 
 -- Serialize concurrent installers (several servers starting at once). Run inside one
 -- transaction (`psql -1`), so the lock is held to the end of the file.
@@ -189,7 +192,16 @@ begin
                       then pg_catalog.set_config('synchronous_commit', 'on', true) end,
                  pg_catalog.pg_advisory_xact_lock(7133002)
           offset 0) as locked
-    returning pg_catalog.pg_notify('pgfeed', seq::pg_catalog.text) into notified;
+    -- The wake-up, only if some listener waits for one: idle listeners hold advisory lock 7133003
+    -- shared (on their LISTEN session), so the try below fails exactly when one does, or is about
+    -- to (a waiting request counts). When it succeeds, no listener is idle (all of them poll the
+    -- log, a read every few milliseconds, under load), and this transaction holds the lock
+    -- until it has committed and become visible: a listener going idle waits for that, and its
+    -- read after taking the lock sees this commit. Under the stamp lock, so uncontended among
+    -- writers.
+    returning case when pg_catalog.pg_try_advisory_xact_lock(7133003) then null
+                   else pg_catalog.pg_notify('pgfeed', seq::pg_catalog.text) end
+    into notified;
     return null;
 end
 $$;

@@ -153,6 +153,7 @@ impl App {
             state.feed.hub.clone(),
             state.listener.clone(),
             state.metrics.clone(),
+            config.poll_above,
             shutdown.token.clone(),
         ));
         shutdown

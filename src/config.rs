@@ -54,7 +54,8 @@ pub struct TailConfig {
     #[arg(long, value_name = "CURSOR")]
     pub since: Option<String>,
 
-    /// The pgfeed server.
+    /// The pgfeed server: http://HOST:PORT, or https://HOST behind a TLS-terminating proxy
+    /// (certificates checked against the system's roots; SSL_CERT_FILE names a PEM file of others).
     #[arg(long, env = "PGFEED_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 
@@ -137,6 +138,13 @@ pub struct ServeConfig {
     /// Time a client has to send a request's headers (slowloris protection).
     #[arg(long, env = "PGFEED_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// Commits per second above which the listener stops waiting for NOTIFY wake-ups and polls
+    /// the log instead (a read 1 ms after the previous one started); writers skip their NOTIFY
+    /// while no listener waits.
+    /// 0 polls as soon as anything commits.
+    #[arg(long, env = "PGFEED_POLL_ABOVE", default_value_t = 1000)]
+    pub poll_above: u32,
 
     /// Interval of the server's WebSocket pings; a peer that misses one is dropped.
     #[arg(long, env = "PGFEED_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub events_relayed: Counter,
     pub commit_to_send: Histogram,
     pub listener_reconnects: Counter,
+    pub listener_polling: Gauge,
+    pub listener_polls: Counter,
     pub last_relayed_seq: Gauge,
     pub log_events: Gauge,
     pub oldest_event_age: Gauge<f64, AtomicU64>,
@@ -84,6 +86,8 @@ impl Metrics {
             // 1 ms … ~33 s
             commit_to_send: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             listener_reconnects: Counter::default(),
+            listener_polling: Gauge::default(),
+            listener_polls: Counter::default(),
             last_relayed_seq: Gauge::default(),
             log_events: Gauge::default(),
             oldest_event_age: Gauge::default(),
@@ -112,6 +116,16 @@ impl Metrics {
             "listener_reconnects",
             "Times the LISTEN connection was lost and re-established",
             m.listener_reconnects.clone(),
+        );
+        registry.register(
+            "listener_polling",
+            "1 while the listener polls the log under load (writers skip NOTIFY), 0 while it waits for wake-ups",
+            m.listener_polling.clone(),
+        );
+        registry.register(
+            "listener_polls",
+            "Times the listener switched from wake-ups to polling",
+            m.listener_polls.clone(),
         );
         registry.register(
             "last_relayed_seq",

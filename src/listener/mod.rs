@@ -6,6 +6,15 @@
 //! page (`log::read_after`), and publishes them. A notification missed while disconnected, or
 //! folded by PostgreSQL, therefore costs latency and never data; rows of any size arrive whole
 //! because NOTIFY carries none.
+//!
+//! Under load (above `--poll-above` commits per second) a wake-up per commit costs more than it
+//! brings, to writers most of all: so the listener then leaves the *idle set* and polls, reading
+//! the log every [`READ_GAP`], and writers send no NOTIFY while no listener is idle. The idle set
+//! is advisory lock [`IDLE_LOCK`], held shared by every waiting listener on its LISTEN session;
+//! the commit stamp notifies only when its `pg_try_advisory_xact_lock` on that key fails, and
+//! otherwise holds the key until its commit is visible (sql/capture.sql). A listener rejoining
+//! the set waits for such a commit, then reads once more before it waits for wake-ups: nothing
+//! committed without a NOTIFY is left unread.
 
 pub mod log;
 
@@ -32,12 +41,18 @@ pub const CHANNEL: &str = "pgfeed";
 pub const APPLICATION_NAME: &str = "pgfeed-listener";
 /// `application_name` of the connection the listener reads the log on.
 pub const READER_APPLICATION_NAME: &str = "pgfeed-reader";
+/// The advisory lock key of the idle set: held shared by each listener waiting for wake-ups (the
+/// commit stamp in sql/capture.sql notifies only while someone holds it).
+pub const IDLE_LOCK: i64 = 7133003;
 /// Read the log this often even without a wake-up: a safety net, not the mechanism.
 const SAFETY_TICK: Duration = Duration::from_secs(5);
-/// Under load, log reads start at most this often, so that one read picks up several commits.
+/// While polling, a log read starts this long after the previous one started (in practice every
+/// 1–3 ms: tokio's timer has millisecond granularity, and the read takes its own time), so that
+/// one read picks up several commits.
 const READ_GAP: Duration = Duration::from_millis(1);
-/// "Under load": more commits per second than this over the last [`RATE_WINDOW`].
-const BUSY_COMMITS_PER_SEC: f64 = 1000.0;
+/// While polling, this many reads in a row that find nothing send the listener back to waiting.
+const EMPTY_POLLS_TO_IDLE: u32 = 5;
+/// The commit rate that decides between waiting and polling is measured over this window.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -63,14 +78,16 @@ pub async fn run(
     hub: Arc<Hub>,
     status: Arc<ListenerStatus>,
     metrics: Arc<Metrics>,
+    poll_above: u32,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listen_and_relay(&url, &pool, &hub, &status, &metrics) => r,
+            r = listen_and_relay(&url, &pool, &hub, &status, &metrics, poll_above) => r,
         };
+        metrics.listener_polling.set(0);
         if status.is_up() {
             // It had been working: retry soon, and back off only if it keeps failing.
             metrics.listener_reconnects.inc();
@@ -119,50 +136,42 @@ impl Announced {
     }
 }
 
-/// Paces log reads under load. Each read costs a round trip, a statement and a wake-up of two
-/// processes whatever it returns; at thousands of commits per second, reading at every wake-up
-/// cost about as much CPU as the writers' triggers (40–60 µs per commit in the reading backend,
-/// `pgfeed-bench writers`), taken from the writers on a 2-core box.
-/// So when the last [`RATE_WINDOW`] relayed more than [`BUSY_COMMITS_PER_SEC`], a wake-up within
-/// [`READ_GAP`] of the previous read waits for the rest of the gap (up to about 2 ms with tokio's
-/// millisecond timer), and one read then takes every commit of the gap. Below that rate every
-/// wake-up reads at once, so a quiet feed's latency is untouched.
+/// Measures the commit rate the listener relays, over windows of [`RATE_WINDOW`], to decide
+/// when to poll. Each wake-up costs a NOTIFY in the writer (a queue lock held through its commit,
+/// a queue entry, a signal to every listening backend of the database), the listening backend's
+/// and pgfeed's handling, and a log read; at thousands of commits per second that took the
+/// writers' CPU on a 2-core box (`pgfeed-bench writers`). A read every few milliseconds takes the
+/// same commits for a fraction of that.
 #[derive(Debug)]
-struct Pacer {
+struct Rate {
     window_start: Instant,
     window_seq: i64,
-    busy: bool,
-    next_read: Instant,
+    above: bool,
+    limit: f64,
 }
 
-impl Pacer {
-    fn new(now: Instant, relayed: i64) -> Pacer {
-        Pacer {
+impl Rate {
+    /// `limit`: commits per second above which [`Rate::above`] holds.
+    fn new(now: Instant, relayed: i64, limit: u32) -> Rate {
+        Rate {
             window_start: now,
             window_seq: relayed,
-            busy: false,
-            next_read: now,
+            above: false,
+            limit: f64::from(limit),
         }
     }
 
-    /// When the read for a wake-up at `now` may start, `relayed` being the hub's last seq.
-    fn read_at(&mut self, now: Instant, relayed: i64) -> Instant {
+    /// Whether the last full window relayed more than the limit, `relayed` being the hub's last
+    /// seq at `now`. Seqs count commits (with a hole for each one that failed at commit).
+    fn above(&mut self, now: Instant, relayed: i64) -> bool {
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= RATE_WINDOW {
             let rate = (relayed - self.window_seq) as f64 / elapsed.as_secs_f64();
-            self.busy = rate > BUSY_COMMITS_PER_SEC;
+            self.above = rate > self.limit;
             self.window_start = now;
             self.window_seq = relayed;
         }
-        if self.busy {
-            self.next_read.max(now)
-        } else {
-            now
-        }
-    }
-
-    fn read_started(&mut self, now: Instant) {
-        self.next_read = now + READ_GAP;
+        self.above
     }
 }
 
@@ -173,6 +182,7 @@ async fn listen_and_relay(
     hub: &Hub,
     status: &ListenerStatus,
     metrics: &Metrics,
+    poll_above: u32,
 ) -> anyhow::Result<()> {
     let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
     config.application_name(APPLICATION_NAME);
@@ -210,27 +220,30 @@ async fn listen_and_relay(
         let mut reader = PgConnection::connect_with(&options)
             .await
             .context("connecting the listener's log reader")?;
+        // Listening, then in the idle set: writers notify from here on.
         client
-            .batch_execute(&format!("listen {CHANNEL}"))
+            .batch_execute(&format!(
+                "listen {CHANNEL}; select pg_advisory_lock_shared({IDLE_LOCK})"
+            ))
             .await
             .context("LISTEN")?;
         status.set(true);
         tracing::info!("listener connected");
-        // Everything committed before LISTEN took effect is read now; everything after it wakes us.
+        // Everything committed before that is read now; everything after it wakes us.
         relay(&mut reader, hub, metrics).await?;
         let mut tick = tokio::time::interval(SAFETY_TICK);
-        let mut pacer = Pacer::new(Instant::now(), hub.last().seq);
+        let mut rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
         loop {
             tokio::select! {
                 _ = announced.wake.notified() => {
                     let relayed = hub.last().seq;
-                    if announced.pending(relayed) {
-                        let now = Instant::now();
-                        let at = pacer.read_at(now, relayed);
-                        if at > now {
-                            tokio::time::sleep_until(at).await;
-                        }
-                        pacer.read_started(Instant::now());
+                    if !announced.pending(relayed) {
+                        continue;
+                    }
+                    if rate.above(Instant::now(), relayed) {
+                        poll(&client, &mut reader, hub, metrics).await?;
+                        rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
+                    } else {
                         relay(&mut reader, hub, metrics).await?;
                     }
                 }
@@ -248,6 +261,41 @@ async fn listen_and_relay(
     .await;
     driver.abort();
     result
+}
+
+/// Polls under load: leaves the idle set (writers stop notifying unless another listener waits),
+/// reads the log every [`READ_GAP`] until [`EMPTY_POLLS_TO_IDLE`] reads in a row find nothing,
+/// then rejoins the idle set and reads once more.
+///
+/// Rejoining waits for any committing writer that found the set empty (it holds [`IDLE_LOCK`]
+/// until its commit is visible), so the last read sees every commit that sent no NOTIFY; every
+/// later commit notifies. A lost LISTEN session loses its lock with it, and the reconnect reads.
+async fn poll(
+    client: &tokio_postgres::Client,
+    reader: &mut PgConnection,
+    hub: &Hub,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!("select pg_advisory_unlock_shared({IDLE_LOCK})"))
+        .await
+        .context("leaving the idle set")?;
+    metrics.listener_polling.set(1);
+    metrics.listener_polls.inc();
+    let mut empty = 0;
+    while empty < EMPTY_POLLS_TO_IDLE {
+        let started = Instant::now();
+        let before = hub.last().seq;
+        relay(reader, hub, metrics).await?;
+        empty = if hub.last().seq == before { empty + 1 } else { 0 };
+        tokio::time::sleep_until(started + READ_GAP).await;
+    }
+    client
+        .batch_execute(&format!("select pg_advisory_lock_shared({IDLE_LOCK})"))
+        .await
+        .context("rejoining the idle set")?;
+    metrics.listener_polling.set(0);
+    relay(reader, hub, metrics).await
 }
 
 /// Publishes every event after the hub's last position, in log order, a page at a time.
@@ -312,27 +360,22 @@ mod tests {
     }
 
     #[test]
-    fn reads_are_paced_only_above_a_thousand_commits_a_second() {
+    fn the_rate_is_judged_over_whole_windows() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut p = Pacer::new(t0, 0);
-        // 50 commits in the first 100 ms (500/s): every wake-up reads at once.
-        assert_eq!(p.read_at(t0 + ms(100), 50), t0 + ms(100));
-        p.read_started(t0 + ms(100));
-        assert_eq!(
-            p.read_at(t0 + ms(100) + Duration::from_micros(300), 51),
-            t0 + ms(100) + Duration::from_micros(300)
-        );
-        // 500 commits in the next 100 ms (5,000/s): a wake-up right after a read waits for the
-        // rest of the gap, one after the gap reads at once.
-        p.read_started(t0 + ms(200));
-        assert_eq!(p.read_at(t0 + ms(200), 550), t0 + ms(200) + READ_GAP);
-        p.read_started(t0 + ms(200) + READ_GAP);
-        assert_eq!(p.read_at(t0 + ms(250), 800), t0 + ms(250));
-        // The rate falls back (5 commits in the 100 ms after t0 + 300 ms): no more waiting.
-        p.read_started(t0 + ms(300));
-        assert_eq!(p.read_at(t0 + ms(300), 810), t0 + ms(300) + READ_GAP, "still 2,600/s");
-        p.read_started(t0 + ms(400));
-        assert_eq!(p.read_at(t0 + ms(400), 815), t0 + ms(400));
+        let mut r = Rate::new(t0, 0, 1000);
+        // Nothing is judged before a window has passed, however fast the commits come.
+        assert!(!r.above(t0 + ms(50), 500));
+        // 50 commits in the first 100 ms: 500/s.
+        assert!(!r.above(t0 + ms(100), 50));
+        // 500 commits in the next 100 ms: 5,000/s, and it stays so within the window.
+        assert!(r.above(t0 + ms(200), 550));
+        assert!(r.above(t0 + ms(250), 551));
+        // 5 commits in the next window: back below.
+        assert!(!r.above(t0 + ms(300), 555));
+        // A limit of 0 polls as soon as a window saw a commit.
+        let mut zero = Rate::new(t0, 0, 0);
+        assert!(!zero.above(t0 + ms(100), 0));
+        assert!(zero.above(t0 + ms(200), 1));
     }
 }

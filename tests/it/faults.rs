@@ -88,3 +88,63 @@ async fn capture_installs_by_hand_with_psql_idempotently_and_tracks_any_table() 
     );
     assert_eq!(logged, "1 orders_created orders,orders:1");
 }
+
+#[tokio::test]
+async fn a_listener_that_keeps_losing_a_working_connection_retries_after_the_shortest_backoff() {
+    // A pgfeed process, whose log the test reads: each loss of a connection that had been working
+    // is logged with the wait before the next attempt, which must start again from the shortest
+    // (100 ms) rather than keep doubling across separate outages.
+    let db = TestDb::create().await;
+    let server = crate::support::process::serve(
+        &["serve", "--bind", "127.0.0.1:0", "--log-format", "json"],
+        &[("DATABASE_URL", &db.url), ("RUST_LOG", "pgfeed=info")],
+    )
+    .await;
+    // Only a session that is working counts: it has finished its LISTEN and joined the idle set
+    // (the lock is granted and the statement answered). A session cut off before that never
+    // worked, and its retry rightly backs off further.
+    let kill = format!(
+        "select count(pg_terminate_backend(a.pid)) from pg_stat_activity a \
+         join pg_locks l on l.pid = a.pid and l.locktype = 'advisory' and l.granted \
+           and l.classid = 0 and l.objid = {} and l.objsubid = 1 \
+         where a.application_name = '{}' and a.datname = current_database() and a.state = 'idle'",
+        pgfeed::listener::IDLE_LOCK,
+        pgfeed::listener::APPLICATION_NAME
+    );
+    const OUTAGES: usize = 4;
+    for _ in 0..OUTAGES {
+        // Once the listener is back and working, cut it off.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while db.psql(&kill) != "1" {
+            assert!(tokio::time::Instant::now() < deadline, "the listener never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let lost = loop {
+        let lost: Vec<String> = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("listener lost its connection"))
+            .cloned()
+            .collect();
+        if lost.len() >= OUTAGES || tokio::time::Instant::now() > deadline {
+            break lost;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lost.len(), OUTAGES, "{lost:#?}");
+    for line in &lost {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert_eq!(entry["retry_in"], "100ms", "backoff not reset: {line}");
+    }
+    // And it relays again.
+    let mut ws = server.ws().await;
+    ws.subscribe("studies").await;
+    db.psql("insert into studies (label, title) values ('after', 'A')");
+    assert_eq!(ws.next_event().await["data"]["label"], "after");
+    server.terminate().await;
+}

@@ -145,9 +145,15 @@ async fn concurrent_writers_with_rollbacks_are_delivered_once_each_in_commit_ord
         "every committed row, nothing else"
     );
     assert_eq!(got.len(), committed.len(), "no duplicates");
+    assert_in_log_order_and_each_writer_in_its_own(&events, WRITERS, ROWS);
+}
+
+/// Cursors strictly increase, and the rows of each writer `w{w}` (bodies `0`, `1`, … `rows - 1`,
+/// in the order it committed them) arrive in that order.
+fn assert_in_log_order_and_each_writer_in_its_own(events: &[Value], writers: usize, rows: usize) {
     let positions: Vec<Position> = events.iter().map(|e| position(&e["cursor"])).collect();
     assert!(positions.windows(2).all(|p| p[0] < p[1]), "cursors strictly increase");
-    for w in 0..WRITERS {
+    for w in 0..writers {
         let seq: Vec<i64> = events
             .iter()
             .filter(|e| e["data"]["author"] == format!("w{w}"))
@@ -155,7 +161,7 @@ async fn concurrent_writers_with_rollbacks_are_delivered_once_each_in_commit_ord
             .collect();
         assert_eq!(
             seq,
-            (0..ROWS as i64).collect::<Vec<_>>(),
+            (0..rows as i64).collect::<Vec<_>>(),
             "writer {w}'s rows in its own order"
         );
     }
@@ -661,4 +667,201 @@ async fn a_rolled_back_transaction_produces_no_event() {
     app.psql("insert into studies (label, title) values ('kept', 'K')");
     assert_eq!(ws.next_event().await["data"]["label"], "kept");
     ws.assert_quiet(Duration::from_millis(300)).await;
+}
+
+/// `writers` psql processes at once, writer `w` committing one message per body in `bodies`
+/// (author `w{w}`, study 1), each insert followed by `after` (more SQL, or ""); returns when all
+/// have finished.
+async fn write_burst(db: &TestDb, writers: usize, bodies: std::ops::Range<usize>, after: &str) {
+    let running: Vec<_> = (0..writers)
+        .map(|w| {
+            let script: String = bodies
+                .clone()
+                .map(|n| format!("insert into messages (study_id, author, body) values (1, 'w{w}', '{n}');\n{after}"))
+                .collect();
+            db.psql_script(script)
+        })
+        .collect();
+    for w in running {
+        w.await.expect("writer");
+    }
+}
+
+/// A LISTEN pgfeed session of the test's own: its notifications' payloads arrive on the channel.
+async fn listen_to_pgfeed(url: &str) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use futures::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("listening session");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute("listen pgfeed").await.expect("LISTEN");
+    (client, rx)
+}
+
+#[tokio::test]
+async fn writers_notify_only_while_a_listener_waits_in_the_idle_set() {
+    // No pgfeed server: the test's own session plays the listener.
+    let db = TestDb::create().await;
+    let (listener, mut wakes) = listen_to_pgfeed(&db.url).await;
+    let idle = pgfeed::listener::IDLE_LOCK;
+    let quiet = Duration::from_millis(300);
+
+    // Listening, but not in the idle set (a polling listener): commits send no NOTIFY.
+    db.psql("insert into studies (label, title) values ('a', 'A')");
+    assert!(
+        tokio::time::timeout(quiet, wakes.recv()).await.is_err(),
+        "no wake-up while no listener waits"
+    );
+
+    // In the idle set: every commit wakes it, with its seq.
+    listener
+        .batch_execute(&format!("select pg_advisory_lock_shared({idle})"))
+        .await
+        .unwrap();
+    db.psql("insert into studies (label, title) values ('b', 'B')");
+    let seq = tokio::time::timeout(PATIENCE, wakes.recv())
+        .await
+        .expect("a wake-up")
+        .unwrap();
+    assert_eq!(seq, db.psql("select max(seq) from pgfeed.commits"));
+
+    // Out of it again: silence.
+    listener
+        .batch_execute(&format!("select pg_advisory_unlock_shared({idle})"))
+        .await
+        .unwrap();
+    db.psql("insert into studies (label, title) values ('c', 'C')");
+    assert!(tokio::time::timeout(quiet, wakes.recv()).await.is_err());
+
+    // A writer that sent no NOTIFY holds the key until its commit, so a listener rejoining the set
+    // waits for that commit (and its read after rejoining sees it). The stamp runs early here
+    // (`set constraints all immediate`), leaving the transaction open after it.
+    let (writer, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    writer
+        .batch_execute("begin; insert into studies (label, title) values ('d', 'D'); set constraints all immediate")
+        .await
+        .unwrap();
+    let blocked = listener
+        .batch_execute(&format!(
+            "set lock_timeout = '300ms'; select pg_advisory_lock_shared({idle})"
+        ))
+        .await
+        .expect_err("rejoining waits for the open writer");
+    assert_eq!(
+        blocked.code(),
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+        "{blocked:?}"
+    );
+    writer.batch_execute("commit").await.unwrap();
+    listener
+        .batch_execute(&format!("set lock_timeout = 0; select pg_advisory_lock_shared({idle})"))
+        .await
+        .expect("rejoined once the writer committed");
+    assert_eq!(
+        db.psql("select count(*) from pgfeed.commits"),
+        "4",
+        "the writer's commit is visible to the read after rejoining"
+    );
+    assert!(
+        tokio::time::timeout(quiet, wakes.recv()).await.is_err(),
+        "that commit sent no NOTIFY"
+    );
+}
+
+#[tokio::test]
+async fn a_polling_listener_relays_every_commit_once_in_order_and_goes_back_to_waiting() {
+    // Polling whenever anything commits, so that each burst below switches the listener to
+    // polling and each pause sends it back to waiting for wake-ups.
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.poll_above = 0).await;
+    app.psql("insert into studies (id, label, title) values (1, 'load', 'Load')");
+    let mut ws = app.ws().await;
+    ws.subscribe("messages").await;
+
+    // Act: 3 bursts of 3 psql writers × 300 single-row commits, 300 ms apart.
+    const BURSTS: usize = 3;
+    const WRITERS: usize = 3;
+    const ROWS: usize = 300;
+    for b in 0..BURSTS {
+        write_burst(&app.db, WRITERS, b * ROWS..(b + 1) * ROWS, "").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Assert: every commit once, in order, each writer's in its own order.
+    let events = ws.events(BURSTS * WRITERS * ROWS).await;
+    ws.assert_quiet(Duration::from_millis(300)).await;
+    let got: HashSet<i64> = ids(&events).into_iter().collect();
+    assert_eq!(got.len(), BURSTS * WRITERS * ROWS, "no duplicates");
+    assert_in_log_order_and_each_writer_in_its_own(&events, WRITERS, BURSTS * ROWS);
+
+    // It did poll, more than once (so it went back to waiting in between), and waits now.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.value("pgfeed_listener_polls_total") >= 2.0,
+        "the listener switched to polling in more than one burst:\n{}",
+        metrics.0
+    );
+    assert_eq!(metrics.value("pgfeed_listener_polling"), 0.0, "waiting after the pause");
+
+    // Waiting again: a lone commit notifies, and arrives well before the 5 s safety read.
+    app.psql("insert into messages (study_id, author, body) values (1, 'late', 'x')");
+    match ws.next_seen_within(Duration::from_secs(2)).await {
+        Some(Seen::Frame(event)) => assert_eq!(event["data"]["author"], "late"),
+        other => panic!("expected the late row at once, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_polling_server_and_a_waiting_one_on_one_database_relay_the_same_events() {
+    // One server polls whenever anything commits, the other waits for wake-ups at this rate
+    // (below its 1,000 commits/s): writers must keep notifying the waiting one while the other
+    // polls, and both must relay every commit once, in the same order, with the same cursors.
+    let polling = TestApp::spawn_with(TestDb::create().await, |c| c.poll_above = 0).await;
+    let waiting = TestApp::spawn_on(polling.db.clone()).await;
+    polling.psql("insert into studies (id, label, title) values (1, 'load', 'Load')");
+    let mut a = polling.ws().await;
+    a.subscribe("messages").await;
+    let mut b = waiting.ws().await;
+    b.subscribe("messages").await;
+
+    const WRITERS: usize = 2;
+    const ROWS: usize = 150;
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    for burst in 0..2 {
+        write_burst(
+            &polling.db,
+            WRITERS,
+            burst * ROWS..(burst + 1) * ROWS,
+            "select pg_sleep(0.002);\n",
+        )
+        .await;
+        // The waiting server was woken by the burst's commits while the other polled, so it has
+        // them at once, long before its next 5 s safety read.
+        eb.extend(
+            tokio::time::timeout(Duration::from_secs(2), b.events(WRITERS * ROWS))
+                .await
+                .expect("the waiting server relayed the burst at once (writers notified it)"),
+        );
+        ea.extend(a.events(WRITERS * ROWS).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    assert_eq!(ea, eb, "same events, same order, same cursors on both servers");
+    let got: HashSet<i64> = ids(&ea).into_iter().collect();
+    assert_eq!(got.len(), 2 * WRITERS * ROWS, "no duplicates");
+    assert_in_log_order_and_each_writer_in_its_own(&ea, WRITERS, 2 * ROWS);
+    a.assert_quiet(Duration::from_millis(300)).await;
+    b.assert_quiet(Duration::from_millis(100)).await;
+    assert!(
+        polling.metrics().await.value("pgfeed_listener_polls_total") >= 1.0,
+        "the first server polled"
+    );
 }

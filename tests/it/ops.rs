@@ -26,19 +26,9 @@ async fn metrics_count_connections_relayed_events_deliveries_and_requests() {
         .expect("x-request-id on the response");
     assert_eq!(id.to_str().unwrap().len(), 36, "a UUID: {id:?}");
 
-    let text = reqwest::get(format!("http://{}/metrics", app.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-    };
+    let metrics = app.metrics().await;
+    let value = |series: &str| metrics.value(series);
+    let text = &metrics.0;
     assert_eq!(value("pgfeed_connections{transport=\"ws\"}"), 1.0);
     assert_eq!(value("pgfeed_subscriptions{transport=\"ws\"}"), 1.0);
     assert_eq!(value("pgfeed_events_relayed_total"), 2.0);

@@ -527,6 +527,33 @@ struct VariantResult {
     backend_us: BTreeMap<&'static str, Vec<f64>>,
     /// The writers' wait events (samples), summed over rounds.
     waits: BTreeMap<String, u64>,
+    /// Capture only: time between successive commit stamps (`pgfeed.commits.committed_at`, taken
+    /// just after the stamp lock), p10 / p50 / p90 in µs, per round. With writers queued on the
+    /// lock, this is the length of one serialized section.
+    stamp_gap_us: Vec<[f64; 3]>,
+}
+
+/// The seq of the newest commit stamp so far (0 for none).
+async fn newest_seq(conn: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(conn
+        .query_one("select coalesce(max(seq), 0) from pgfeed.commits", &[])
+        .await?
+        .get(0))
+}
+
+/// p10 / p50 / p90 of the µs between successive commit stamps with seq in `(after, upto]`.
+async fn stamp_gaps(conn: &tokio_postgres::Client, after: i64, upto: i64) -> anyhow::Result<[f64; 3]> {
+    let row = conn
+        .query_one(
+            "select coalesce(percentile_cont(array[0.1, 0.5, 0.9]) within group (order by us), array[0, 0, 0])
+             from (select extract(epoch from committed_at - lag(committed_at) over (order by seq))::float8 * 1e6 as us
+                   from pgfeed.commits where seq > $1 and seq <= $2) gaps
+             where us is not null",
+            &[&after, &upto],
+        )
+        .await?;
+    let p: Vec<f64> = row.get(0);
+    Ok([p[0], p[1], p[2]])
 }
 
 /// Busy jiffies (1/100 s of one core) of the whole machine so far, from /proc/stat (0 where
@@ -637,15 +664,18 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 pgfeed_us: vec![],
                 backend_us: BTreeMap::new(),
                 waits: BTreeMap::new(),
+                stamp_gap_us: vec![],
             });
         }
         for round in 0..rounds {
             for (k, (variant, table)) in VARIANTS.iter().enumerate() {
+                let seq0 = newest_seq(&observer).await?;
                 let backends0 = backend_cpu(&observer).await;
                 let busy0 = machine_busy_jiffies();
                 let server0 = server.cpu_time();
                 let (tps, pass_waits) = writer_pass(&pool[..w], table, args.pass, db).await?;
                 let busy1 = machine_busy_jiffies();
+                let seq1 = newest_seq(&observer).await?;
                 let txns = (tps * args.pass.as_secs_f64()).max(1.0);
                 let cpu_us = busy1.saturating_sub(busy0) as f64 / hz * 1e6 / txns;
                 let pgfeed_us = (server.cpu_time() - server0).as_secs_f64() * 1e6 / txns;
@@ -670,6 +700,9 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 }
                 for (key, v) in pass_waits {
                     *r.waits.entry(key).or_default() += v;
+                }
+                if seq1 > seq0 + 1 {
+                    r.stamp_gap_us.push(stamp_gaps(&observer, seq0, seq1).await?);
                 }
             }
         }
@@ -749,7 +782,18 @@ async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyhow::Result<(
                 report::median(&capture.pgfeed_us)
             ),
         ));
+        let gap = |k: usize| report::median(&capture.stamp_gap_us.iter().map(|g| g[k]).collect::<Vec<_>>());
+        table.push((
+            format!("{w:>2} writers, stamps"),
+            format!(
+                "capture: successive commit stamps p10 {:.0} · p50 {:.0} · p90 {:.0} µs apart",
+                gap(0),
+                gap(1),
+                gap(2)
+            ),
+        ));
         rows.push(json!({
+            "stamp_gap_us": {"p10": gap(0).round(), "p50": gap(1).round(), "p90": gap(2).round()},
             "writers": w, "no_trigger_tps": p.round(), "notify_tps": n.round(), "capture_tps": c.round(),
             "capture_vs_notify": report::round(ratio),
             "capture_vs_notify_rounds": per_round.iter().map(|r| report::round(*r)).collect::<Vec<_>>(),

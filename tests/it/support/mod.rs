@@ -356,6 +356,17 @@ impl TestApp {
         }
     }
 
+    /// One scrape of `/metrics` (a server without auth).
+    pub async fn metrics(&self) -> Scrape {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        Scrape(text)
+    }
+
     /// `GET {path}` as JSON, with its status.
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let resp = reqwest::get(self.url(path)).await.expect("GET");
@@ -386,6 +397,22 @@ pub async fn ws_over(tcp: TcpStream, addr: SocketAddr) -> WsClient {
         .await
         .expect("ws handshake");
     WsClient { stream }
+}
+
+/// A `/metrics` answer (Prometheus text).
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The value of the series named exactly `series` (labels included, as rendered); panics,
+    /// showing the scrape, when there is none.
+    pub fn value(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from:\n{}", self.0))
+    }
 }
 
 /// What a client saw next.
