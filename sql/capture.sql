@@ -9,14 +9,20 @@
 --   1. `pgfeed.capture()`, an AFTER ROW trigger on every tracked table, appends the change to
 --      `pgfeed.events`, tagged with its transaction id and its position in the transaction.
 --   2. The transaction's first event queues `pgfeed.stamp()`, a deferred constraint trigger that
---      runs just before commit: under an advisory lock held until the transaction is committed
---      and visible, it draws the next `commit_seq`, records `(seq, txid)` in `pgfeed.commits` and
---      sends `NOTIFY pgfeed` as a wake-up (4.). Seq order is therefore commit order.
+--      runs just before commit, after every change the transaction made: it draws the next
+--      `commit_seq` and records `(seq, txid)` in `pgfeed.commits`. Nothing is held across writers
+--      until the commit, so concurrent commits share their WAL flushes (group commit).
 --   3. Readers ask for commits with seq greater than their cursor, joined to their events,
---      ordered by (seq, pos). NOTIFY carries no data: a missed notification costs latency only.
---   4. The NOTIFY is sent only while some pgfeed listener is idle (waiting for one): under load
---      listeners poll the log instead, and writers skip NOTIFY's queue lock, queue entry and the
---      wake-up of every listening backend (see the end of `pgfeed.stamp()`).
+--      ordered by (seq, pos), and never read past a seq that is not final yet: commits that
+--      happen at the same moment may become visible out of seq order, so the listener settles
+--      each missing seq first (`pgfeed.settle`: waits for its writer, or marks it as never to
+--      commit), and every other read stops at the first seq without a row (`pgfeed.contiguous`).
+--      Seq order is commit order wherever order can matter: a transaction that read or
+--      overwrote another's changes draws its seq after that one committed.
+--   4. NOTIFY carries no data: a missed notification costs latency only. It is sent only while
+--      some pgfeed listener is idle (waiting for one): under load listeners poll the log instead,
+--      and writers skip NOTIFY's queue lock (held through their commit), queue entry and the
+--      wake-up of every listening backend (see `pgfeed.draw()`).
 
 -- Serialize concurrent installers (several servers starting at once). Run inside one
 -- transaction (`psql -1`), so the lock is held to the end of the file.
@@ -34,7 +40,7 @@ create table if not exists pgfeed.meta (
 );
 insert into pgfeed.meta default values on conflict do nothing;
 
--- Numbers commits, not rows. Drawn only under the stamp lock, hence in commit order.
+-- Numbers commits, not rows. Drawn at commit, after the transaction's last change.
 create sequence if not exists pgfeed.commit_seq;
 
 create table if not exists pgfeed.commits (
@@ -42,8 +48,10 @@ create table if not exists pgfeed.commits (
     txid         xid8 not null,
     committed_at timestamptz not null
 );
--- Only the primary key: an insert here is inside the stamp's serialized section, and no reader
--- looks commits up by txid or time (retention walks them in seq order, which is commit order).
+-- Only the primary key, which also makes a seq's row the claim on it: a writer whose insert finds
+-- the seq taken draws again, and a reader claiming a missing seq waits for a writer that holds
+-- it. A row of txid 0 marks a seq that never committed. No reader looks commits up by txid or
+-- time (retention walks them in seq order).
 drop index if exists pgfeed.commits_committed_at;
 alter table pgfeed.commits drop constraint if exists commits_txid_key;
 
@@ -161,48 +169,162 @@ begin
         rid,
         topics,
         rec);
+
+    -- A change after the transaction's stamp (it stamped early: `set constraints all immediate`,
+    -- or a deferred trigger of the writer's own changed a tracked table after it): the seq is
+    -- drawn again, after this change, so that it still follows every commit this transaction
+    -- may have seen or overwritten since its first stamp. The old seq becomes a hole.
+    if pos operator(pg_catalog.<>) '1' and pg_catalog.current_setting('pgfeed.seq', true) operator(pg_catalog.<>) '' then
+        perform pgfeed.restamp();
+    end if;
     return null;
 end
 $$;
 
 -- The commit stamp. Runs once per transaction (only the first event queues it), just before
--- commit. From the lock on, everything is serialized across all writers until this commit is
--- flushed, so that section is kept to the lock, the sequence, one insert and the notify, in one
--- statement: the statement's executor setup (plan lookup, opening the table) happens before its
--- first row takes the lock, and nothing but the insert itself runs under it. No `set search_path`
--- clause (its save/restore would run inside the section): every function and type name is
--- schema-qualified instead, and the one operator is written `operator(pg_catalog.=)`, so a
--- writer's search_path cannot redirect anything in this security-definer function.
+-- commit, after every change the transaction made. It draws the next `commit_seq` and records
+-- `(seq, txid)` in `pgfeed.commits` in one statement; nothing is held across writers until the
+-- commit, so concurrent commits share their WAL flushes (group commit), as they do without pgfeed.
+--
+-- Why seq order is still commit order (see also `pgfeed.settle`): a transaction that read or
+-- overwrote another's changes did so after that one committed, hence after its seq was drawn,
+-- and draws its own later. Two transactions that commit at the same moment with nothing in common
+-- may become visible in the other order than their seqs; readers never pass a seq whose
+-- transaction is still in flight (its uncommitted row holds the seq's primary-key entry), so
+-- whatever a reader has delivered up to seq N is final.
+--
+-- A drawn seq whose row is missing is claimed by a reader (`pgfeed.settle`) when its writer was
+-- slow to insert it: the insert then finds the claim, and the loop draws again.
+--
+-- No `set search_path` clause: every function and type name is schema-qualified instead, and
+-- the operators are written `operator(pg_catalog.…)`, so a writer's search_path cannot redirect
+-- anything in this security-definer function.
 create or replace function pgfeed.stamp() returns trigger
     language plpgsql
     security definer
 as $$
-declare
-    notified record;
 begin
-    -- In the subquery, which runs before the sequence is drawn (`offset 0` keeps it a separate
-    -- plan node): first make the commit synchronous if it is not (a synchronous_commit=off
-    -- writer would otherwise release the lock before its commit is durable; every other value
-    -- flushes locally, and leaving it alone spares a setting change per commit), then take the
-    -- lock, held until this transaction has committed and become visible (or aborted). The next
-    -- committer waits there, so it draws a larger seq only once this one can be read.
-    insert into pgfeed.commits (seq, txid, committed_at)
-    select pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp()
-    from (select case when pg_catalog.current_setting('synchronous_commit') operator(pg_catalog.=) 'off'
-                      then pg_catalog.set_config('synchronous_commit', 'on', true) end,
-                 pg_catalog.pg_advisory_xact_lock(7133002)
-          offset 0) as locked
-    -- The wake-up, only if some listener waits for one: idle listeners hold advisory lock 7133003
-    -- shared (on their LISTEN session), so the try below fails exactly when one does, or is about
-    -- to (a waiting request counts). When it succeeds, no listener is idle (all of them poll the
-    -- log, a read every few milliseconds, under load), and this transaction holds the lock
-    -- until it has committed and become visible: a listener going idle waits for that, and its
-    -- read after taking the lock sees this commit. Under the stamp lock, so uncontended among
-    -- writers.
-    returning case when pg_catalog.pg_try_advisory_xact_lock(7133003) then null
-                   else pg_catalog.pg_notify('pgfeed', seq::pg_catalog.text) end
-    into notified;
+    -- A synchronous_commit=off writer would otherwise acknowledge, and be read, before its commit
+    -- is durable; every other value flushes locally, and leaving it alone spares a setting change.
+    if pg_catalog.current_setting('synchronous_commit') operator(pg_catalog.=) 'off' then
+        perform pg_catalog.set_config('synchronous_commit', 'on', true);
+    end if;
+    perform pgfeed.draw();
     return null;
+end
+$$;
+
+-- Draws this transaction's seq and writes its commit row; then the wake-up, only if some listener
+-- waits for one (idle listeners hold advisory lock 7133003 shared, on their LISTEN session; the
+-- try below holds it for the length of one expression). When no listener waits, all of them poll
+-- the log (under load, a read every few milliseconds); a listener going idle takes the lock, then
+-- waits for every commit in flight (`lock table pgfeed.commits in share mode`), so its read after
+-- that sees the commits that sent no NOTIFY.
+create or replace function pgfeed.draw() returns void
+    language plpgsql
+    security definer
+as $$
+declare
+    s pg_catalog.int8;
+    idle pg_catalog.bool;
+begin
+    loop
+        insert into pgfeed.commits (seq, txid, committed_at)
+        values (pg_catalog.nextval('pgfeed.commit_seq'), pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp())
+        on conflict do nothing
+        returning seq into s;
+        exit when s is not null;
+    end loop;
+    perform pg_catalog.set_config('pgfeed.seq', s::pg_catalog.text, true);
+    idle := case when pg_catalog.pg_try_advisory_lock(7133003)
+                 then not pg_catalog.pg_advisory_unlock(7133003)
+                 else true end;
+    if idle then
+        perform pg_catalog.pg_notify('pgfeed', s::pg_catalog.text);
+    end if;
+end
+$$;
+
+-- A change after the transaction's stamp: its commit row moves to a new seq.
+create or replace function pgfeed.restamp() returns void
+    language plpgsql
+    security definer
+as $$
+begin
+    delete from pgfeed.commits
+    where seq operator(pg_catalog.=) pg_catalog.current_setting('pgfeed.seq')::pg_catalog.int8
+      and txid operator(pg_catalog.=) pg_catalog.pg_current_xact_id();
+    perform pgfeed.draw();
+end
+$$;
+
+-- Only the triggers (running as the owner) draw and move commit rows.
+revoke execute on function pgfeed.draw(), pgfeed.restamp() from public;
+
+-- For readers: the last seq of the unbroken run of commit rows from `from_seq` on, in the
+-- caller's snapshot (`from_seq` itself when the next one is missing). Every seq up to what it
+-- returns is final, provided none up to `from_seq` can still commit (`pgfeed.settle` made sure).
+-- plpgsql, so its plans are cached per session; unless every seq up to the newest has its row,
+-- it counts whole stretches of 1024 seqs through the primary key, then steps one seq at a time
+-- through the last one. It looks at most 65,536 seqs past `from_seq` (a read takes at most a page
+-- of events anyway; the next read goes on).
+create or replace function pgfeed.contiguous(from_seq bigint) returns bigint
+    language plpgsql
+    stable
+as $$
+declare
+    upto bigint := from_seq;
+    stop bigint := from_seq + 65536;
+    newest bigint := (select max(seq) from pgfeed.commits);
+begin
+    -- The usual case, at the listener's position: every seq up to the newest has its row.
+    if newest is null or newest <= from_seq then
+        return from_seq;
+    elsif newest <= stop
+          and (select count(*) from pgfeed.commits where seq > from_seq and seq <= newest) = newest - from_seq then
+        return newest;
+    end if;
+    while upto < stop
+          and (select count(*) from pgfeed.commits where seq > upto and seq <= upto + 1024) = 1024 loop
+        upto := upto + 1024;
+    end loop;
+    while upto < stop and exists (select from pgfeed.commits where seq = upto + 1) loop
+        upto := upto + 1;
+    end loop;
+    return upto;
+end
+$$;
+
+-- The listener's step when a read found a seq missing below the newest commit: from `after` (up
+-- to which every seq is final), the highest seq up to which every seq is final now. A missing seq
+-- below the newest commit is either in flight (its writer's uncommitted row holds the primary-key
+-- entry: the insert below waits for that writer, up to `wait_ms`, and then finds its row) or will
+-- never commit (its transaction aborted, or its writer has not inserted it yet: the insert below
+-- claims it with a row of txid 0, and a late writer draws again). Returns at the first seq still
+-- in flight after `wait_ms`.
+create or replace function pgfeed.settle(after bigint, wait_ms int) returns bigint
+    language plpgsql
+as $$
+declare
+    at bigint := after;
+    newest bigint;
+    prev text := current_setting('lock_timeout');
+begin
+    loop
+        at := pgfeed.contiguous(at);
+        newest := (select max(seq) from pgfeed.commits);
+        if newest is null or at >= newest then
+            return at;
+        end if;
+        begin
+            perform set_config('lock_timeout', wait_ms || 'ms', true);
+            insert into pgfeed.commits (seq, txid, committed_at) values (at + 1, '0', clock_timestamp())
+            on conflict do nothing;
+            perform set_config('lock_timeout', prev, true);
+        exception when lock_not_available then
+            return at;
+        end;
+    end loop;
 end
 $$;
 

@@ -89,7 +89,9 @@ impl App {
         crate::db::migrate(&pool).await?;
 
         let epoch = log::epoch(&pool).await.context("reading the log's epoch")?;
-        let head = log::head(&pool).await.context("reading the log's head")?;
+        let head = log::settled_head(&mut *pool.acquire().await?)
+            .await
+            .context("reading the log's head")?;
         let hub = Arc::new(Hub::new(epoch, head));
         let feed = Feed::new(pool.clone(), hub).await.context("loading tracked tables")?;
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {

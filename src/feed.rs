@@ -139,9 +139,10 @@ impl Feed {
         self.hub.epoch().cursor(at)
     }
 
-    /// The current position: just after the newest commit, as the database sees it now.
+    /// The current position: just after the newest final commit, as the database sees it now.
     pub async fn head(&self) -> Result<Position, FeedError> {
-        Ok(log::head(&self.pool).await?.max(self.hub.last()))
+        let last = self.hub.last();
+        Ok(log::head(&self.pool, last.seq).await?.max(last))
     }
 
     /// Up to `limit` events after `after` on any of the checked `topics`, in commit order, each
@@ -154,7 +155,8 @@ impl Feed {
         after: Position,
         limit: i64,
     ) -> Result<(Vec<Delivery>, Position), FeedError> {
-        let (page, newest) = log::read_after_any(&self.pool, after, topics, limit).await?;
+        let known = self.hub.last().seq;
+        let (page, newest) = log::read_after_any(&self.pool, after, topics, limit, known).await?;
         let rows = match page {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,
@@ -270,7 +272,7 @@ impl Subscriptions {
                 // even if the listener has not relayed it yet. Registering first, then reading
                 // the head, means everything after the head arrives through the queue.
                 let (last, _) = hub.subscribe(topic, &self.outbox, None);
-                let now = match log::head(&self.feed.pool).await {
+                let now = match log::head(&self.feed.pool, last.seq).await {
                     Ok(head) => head.max(last),
                     Err(e) => {
                         hub.unsubscribe(topic, &self.outbox);
@@ -327,7 +329,8 @@ impl Subscriptions {
 
     /// Emits one page of the topic's log after `at`, moving `at`; true when the page was the last.
     async fn catch_up(&self, topic: &str, at: &mut Position, emit: &mut impl Emit) -> Result<bool, FeedError> {
-        let rows = match log::read_after(&self.feed.pool, *at, Some(topic), log::PAGE).await? {
+        let known = self.feed.hub.last().seq;
+        let rows = match log::read_after(&self.feed.pool, *at, Some(topic), log::PAGE, known).await? {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,
         };

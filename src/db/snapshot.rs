@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use super::tracked::Tracked;
 use crate::event::Position;
+use crate::listener::log;
 
 /// What to take a snapshot of.
 #[derive(Debug, Clone, Copy)]
@@ -20,19 +21,43 @@ pub enum Of<'a> {
     Room(i64),
 }
 
+/// Snapshots take their barrier one at a time, so that waiting ones never hold the whole pool.
+static BARRIER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx::Error> {
+    // The snapshot starts while no commit is in flight and none can start (a second connection
+    // waits for them and holds new ones back, for about one commit: `log::hold_commits`): every
+    // commit with a seq up to the newest is then visible in it and final, and none after it, so
+    // the rows below are exactly the log up to there. (Commits that happen at the same moment may
+    // otherwise become visible out of seq order; see sql/capture.sql.)
+    let one_at_a_time = BARRIER.lock().await;
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
+    let give_up = tokio::time::Instant::now() + log::HOLD_PATIENCE;
+    let seq: i64 = loop {
+        let mut barrier = pool.begin().await?;
+        match log::hold_commits(&mut barrier).await {
+            Ok(()) => {}
+            Err(e) if log::is_lock_timeout(&e) && tokio::time::Instant::now() < give_up => {
+                // A transaction that stamped early and stays open: let writers go on meanwhile.
+                barrier.rollback().await?;
+                tokio::time::sleep(log::HOLD_TRY).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+        let seq = sqlx::query_scalar(
+            r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
+        )
+        .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
-    // Every commit with a seq up to this one is visible in this snapshot, and none after it
-    // (seqs are drawn in commit order), so the rows below are exactly the log up to here.
-    let seq: i64 = sqlx::query_scalar(
-        r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
+        barrier.rollback().await?;
+        break seq;
+    };
+    drop(one_at_a_time);
     let data: String = match of {
         Of::Table(t) => {
             let sql = format!(

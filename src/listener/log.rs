@@ -1,10 +1,22 @@
 //! Reading the change log: the listener's relay and every client's resume use these queries.
 //!
-//! Readers ask for events after a [`Position`], ordered by (commit seq, pos). Because seqs are
-//! drawn in commit order under the stamp lock (sql/capture.sql), a reader that has seen seq N
-//! never later finds a commit with a smaller seq: "after my cursor" never skips anything.
+//! Readers ask for events after a [`Position`], ordered by (commit seq, pos). Each transaction
+//! draws its seq at its commit (sql/capture.sql), and transactions committing at the same moment
+//! may become visible out of seq order; so every read stops before the first seq that has no
+//! commit row in its snapshot ([`contiguous`](#bounds)). Up to the listener's position every seq
+//! is final (it settled them: [`settle`]), and beyond it a seq with a row is final, so a reader
+//! that has seen seq N never later finds a commit with a smaller seq: "after my cursor" never
+//! skips anything.
+//!
+//! # Bounds
+//! Every read takes `known`, a seq up to which every seq is known to be final (the hub's last
+//! position, or the listener's settled one), and reads no further than the unbroken run of
+//! commit rows from the greater of it and the reader's cursor (`pgfeed.contiguous`).
 
-use sqlx::{FromRow, PgExecutor, PgPool, Row};
+use std::time::Duration;
+
+use sqlx::{Connection, FromRow, PgConnection, PgExecutor, PgPool, Row};
+use tokio::time::Instant;
 
 use crate::event::{Epoch, LogRow, Position};
 
@@ -36,15 +48,85 @@ pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
     Ok(Epoch::new(&epoch))
 }
 
-/// Just after the newest commit the log holds (or has pruned): where a new reader starts.
-pub async fn head<'e>(db: impl PgExecutor<'e>) -> Result<Position, sqlx::Error> {
+/// How long one try to wait for the commits in flight lasts ([`hold_commits`]). Writers that
+/// stamp meanwhile queue behind it, so it is short: a commit in flight that outlasts it is a
+/// transaction that stamped early (`set constraints all immediate`) and stays open, and the
+/// caller lets writers go on before it tries again.
+pub const HOLD_TRY: Duration = Duration::from_millis(100);
+
+/// How long [`settled_head`] and snapshots keep trying before they give up.
+pub const HOLD_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Just after the newest commit the log holds (or has pruned), with every seq up to it final:
+/// where a listener starts. Waits for the commits in flight ([`hold_commits`]).
+pub async fn settled_head(db: &mut PgConnection) -> Result<Position, sqlx::Error> {
+    let give_up = Instant::now() + HOLD_PATIENCE;
+    loop {
+        let mut tx = db.begin().await?;
+        match hold_commits(&mut tx).await {
+            Ok(()) => {
+                let seq: i64 = sqlx::query_scalar(
+                    r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(Position::end_of(seq));
+            }
+            Err(e) if is_lock_timeout(&e) && Instant::now() < give_up => {
+                tx.rollback().await?;
+                tokio::time::sleep(HOLD_TRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits, in transaction `tx`, up to [`HOLD_TRY`] until no commit that has drawn its seq is in
+/// flight, and holds new ones back until `tx` ends: `lock table pgfeed.commits in share mode`
+/// against the `row exclusive` lock of each stamp's insert, taken before it draws its seq and held
+/// to its commit. Fails with `lock_not_available` ([`is_lock_timeout`]) when that takes longer.
+pub async fn hold_commits(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("set local lock_timeout = {}", HOLD_TRY.as_millis()))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("lock table pgfeed.commits in share mode")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Whether `e` is a lock wait past `lock_timeout` (SQLSTATE 55P03).
+pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
+/// Just after the newest commit that is final, `known` being a seq up to which all are: where a
+/// new subscriber starts.
+pub async fn head<'e>(db: impl PgExecutor<'e>, known: i64) -> Result<Position, sqlx::Error> {
     let seq: i64 = sqlx::query_scalar(
-        r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
+        r#"select greatest(pgfeed.contiguous(greatest($1, m.pruned_upto)), m.pruned_upto, 0) from pgfeed.meta m"#,
     )
+    .bind(known)
     .fetch_one(db)
     .await?;
     Ok(Position::end_of(seq))
 }
+
+/// The listener's step when a read found a seq missing below the newest commit: from `after`
+/// (up to which every seq is final), the highest seq up to which every seq is final now. Waits a
+/// little for commits in flight, and marks seqs that will never commit (`pgfeed.settle`).
+pub async fn settle(db: &mut PgConnection, after: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select pgfeed.settle($1, $2)")
+        .bind(after)
+        .bind(SETTLE_WAIT_MS)
+        .fetch_one(db)
+        .await
+}
+
+/// How long [`settle`] waits for one commit in flight (they take about a WAL flush): past it, the
+/// listener relays what comes before it and looks again at its next read.
+const SETTLE_WAIT_MS: i32 = 50;
 
 fn expired(after: Position, pruned_upto: i64) -> bool {
     pruned_upto > 0 && after < Position::end_of(pruned_upto)
@@ -67,34 +149,58 @@ pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::
     })
 }
 
-/// Up to `limit` events after `after`, in commit order; only those published on `topic` when given.
+/// Up to `limit` events after `after`, in commit order; only those published on `topic` when
+/// given. `known`: see [Bounds](#bounds).
 pub async fn read_after<'e>(
     db: impl PgExecutor<'e>,
     after: Position,
     topic: Option<&str>,
     limit: i64,
+    known: i64,
 ) -> Result<Page, sqlx::Error> {
     let topics = topic.map(|t| [t.to_owned()]);
-    Ok(read(db, after, topics.as_ref().map(|t| t.as_slice()), limit).await?.0)
+    Ok(read(db, after, topics.as_ref().map(|t| t.as_slice()), limit, known)
+        .await?
+        .page)
+}
+
+/// The listener's read: up to `limit` events after `after` (every seq up to `after.seq` being
+/// final); see [`Read`].
+pub async fn read_all(db: &mut PgConnection, after: Position, limit: i64) -> Result<Read, sqlx::Error> {
+    read(db, after, None, limit, after.seq).await
 }
 
 /// Up to `limit` events after `after` published on any of `topics`, in commit order, each event
-/// once (one row per event, whatever the number of its topics that match); and the newest commit
-/// seq of the same snapshot. When fewer than `limit` rows come back, the reader has seen every
-/// matching event up to that seq, so it may resume after it (long-poll's next cursor).
+/// once (one row per event, whatever the number of its topics that match); and the read's bound,
+/// the newest final commit seq of the same snapshot. When fewer than `limit` rows come back, the
+/// reader has seen every matching event up to that seq, so it may resume after it (long-poll's
+/// next cursor).
 pub async fn read_after_any(
     pool: &PgPool,
     after: Position,
     topics: &[String],
     limit: i64,
+    known: i64,
 ) -> Result<(Page, i64), sqlx::Error> {
-    read(pool, after, Some(topics), limit).await
+    let read = read(pool, after, Some(topics), limit, known).await?;
+    Ok((read.page, read.upto))
 }
 
-/// The one log read: up to `limit` events after `after` (on any of `topics`, when given), and the
-/// newest commit seq. The retention check, the newest seq and the read are one statement, hence
-/// one snapshot, so a concurrent prune can never turn into a silent gap: the answer is then
-/// `Expired`.
+/// What one read saw.
+#[derive(Debug)]
+pub struct Read {
+    pub page: Page,
+    /// The bound: every seq up to it is final, and the page holds every matching event up to it
+    /// unless it is full.
+    pub upto: i64,
+    /// The newest commit seq visible to the read; above `upto`, a seq is missing below it.
+    pub newest: i64,
+}
+
+/// The one log read: up to `limit` events after `after` (on any of `topics`, when given), up to
+/// the bound (see [Bounds](#bounds)), and that bound. The retention check, the bound and the read
+/// are one statement, hence one snapshot, so a concurrent prune can never turn into a silent gap
+/// (the answer is then `Expired`), and every commit up to the bound is in what the read sees.
 ///
 /// The read walks commits in seq order and looks up each one's events by (txid, pos), so a page
 /// costs its own size whatever the log holds. A plain join let the planner pick a hash join over
@@ -107,12 +213,19 @@ async fn read<'e>(
     after: Position,
     topics: Option<&[String]>,
     limit: i64,
-) -> Result<(Page, i64), sqlx::Error> {
+    known: i64,
+) -> Result<Read, sqlx::Error> {
     let rows = sqlx::query(
         r#"select m.pruned_upto,
+                  greatest(b.upto, m.pruned_upto, 0) as upto,
                   greatest((select max(seq) from pgfeed.commits), m.pruned_upto, 0) as newest,
                   r.*
            from pgfeed.meta m
+           cross join lateral (
+               -- `offset 0`: computed once, not pulled up into a filter run for every commit row.
+               select pgfeed.contiguous(greatest($1, $5, m.pruned_upto)) as upto
+               offset 0
+           ) b
            left join lateral (
                select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
                       e.data::text as data, c.committed_at
@@ -124,7 +237,7 @@ async fn read<'e>(
                    order by e.pos
                    offset 0
                ) e
-               where c.seq >= $1
+               where c.seq >= $1 and c.seq <= b.upto
                order by c.seq, e.pos
                limit $4
            ) r on true
@@ -134,14 +247,23 @@ async fn read<'e>(
     .bind(after.pos)
     .bind(topics)
     .bind(limit)
+    .bind(known)
     .fetch_all(db)
     .await?;
-    let (pruned, newest): (i64, i64) = match rows.first() {
-        Some(row) => (row.try_get("pruned_upto")?, row.try_get("newest")?),
-        None => (0, 0),
+    let (pruned, upto, newest): (i64, i64, i64) = match rows.first() {
+        Some(row) => (
+            row.try_get("pruned_upto")?,
+            row.try_get("upto")?,
+            row.try_get("newest")?,
+        ),
+        None => (0, 0, 0),
     };
     if expired(after, pruned) {
-        return Ok((Page::Expired, newest));
+        return Ok(Read {
+            page: Page::Expired,
+            upto,
+            newest,
+        });
     }
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -150,7 +272,11 @@ async fn read<'e>(
             events.push(LogRow::from_row(row)?);
         }
     }
-    Ok((Page::Rows(events), newest))
+    Ok(Read {
+        page: Page::Rows(events),
+        upto,
+        newest,
+    })
 }
 
 /// Deletes what is older than `keep`, in small batches; returns the number of commits removed.

@@ -7,14 +7,20 @@
 //! folded by PostgreSQL, therefore costs latency and never data; rows of any size arrive whole
 //! because NOTIFY carries none.
 //!
+//! Commits that happen at the same moment may become visible out of seq order, so the listener
+//! relays no seq before every smaller one is final: when a read finds a seq missing below the
+//! newest commit, it *settles* it (`log::settle`: waits for its writer, or marks it as never to
+//! commit) before it reads on. Its position is therefore final, and other readers bound their
+//! reads by it (see `log`).
+//!
 //! Under load (above `--poll-above` commits per second) a wake-up per commit costs more than it
 //! brings, to writers most of all: so the listener then leaves the *idle set* and polls, reading
 //! the log every [`READ_GAP`], and writers send no NOTIFY while no listener is idle. The idle set
 //! is advisory lock [`IDLE_LOCK`], held shared by every waiting listener on its LISTEN session;
-//! the commit stamp notifies only when its `pg_try_advisory_xact_lock` on that key fails, and
-//! otherwise holds the key until its commit is visible (sql/capture.sql). A listener rejoining
-//! the set waits for such a commit, then reads once more before it waits for wake-ups: nothing
-//! committed without a NOTIFY is left unread.
+//! the commit stamp notifies only when its `pg_try_advisory_lock` on that key fails (and releases
+//! the key at once when it succeeds; sql/capture.sql). A listener joining the set then waits for
+//! every commit in flight, since those may have found the set empty, and reads once more before
+//! it waits for wake-ups: nothing committed without a NOTIFY is left unread.
 
 pub mod log;
 
@@ -52,6 +58,9 @@ const SAFETY_TICK: Duration = Duration::from_secs(5);
 const READ_GAP: Duration = Duration::from_millis(1);
 /// While polling, this many reads in a row that find nothing send the listener back to waiting.
 const EMPTY_POLLS_TO_IDLE: u32 = 5;
+/// After a try to join the idle set failed (a commit in flight outlasted `log::HOLD_TRY`), the
+/// listener polls at least this long before it tries again.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// The commit rate that decides between waiting and polling is measured over this window.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -220,17 +229,21 @@ async fn listen_and_relay(
         let mut reader = PgConnection::connect_with(&options)
             .await
             .context("connecting the listener's log reader")?;
-        // Listening, then in the idle set: writers notify from here on.
         client
-            .batch_execute(&format!(
-                "listen {CHANNEL}; select pg_advisory_lock_shared({IDLE_LOCK})"
-            ))
+            .batch_execute(&format!("listen {CHANNEL}"))
             .await
             .context("LISTEN")?;
+        // Listening, then in the idle set: writers notify from here on. (If commits in flight
+        // keep it from joining, it polls first.)
+        let joined = join_idle_set(&client, &mut reader).await?;
         status.set(true);
         tracing::info!("listener connected");
         // Everything committed before that is read now; everything after it wakes us.
-        relay(&mut reader, hub, metrics).await?;
+        if joined {
+            relay(&mut reader, hub, metrics).await?;
+        } else {
+            poll(&client, &mut reader, hub, metrics, false).await?;
+        }
         let mut tick = tokio::time::interval(SAFETY_TICK);
         let mut rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
         loop {
@@ -241,7 +254,7 @@ async fn listen_and_relay(
                         continue;
                     }
                     if rate.above(Instant::now(), relayed) {
-                        poll(&client, &mut reader, hub, metrics).await?;
+                        poll(&client, &mut reader, hub, metrics, true).await?;
                         rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
                     } else {
                         relay(&mut reader, hub, metrics).await?;
@@ -265,53 +278,96 @@ async fn listen_and_relay(
 
 /// Polls under load: leaves the idle set (writers stop notifying unless another listener waits),
 /// reads the log every [`READ_GAP`] until [`EMPTY_POLLS_TO_IDLE`] reads in a row find nothing,
-/// then rejoins the idle set and reads once more.
+/// then rejoins the idle set and reads once more. `leave`: whether it is in the set now (if not,
+/// a try to join it just failed).
 ///
-/// Rejoining waits for any committing writer that found the set empty (it holds [`IDLE_LOCK`]
-/// until its commit is visible), so the last read sees every commit that sent no NOTIFY; every
-/// later commit notifies. A lost LISTEN session loses its lock with it, and the reconnect reads.
+/// Rejoining waits for every commit in flight (any of them may have found the set empty and sent
+/// no NOTIFY), so the last read sees them all; every later commit notifies. A lost LISTEN session
+/// loses its lock with it, and the reconnect reads.
 async fn poll(
     client: &tokio_postgres::Client,
     reader: &mut PgConnection,
     hub: &Hub,
     metrics: &Metrics,
+    leave: bool,
 ) -> anyhow::Result<()> {
-    client
-        .batch_execute(&format!("select pg_advisory_unlock_shared({IDLE_LOCK})"))
-        .await
-        .context("leaving the idle set")?;
+    if leave {
+        leave_idle_set(client).await?;
+    }
     metrics.listener_polling.set(1);
     metrics.listener_polls.inc();
-    let mut empty = 0;
-    while empty < EMPTY_POLLS_TO_IDLE {
-        let started = Instant::now();
-        let before = hub.last().seq;
-        relay(reader, hub, metrics).await?;
-        empty = if hub.last().seq == before { empty + 1 } else { 0 };
-        tokio::time::sleep_until(started + READ_GAP).await;
+    // Not before this: a failed try to join held writers back for up to `log::HOLD_TRY`.
+    let mut join_after = if leave {
+        Instant::now()
+    } else {
+        Instant::now() + JOIN_RETRY
+    };
+    loop {
+        let mut empty = 0;
+        while empty < EMPTY_POLLS_TO_IDLE || Instant::now() < join_after {
+            let started = Instant::now();
+            let before = hub.last().seq;
+            relay(reader, hub, metrics).await?;
+            empty = if hub.last().seq == before { empty + 1 } else { 0 };
+            tokio::time::sleep_until(started + READ_GAP).await;
+        }
+        if join_idle_set(client, reader).await? {
+            break;
+        }
+        join_after = Instant::now() + JOIN_RETRY;
     }
-    client
-        .batch_execute(&format!("select pg_advisory_lock_shared({IDLE_LOCK})"))
-        .await
-        .context("rejoining the idle set")?;
     metrics.listener_polling.set(0);
     relay(reader, hub, metrics).await
 }
 
-/// Publishes every event after the hub's last position, in log order, a page at a time.
+/// Joins the idle set, then waits for the commits in flight. False (and out of the set again)
+/// when one kept it waiting past `log::HOLD_TRY`: a transaction that stamped early and stays
+/// open; the listener goes on polling.
+async fn join_idle_set(client: &tokio_postgres::Client, reader: &mut PgConnection) -> anyhow::Result<bool> {
+    client
+        .batch_execute(&format!("select pg_advisory_lock_shared({IDLE_LOCK})"))
+        .await
+        .context("joining the idle set")?;
+    let waited = async {
+        let mut tx = reader.begin().await?;
+        log::hold_commits(&mut tx).await?;
+        tx.commit().await
+    }
+    .await;
+    match waited {
+        Ok(()) => Ok(true),
+        Err(e) if log::is_lock_timeout(&e) => {
+            tracing::debug!("a commit in flight kept the listener from waiting for wake-ups; it polls on");
+            leave_idle_set(client).await?;
+            Ok(false)
+        }
+        Err(e) => Err(e).context("waiting for the commits in flight"),
+    }
+}
+
+async fn leave_idle_set(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!("select pg_advisory_unlock_shared({IDLE_LOCK})"))
+        .await
+        .context("leaving the idle set")
+}
+
+/// Publishes every event after the hub's last position, in log order, a page at a time, up to
+/// the newest commit; a seq missing below it is settled first (`log::settle`), and reading stops
+/// before one still in flight after that (the next read goes on from there).
 pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
-        let rows = match log::read_after(&mut *reader, after, None, log::PAGE)
+        let read = log::read_all(&mut *reader, after, log::PAGE)
             .await
-            .context("reading the log")?
-        {
+            .context("reading the log")?;
+        let rows = match read.page {
             log::Page::Rows(rows) => rows,
             log::Page::Expired => {
                 // Only when this server was cut off from the database for longer than the
                 // retention: its subscribers may have missed pruned events, so they must resume
                 // (and will be told to refresh).
-                let head = log::head(&mut *reader).await.context("reading the log head")?;
+                let head = log::settled_head(&mut *reader).await.context("reading the log head")?;
                 tracing::error!(
                     ?after,
                     ?head,
@@ -335,9 +391,18 @@ pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> a
                 None
             }
         }));
-        if !full {
-            // The page held everything committed so far, so its last commit is complete.
-            hub.advance(Position::end_of(hub.last().seq));
+        if full {
+            continue;
+        }
+        // The page held every event up to the bound, so its last commit is complete, and so is
+        // everything up to the bound (commits without events, seqs that never committed).
+        hub.advance(Position::end_of(read.upto));
+        if read.upto >= read.newest {
+            return Ok(());
+        }
+        let settled = log::settle(&mut *reader, read.upto).await.context("settling the log")?;
+        if settled == read.upto {
+            // Still in flight: its commit wakes this listener, or the next poll reads it.
             return Ok(());
         }
     }

@@ -741,35 +741,39 @@ async fn writers_notify_only_while_a_listener_waits_in_the_idle_set() {
     db.psql("insert into studies (label, title) values ('c', 'C')");
     assert!(tokio::time::timeout(quiet, wakes.recv()).await.is_err());
 
-    // A writer that sent no NOTIFY holds the key until its commit, so a listener rejoining the set
-    // waits for that commit (and its read after rejoining sees it). The stamp runs early here
-    // (`set constraints all immediate`), leaving the transaction open after it.
+    // A writer that found the set empty sent no NOTIFY, so a listener joining the set waits for
+    // every commit in flight (`log::wait_for_commits_in_flight`) before its read, which then sees
+    // it. The stamp runs early here (`set constraints all immediate`), leaving the transaction
+    // open after it.
     let (writer, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     writer
         .batch_execute("begin; insert into studies (label, title) values ('d', 'D'); set constraints all immediate")
         .await
         .unwrap();
-    let blocked = listener
-        .batch_execute(&format!(
-            "set lock_timeout = '300ms'; select pg_advisory_lock_shared({idle})"
-        ))
+    listener
+        .batch_execute(&format!("select pg_advisory_lock_shared({idle})"))
         .await
-        .expect_err("rejoining waits for the open writer");
+        .expect("joining the set does not wait");
+    let blocked = listener
+        .batch_execute("begin; set local lock_timeout = '300ms'; lock table pgfeed.commits in share mode")
+        .await
+        .expect_err("waiting for the commits in flight waits for the open writer");
     assert_eq!(
         blocked.code(),
         Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
         "{blocked:?}"
     );
+    listener.batch_execute("rollback").await.unwrap();
     writer.batch_execute("commit").await.unwrap();
     listener
-        .batch_execute(&format!("set lock_timeout = 0; select pg_advisory_lock_shared({idle})"))
+        .batch_execute("begin; lock table pgfeed.commits in share mode; commit")
         .await
-        .expect("rejoined once the writer committed");
+        .expect("nothing in flight once the writer committed");
     assert_eq!(
         db.psql("select count(*) from pgfeed.commits"),
         "4",
-        "the writer's commit is visible to the read after rejoining"
+        "the writer's commit is visible to the read after that"
     );
     assert!(
         tokio::time::timeout(quiet, wakes.recv()).await.is_err(),
@@ -786,12 +790,14 @@ async fn a_polling_listener_relays_every_commit_once_in_order_and_goes_back_to_w
     let mut ws = app.ws().await;
     ws.subscribe("messages").await;
 
-    // Act: 3 bursts of 3 psql writers × 300 single-row commits, 300 ms apart.
+    // Act: 3 bursts of 3 psql writers × 300 single-row commits, 300 ms apart. Each writer sleeps
+    // 1 ms after each commit, so that a burst outlasts the listener's 100 ms rate window
+    // (unpaced, writers on the test cluster can finish a burst within one window).
     const BURSTS: usize = 3;
     const WRITERS: usize = 3;
     const ROWS: usize = 300;
     for b in 0..BURSTS {
-        write_burst(&app.db, WRITERS, b * ROWS..(b + 1) * ROWS, "").await;
+        write_burst(&app.db, WRITERS, b * ROWS..(b + 1) * ROWS, "select pg_sleep(0.001);\n").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
@@ -864,4 +870,161 @@ async fn a_polling_server_and_a_waiting_one_on_one_database_relay_the_same_event
         polling.metrics().await.value("pgfeed_listener_polls_total") >= 1.0,
         "the first server polled"
     );
+}
+
+// Commits are numbered at commit without holding other writers back, so commits made at the same
+// moment may become visible out of seq order. The tests below hold one transaction open after its
+// stamp (`set constraints all immediate` stamps at the end of the statement) to make that moment
+// last as long as they need.
+
+#[tokio::test]
+async fn a_commit_made_while_an_earlier_seq_is_in_flight_waits_for_it_and_both_arrive_in_seq_order() {
+    let app = TestApp::spawn().await;
+    let mut early = app.ws().await;
+    let before = early.subscribe("studies").await["cursor"].as_str().unwrap().to_owned();
+
+    // Arrange: A stamps first and stays open; B commits after it.
+    let mut a = app.db.open_psql();
+    a.run("begin;").await;
+    a.run("insert into studies (label, title) values ('a', 'A');").await;
+    a.run("set constraints all immediate;").await;
+    app.psql("insert into studies (label, title) values ('b', 'B')");
+
+    // Assert: while A is in flight, B is not delivered, to live subscribers nor to one that
+    // subscribes now (its cursor is before A's seq).
+    early.assert_quiet(Duration::from_millis(500)).await;
+    let mut late = app.ws().await;
+    late.subscribe("studies").await;
+    late.assert_quiet(Duration::from_millis(200)).await;
+    // Nor to a long-poll from before both, which reads the log itself.
+    let changes = format!("/api/changes?topics=studies&since={before}&wait=0");
+    let (_, polled) = app.get_json(&changes).await;
+    assert_eq!(polled["events"], json!([]), "{polled}");
+
+    // Act: A commits. All get A, then B, in seq order.
+    a.finish("commit;").await;
+    for ws in [&mut early, &mut late] {
+        let events = ws.events(2).await;
+        let labels: Vec<&str> = events.iter().map(|e| e["data"]["label"].as_str().unwrap()).collect();
+        assert_eq!(labels, ["a", "b"]);
+        assert!(position(&events[0]["cursor"]) < position(&events[1]["cursor"]));
+    }
+    let (_, polled) = app.get_json(&changes).await;
+    let labels: Vec<&str> = polled["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn a_change_made_after_an_early_stamp_moves_the_transaction_after_the_commits_it_followed() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (10, 'shared', 'Before')");
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+
+    // A stamps early; B then changes row 10 and commits; A overwrites B's change and commits.
+    let mut a = app.db.open_psql();
+    a.run("begin;").await;
+    a.run("insert into studies (id, label, title) values (11, 'a', 'A');")
+        .await;
+    a.run("set constraints all immediate;").await;
+    app.psql("update studies set title = 'B' where id = 10");
+    a.run("update studies set title = 'A' where id = 10;").await;
+    a.finish("commit;").await;
+
+    // B's change comes first, then all of A's, so the last event of row 10 is its final state.
+    let events = ws.events(3).await;
+    let seen: Vec<(i64, &str)> = events
+        .iter()
+        .map(|e| (e["data"]["id"].as_i64().unwrap(), e["data"]["title"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [(10, "B"), (11, "A"), (10, "A")]);
+    assert_eq!(app.psql("select title from studies where id = 10"), "A");
+    let positions: Vec<Position> = events.iter().map(|e| position(&e["cursor"])).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    // A's first seq was given up: it is marked as never committed, and nothing else came.
+    assert_eq!(app.psql("select count(*) from pgfeed.commits where txid = '0'"), "1");
+    ws.assert_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn seqs_that_never_commit_are_marked_and_passed_and_a_writer_never_reuses_one() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    ws.subscribe("studies").await;
+    app.psql("insert into studies (label, title) values ('first', 'First')");
+    ws.next_event().await;
+
+    // A stamps, then rolls back; a seq drawn by a writer that never inserts its row (as if it
+    // stalled there) is the other kind of hole.
+    let mut a = app.db.open_psql();
+    a.run("begin;").await;
+    a.run("insert into studies (label, title) values ('rolled back', 'R');")
+        .await;
+    a.run("set constraints all immediate;").await;
+    a.finish("rollback;").await;
+    let stalled = app.psql("select nextval('pgfeed.commit_seq')");
+    app.psql("insert into studies (label, title) values ('after', 'After')");
+    assert_eq!(ws.next_event().await["data"]["label"], "after");
+
+    // The listener marked both holes (txid 0) before it passed them.
+    let stalled: i64 = stalled.parse().unwrap();
+    assert_eq!(
+        app.psql("select string_agg(seq::text, ',' order by seq) from pgfeed.commits where txid = '0'"),
+        format!("{},{stalled}", stalled - 1)
+    );
+    // A writer whose draw lands on a marked seq draws again (sequence set back to before the holes).
+    app.psql(&format!("select setval('pgfeed.commit_seq', {})", stalled - 2));
+    app.psql("insert into studies (label, title) values ('again', 'Again')");
+    let again = ws.next_event().await;
+    assert_eq!(again["data"]["label"], "again");
+    assert_eq!(
+        app.psql("select max(seq) from pgfeed.commits where txid <> '0'"),
+        (stalled + 2).to_string(),
+        "drawn past the holes and 'after'"
+    );
+    ws.assert_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_snapshot_waits_for_a_commit_in_flight_and_the_stream_after_it_neither_misses_nor_repeats() {
+    let app = TestApp::spawn().await;
+
+    // A stamps first and stays open; B commits after it (B's seq is the newest).
+    let mut a = app.db.open_psql();
+    a.run("begin;").await;
+    a.run("insert into studies (id, label, title) values (1, 'a', 'A');")
+        .await;
+    a.run("set constraints all immediate;").await;
+    app.psql("insert into studies (id, label, title) values (2, 'b', 'B')");
+
+    // A snapshot asked now waits for A (taken without it, with B's seq as its cursor, it would
+    // never get A).
+    let mut ws = app.ws().await;
+    ws.send(json!({"action": "subscribe", "topic": "studies", "snapshot": true}))
+        .await;
+    assert!(
+        ws.next_seen_within(Duration::from_millis(300)).await.is_none(),
+        "the snapshot waits for the commit in flight"
+    );
+    a.finish("commit;").await;
+    assert_eq!(ws.next_json().await["type"], "subscribed");
+    let snap = ws.next_json().await;
+    assert_eq!(snap["type"], "snapshot");
+    let labels: Vec<&str> = snap["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["a", "b"]);
+
+    // Then only what came after it.
+    app.psql("insert into studies (id, label, title) values (3, 'c', 'C')");
+    assert_eq!(ws.next_event().await["data"]["label"], "c");
+    ws.assert_quiet(Duration::from_millis(200)).await;
 }

@@ -528,8 +528,8 @@ struct VariantResult {
     /// The writers' wait events (samples), summed over rounds.
     waits: BTreeMap<String, u64>,
     /// Capture only: time between successive commit stamps (`pgfeed.commits.committed_at`, taken
-    /// just after the stamp lock), p10 / p50 / p90 in µs, per round. With writers queued on the
-    /// lock, this is the length of one serialized section.
+    /// as each commit draws its seq), p10 / p50 / p90 in µs, per round: how commits are spaced
+    /// (commits that share a WAL flush stamp close together).
     stamp_gap_us: Vec<[f64; 3]>,
 }
 

@@ -13,6 +13,7 @@ pub mod rest;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
@@ -219,6 +220,78 @@ impl TestDb {
                 String::from_utf8_lossy(&out.stderr)
             );
         })
+    }
+}
+
+/// A `psql` process holding a session (and a transaction, once it began one) open: a writer
+/// outside pgfeed that the test steps through statement by statement.
+pub struct OpenPsql {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    name: String,
+    db: Arc<TestDb>,
+}
+
+impl TestDb {
+    /// Starts `psql` reading statements from stdin; see [`OpenPsql::run`].
+    pub fn open_psql(self: &Arc<Self>) -> OpenPsql {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("open-psql-{}", N.fetch_add(1, Ordering::Relaxed));
+        let mut child = tokio::process::Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url])
+            .env("PGAPPNAME", &name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("running psql");
+        let stdin = child.stdin.take().expect("stdin");
+        OpenPsql {
+            child,
+            stdin,
+            name,
+            db: self.clone(),
+        }
+    }
+}
+
+impl OpenPsql {
+    /// Sends one statement and waits until the session has run it.
+    pub async fn run(&mut self, statement: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{statement}\n").as_bytes())
+            .await
+            .expect("feeding psql");
+        self.stdin.flush().await.expect("feeding psql");
+        let done = format!(
+            "select count(*) from pg_stat_activity where application_name = '{}' and state <> 'active' and query = '{}'",
+            self.name,
+            statement.replace('\'', "''")
+        );
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.db.psql(&done) != "1" {
+            assert!(tokio::time::Instant::now() < deadline, "psql did not run {statement:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends one statement without waiting for it (it may block), then ends the session and waits
+    /// for psql to exit successfully.
+    pub async fn finish(mut self, statement: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{statement}\n").as_bytes())
+            .await
+            .expect("feeding psql");
+        drop(self.stdin);
+        let out = self.child.wait_with_output().await.expect("psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
