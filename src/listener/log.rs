@@ -218,12 +218,27 @@ async fn read<'e>(
     let rows = sqlx::query(
         r#"select m.pruned_upto,
                   greatest(b.upto, m.pruned_upto, 0) as upto,
-                  greatest((select max(seq) from pgfeed.commits), m.pruned_upto, 0) as newest,
+                  greatest(b.newest, m.pruned_upto, 0) as newest,
                   r.*
            from pgfeed.meta m
            cross join lateral (
                -- `offset 0`: computed once, not pulled up into a filter run for every commit row.
-               select pgfeed.contiguous(greatest($1, $5, m.pruned_upto)) as upto
+               -- The usual case, every seq up to the newest has its row, is answered here; only
+               -- otherwise `pgfeed.contiguous` (plpgsql, a call per read) looks for the gap.
+               select case
+                          when n.newest <= n.from_seq then n.from_seq
+                          when n.newest - n.from_seq <= 65536
+                               and (select count(*) from pgfeed.commits
+                                    where seq > n.from_seq and seq <= n.newest) = n.newest - n.from_seq
+                              then n.newest
+                          else pgfeed.contiguous(n.from_seq)
+                      end as upto,
+                      n.newest
+               from (
+                   select greatest($1, $5, m.pruned_upto) as from_seq,
+                          coalesce((select max(seq) from pgfeed.commits), 0) as newest
+                   offset 0
+               ) n
                offset 0
            ) b
            left join lateral (
