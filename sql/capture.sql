@@ -264,10 +264,11 @@ revoke execute on function pgfeed.draw(), pgfeed.restamp() from public;
 -- For readers: the last seq of the unbroken run of commit rows from `from_seq` on, in the
 -- caller's snapshot (`from_seq` itself when the next one is missing). Every seq up to what it
 -- returns is final, provided none up to `from_seq` can still commit (`pgfeed.settle` made sure).
--- plpgsql, so its plans are cached per session; unless every seq up to the newest has its row,
--- it counts whole stretches of 1024 seqs through the primary key, then steps one seq at a time
--- through the last one. It looks at most 65,536 seqs past `from_seq` (a read takes at most a page
--- of events anyway; the next read goes on).
+-- plpgsql, so its plans are cached per session; it counts whole stretches of 1024 seqs through
+-- the primary key, then steps one seq at a time through the last one. It looks at most 65,536
+-- seqs past `from_seq` (a read takes at most a page of events anyway; the next read goes on).
+-- The log read answers the usual case (every seq up to the newest has its row) itself and calls
+-- this only otherwise.
 create or replace function pgfeed.contiguous(from_seq bigint) returns bigint
     language plpgsql
     stable
@@ -275,15 +276,7 @@ as $$
 declare
     upto bigint := from_seq;
     stop bigint := from_seq + 65536;
-    newest bigint := (select max(seq) from pgfeed.commits);
 begin
-    -- The usual case, at the listener's position: every seq up to the newest has its row.
-    if newest is null or newest <= from_seq then
-        return from_seq;
-    elsif newest <= stop
-          and (select count(*) from pgfeed.commits where seq > from_seq and seq <= newest) = newest - from_seq then
-        return newest;
-    end if;
     while upto < stop
           and (select count(*) from pgfeed.commits where seq > upto and seq <= upto + 1024) = 1024 loop
         upto := upto + 1024;

@@ -26,38 +26,22 @@ static BARRIER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx::Error> {
     // The snapshot starts while no commit is in flight and none can start (a second connection
-    // waits for them and holds new ones back, for about one commit: `log::hold_commits`): every
+    // waits for them and holds new ones back, for about one commit: `log::while_commits_held`): every
     // commit with a seq up to the newest is then visible in it and final, and none after it, so
     // the rows below are exactly the log up to there. (Commits that happen at the same moment may
     // otherwise become visible out of seq order; see sql/capture.sql.)
     let one_at_a_time = BARRIER.lock().await;
     let mut tx = pool.begin().await?;
-    let give_up = tokio::time::Instant::now() + log::HOLD_PATIENCE;
-    let seq: i64 = loop {
-        let mut barrier = pool.begin().await?;
-        match log::hold_commits(&mut barrier).await {
-            Ok(()) => {}
-            Err(e) if log::is_lock_timeout(&e) && tokio::time::Instant::now() < give_up => {
-                // A transaction that stamped early and stays open: let writers go on meanwhile.
-                barrier.rollback().await?;
-                tokio::time::sleep(log::HOLD_TRY).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
+    let mut barrier = pool.acquire().await?;
+    let seq = log::while_commits_held(&mut barrier, async |_: &mut sqlx::PgConnection| {
         sqlx::query("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
             .await?;
         sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
-        let seq = sqlx::query_scalar(
-            r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        barrier.rollback().await?;
-        break seq;
-    };
-    drop(one_at_a_time);
+        log::newest_seq(&mut tx).await
+    })
+    .await?;
+    drop((barrier, one_at_a_time));
     let data: String = match of {
         Of::Table(t) => {
             let sql = format!(

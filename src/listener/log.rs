@@ -54,24 +54,42 @@ pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
 /// caller lets writers go on before it tries again.
 pub const HOLD_TRY: Duration = Duration::from_millis(100);
 
-/// How long [`settled_head`] and snapshots keep trying before they give up.
+/// How long [`while_commits_held`] keeps trying before it gives up.
 pub const HOLD_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Just after the newest commit the log holds (or has pruned), with every seq up to it final:
-/// where a listener starts. Waits for the commits in flight ([`hold_commits`]).
+/// where a listener starts. Waits for the commits in flight ([`while_commits_held`]).
 pub async fn settled_head(db: &mut PgConnection) -> Result<Position, sqlx::Error> {
+    let seq = while_commits_held(db, async |held: &mut PgConnection| newest_seq(held).await).await?;
+    Ok(Position::end_of(seq))
+}
+
+/// The newest commit seq the log holds or has pruned (0 for none), as `db` sees it now; final
+/// only while no commit is in flight ([`while_commits_held`]).
+pub async fn newest_seq(db: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// Runs `during` while no commit that has drawn its seq is in flight and none can start: `db`
+/// holds them back ([`hold_commits`]) and hands itself to `during`, in that transaction. A try that
+/// outlasts [`HOLD_TRY`] (a transaction that stamped early and stays open) lets writers go on
+/// for as long before the next; after [`HOLD_PATIENCE`] the lock timeout is returned.
+pub async fn while_commits_held<T>(
+    db: &mut PgConnection,
+    during: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
     let give_up = Instant::now() + HOLD_PATIENCE;
     loop {
         let mut tx = db.begin().await?;
         match hold_commits(&mut tx).await {
             Ok(()) => {
-                let seq: i64 = sqlx::query_scalar(
-                    r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Ok(Position::end_of(seq));
+                let out = during(&mut tx).await?;
+                tx.rollback().await?;
+                return Ok(out);
             }
             Err(e) if is_lock_timeout(&e) && Instant::now() < give_up => {
                 tx.rollback().await?;

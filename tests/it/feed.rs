@@ -6,7 +6,7 @@ use std::time::Duration;
 use pgfeed::event::{CursorCheck, Epoch, Position};
 use serde_json::{json, Value};
 
-use crate::support::{ids, Seen, TestApp, TestDb, PATIENCE};
+use crate::support::{ids, labels, Seen, TestApp, TestDb, PATIENCE};
 
 /// The position inside an (opaque) cursor, to check ordering in tests.
 fn position(cursor: &Value) -> Position {
@@ -183,8 +183,7 @@ async fn resume_with_since_gets_exactly_what_was_missed() {
     let sub = ws.subscribe_since("studies", seen["cursor"].as_str().unwrap()).await;
     assert_eq!(sub["cursor"], seen["cursor"]);
     let missed = ws.events(3).await;
-    let labels: Vec<_> = missed.iter().map(|e| e["data"]["label"].as_str().unwrap()).collect();
-    assert_eq!(labels, ["b", "c", "a"]);
+    assert_eq!(labels(&missed), ["b", "c", "a"]);
     ws.assert_quiet(Duration::from_millis(300)).await;
 
     // And it goes on live.
@@ -598,6 +597,14 @@ async fn a_writer_without_rights_on_the_pgfeed_schema_is_captured() {
         )),
         "f|f"
     );
+    // Only the triggers (as their owner) draw or move commit rows; nobody else may call those.
+    assert_eq!(
+        app.psql(&format!(
+            "select has_function_privilege('{role}', 'pgfeed.draw()', 'execute'), \
+                    has_function_privilege('{role}', 'pgfeed.restamp()', 'execute')"
+        )),
+        "f|f"
+    );
     let mut ws = app.ws().await;
     ws.subscribe("tickets").await;
     app.psql(&format!(
@@ -905,18 +912,11 @@ async fn a_commit_made_while_an_earlier_seq_is_in_flight_waits_for_it_and_both_a
     a.finish("commit;").await;
     for ws in [&mut early, &mut late] {
         let events = ws.events(2).await;
-        let labels: Vec<&str> = events.iter().map(|e| e["data"]["label"].as_str().unwrap()).collect();
-        assert_eq!(labels, ["a", "b"]);
+        assert_eq!(labels(&events), ["a", "b"]);
         assert!(position(&events[0]["cursor"]) < position(&events[1]["cursor"]));
     }
     let (_, polled) = app.get_json(&changes).await;
-    let labels: Vec<&str> = polled["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"]["label"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, ["a", "b"]);
+    assert_eq!(labels(polled["events"].as_array().unwrap()), ["a", "b"]);
 }
 
 #[tokio::test]
@@ -1027,4 +1027,49 @@ async fn a_snapshot_waits_for_a_commit_in_flight_and_the_stream_after_it_neither
     app.psql("insert into studies (id, label, title) values (3, 'c', 'C')");
     assert_eq!(ws.next_event().await["data"]["label"], "c");
     ws.assert_quiet(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_snapshot_behind_a_commit_in_flight_for_too_long_fails_and_writers_go_on_meanwhile() {
+    let app = TestApp::spawn().await;
+    let mut a = app.db.open_psql();
+    a.run("begin;").await;
+    a.run("insert into studies (id, label, title) values (1, 'a', 'A');")
+        .await;
+    a.run("set constraints all immediate;").await;
+
+    let mut ws = app.ws().await;
+    let asked = std::time::Instant::now();
+    ws.send(json!({"action": "subscribe", "topic": "studies", "snapshot": true, "id": 7}))
+        .await;
+    // While the snapshot waits, its tries to hold commits back last 100 ms each: other writers
+    // get through between them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.psql("insert into studies (id, label, title) values (2, 'b', 'B')");
+    assert!(
+        ws.next_seen_within(Duration::from_millis(200)).await.is_none(),
+        "the writer got through while the snapshot still waited"
+    );
+
+    // It gives up after `log::HOLD_PATIENCE`, with an error, and the connection stays usable.
+    let answer = match ws
+        .next_seen_within(pgfeed::listener::log::HOLD_PATIENCE + PATIENCE)
+        .await
+    {
+        Some(Seen::Frame(v)) => v,
+        other => panic!("expected an error frame, got {other:?}"),
+    };
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str(), answer["id"].as_i64()),
+        (Some("error"), Some("unavailable"), Some(7)),
+        "{answer}"
+    );
+    assert!(
+        asked.elapsed() >= pgfeed::listener::log::HOLD_PATIENCE,
+        "{:?}",
+        asked.elapsed()
+    );
+    ws.send(json!({"action": "ping"})).await;
+    assert_eq!(ws.next_json().await["type"], "pong");
+    a.finish("rollback;").await;
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{ids, TestApp, TestDb, PATIENCE};
+use crate::support::{ids, labels, TestApp, TestDb, PATIENCE};
 
 fn cursor(v: &Value) -> &str {
     v["cursor"].as_str().expect("a cursor")
@@ -21,13 +21,11 @@ async fn without_since_it_answers_at_once_with_the_current_cursor() {
     let (_, v) = app
         .get_json(&format!("/api/changes?topics=studies&since={}", cursor(&v)))
         .await;
-    let labels: Vec<_> = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"]["label"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, ["new"], "only what came after the cursor");
+    assert_eq!(
+        labels(v["events"].as_array().unwrap()),
+        ["new"],
+        "only what came after the cursor"
+    );
     // The answer is written out by hand around the stored frames: still JSON, labelled as such.
     let reply = app
         .get(&format!("/api/changes?topics=studies&since={}&wait=0", cursor(&v)))

@@ -718,3 +718,11 @@ impl SseClient {
 pub fn ids(events: &[Value]) -> Vec<i64> {
     events.iter().map(|e| e["id"].as_i64().expect("numeric id")).collect()
 }
+
+/// The `label` of each event's row (studies), in order.
+pub fn labels(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["data"]["label"].as_str().expect("a label"))
+        .collect()
+}
