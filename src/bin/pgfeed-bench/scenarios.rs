@@ -24,7 +24,7 @@ const DRAIN: Duration = Duration::from_secs(60);
 /// The writers' row: its body is the writer's timestamp (µs since the epoch), taken by the
 /// INSERT itself just before its commit, on the machine's one clock.
 const INSERT_STAMPED: &str = r#"insert into messages (study_id, author, body)
-    values ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint::text) returning id"#;
+    values ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint::text) returning id, body"#;
 
 pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Result<()> {
     let binary = setup::pgfeed_binary(args.pgfeed.as_deref())?;
@@ -106,6 +106,8 @@ struct Written {
     last_commit_us: i64,
     /// Largest delay of a paced insert behind its schedule.
     max_behind: Duration,
+    /// Per row: the writer's own commit, from its row stamp to the acknowledgement (µs).
+    commits_us: Vec<u32>,
 }
 
 async fn write(db: &BenchDb, writers: usize, study: i64, load: Load) -> anyhow::Result<Written> {
@@ -120,6 +122,7 @@ async fn write(db: &BenchDb, writers: usize, study: i64, load: Load) -> anyhow::
                 let stmt = client.prepare(INSERT_STAMPED).await?;
                 let author = format!("w{k}");
                 let mut ids = Vec::new();
+                let mut commits_us = Vec::new();
                 let mut behind = Duration::ZERO;
                 let mut last = 0;
                 for i in 0.. {
@@ -139,10 +142,12 @@ async fn write(db: &BenchDb, writers: usize, study: i64, load: Load) -> anyhow::
                         }
                     }
                     let row = client.query_one(&stmt, &[&study, &author]).await?;
-                    ids.push(row.get::<_, i64>(0));
                     last = now_us();
+                    ids.push(row.get::<_, i64>(0));
+                    let stamp: i64 = row.get::<_, &str>(1).parse()?;
+                    commits_us.push(u32::try_from(last - stamp).unwrap_or(u32::MAX));
                 }
-                anyhow::Ok((ids, last, behind))
+                anyhow::Ok((ids, last, behind, commits_us))
             })
         })
         .collect();
@@ -151,10 +156,12 @@ async fn write(db: &BenchDb, writers: usize, study: i64, load: Load) -> anyhow::
         first_us,
         last_commit_us: 0,
         max_behind: Duration::ZERO,
+        commits_us: Vec::new(),
     };
     for task in tasks {
-        let (ids, last, behind) = task.await??;
+        let (ids, last, behind, commits_us) = task.await??;
         written.ids.extend(ids);
+        written.commits_us.extend(commits_us);
         written.last_commit_us = written.last_commit_us.max(last);
         written.max_behind = written.max_behind.max(behind);
     }
@@ -210,7 +217,7 @@ async fn stream_scenario(
     eprintln!("pgfeed-bench: writing ({load:?}, {} writers)", args.writers);
     let cpu0 = server.cpu_time();
     let own0 = setup::cpu_time("self");
-    let written = write(db, args.writers, study, load).await?;
+    let mut written = write(db, args.writers, study, load).await?;
     target_tx.send_replace(Some(written.ids.len()));
     let mut tallies: Vec<Tally> = Vec::with_capacity(n);
     for r in receivers {
@@ -221,6 +228,7 @@ async fn stream_scenario(
 
     let rows = written.ids.len();
     let expected = rows * n;
+    let commit = Percentiles::of(std::mem::take(&mut written.commits_us));
     let delivered: usize = tallies.iter().map(|t| t.ids.len()).sum();
     let (mut lost, mut doubled) = (0, 0);
     for t in &tallies {
@@ -283,6 +291,7 @@ async fn stream_scenario(
         ),
         ("latency (receive − row stamp)".to_owned(), lat.text()),
         ("of which receive − committed_at".to_owned(), relay.text()),
+        ("writer's commit (ack − row stamp)".to_owned(), commit.text()),
         ("last commit → last delivery".to_owned(), format!("{tail_ms:.1} ms")),
         (
             "pgfeed CPU".to_owned(),
@@ -312,7 +321,7 @@ async fn stream_scenario(
         "rows_per_s": report::round(rows as f64 / write_s.max(1e-9)),
         "deliveries": delivered, "expected": expected, "deliveries_per_s": per_s.round(),
         "lost": lost, "doubled": doubled, "out_of_order": out_of_order,
-        "latency": lat.json(), "relay_latency": relay.json(), "tail_ms": report::round(tail_ms),
+        "latency": lat.json(), "relay_latency": relay.json(), "commit_latency": commit.json(), "tail_ms": report::round(tail_ms),
         "server_cpu_s": report::round(cpu.as_secs_f64()),
         "bench_cpu_s": report::round(own.as_secs_f64()), "closed": closed,
         "machine": machine(db).await, "meets_target": ok,
@@ -441,6 +450,7 @@ async fn catchup(rows: usize, args: &Args, db: &BenchDb, server: &Server) -> any
     expected.sort_unstable();
 
     let mut ws = client::connect(server.addr, 1).await?;
+    eprintln!("pgfeed-bench: replaying {rows} events");
     let t0 = Instant::now();
     client::subscribe(&mut ws, "messages", Some(&since)).await?;
     let (target_tx, target_rx) = watch::channel(Some(rows));
