@@ -9,8 +9,6 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
-use serde_json::value::RawValue;
 
 /// A place in the log: commit `seq` (in commit order), event `pos` within that commit.
 /// Ordered by seq, then pos. `pos = i32::MAX` means "after every event of commit `seq`".
@@ -120,11 +118,10 @@ impl<'a> Topic<'a> {
 pub struct TopicError;
 
 /// One change as read from the log (`listener::log`).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct LogRow {
     pub seq: i64,
     pub pos: i32,
-    #[sqlx(rename = "type")]
     pub kind: String,
     pub tbl: String,
     pub op: String,
@@ -147,60 +144,99 @@ pub struct Event {
     pub committed_at: DateTime<Utc>,
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    topic: &'a str,
-    cursor: &'a str,
-    table: &'a str,
-    op: &'a str,
-    id: &'a RawValue,
-    data: &'a RawValue,
-    committed_at: &'a str,
-}
-
 impl Event {
-    pub fn from_row(row: LogRow, epoch: &Epoch) -> Result<Self, serde_json::Error> {
+    /// The event of a log row, with its frame for each of its topics. A frame is
+    /// `{"type","topic","cursor","table","op","id","data","committed_at"}`; only `topic` differs
+    /// between them, so the rest is written once. `id` and `data` are copied in as the database
+    /// wrote them (its JSON types accept only valid JSON), not parsed again.
+    pub fn from_row(row: LogRow, epoch: &Epoch) -> Self {
         let at = Position {
             seq: row.seq,
             pos: row.pos,
         };
-        let cursor = epoch.cursor(at);
         let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-        // The database wrote these as jsonb, so they are valid JSON; RawValue keeps them as text.
-        let id: &RawValue = serde_json::from_str(&row.row_id)?;
-        let data: &RawValue = serde_json::from_str(&row.data)?;
+        let mut head = String::with_capacity(16 + row.kind.len());
+        head.push_str(r#"{"type":"#);
+        push_json_str(&mut head, &row.kind);
+        head.push_str(r#","topic":"#);
+        let mut tail = String::with_capacity(96 + row.tbl.len() + row.row_id.len() + row.data.len());
+        tail.push_str(r#","cursor":"#);
+        push_json_str(&mut tail, &epoch.cursor(at));
+        tail.push_str(r#","table":"#);
+        push_json_str(&mut tail, &row.tbl);
+        tail.push_str(r#","op":"#);
+        push_json_str(&mut tail, &row.op);
+        tail.push_str(r#","id":"#);
+        tail.push_str(&row.row_id);
+        tail.push_str(r#","data":"#);
+        tail.push_str(&row.data);
+        tail.push_str(r#","committed_at":"#);
+        push_json_str(&mut tail, &committed_at);
+        tail.push('}');
         let frames = row
             .topics
             .iter()
             .map(|topic| {
-                let wire = Wire {
-                    kind: &row.kind,
-                    topic,
-                    cursor: &cursor,
-                    table: &row.tbl,
-                    op: &row.op,
-                    id,
-                    data,
-                    committed_at: &committed_at,
-                };
-                serde_json::to_string(&wire).map(Utf8Bytes::from)
+                let mut frame = String::with_capacity(head.len() + topic.len() + 2 + tail.len());
+                frame.push_str(&head);
+                push_json_str(&mut frame, topic);
+                frame.push_str(&tail);
+                Utf8Bytes::from(frame)
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Event {
+            .collect();
+        Event {
             at,
             kind: row.kind,
             topics: row.topics,
             frames,
             committed_at: row.committed_at,
-        })
+        }
+    }
+
+    /// `row` as published on its `i`-th topic alone: what a backlog read for one stream needs (the
+    /// other topics' frames would be serialized for nothing).
+    pub fn from_row_on(mut row: LogRow, i: usize, epoch: &Epoch) -> Self {
+        row.topics.swap(0, i);
+        row.topics.truncate(1);
+        Self::from_row(row, epoch)
     }
 
     /// Index of `topic` in this event's topics, if it is published there.
     pub fn topic_index(&self, topic: &str) -> Option<usize> {
         self.topics.iter().position(|t| t == topic)
     }
+}
+
+/// Appends `s` as a JSON string, quoted and escaped as `serde_json` does it.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut done = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every byte escaped is ASCII, so `i` is a char boundary.
+        out.push_str(&s[done..i]);
+        if escaped.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escaped);
+        }
+        done = i + 1;
+    }
+    out.push_str(&s[done..]);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -275,8 +311,12 @@ mod tests {
             data: r#"{"id": 5, "body": "hi"}"#.into(),
             committed_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
         };
-        let ev = Event::from_row(row, &Epoch::new("e1")).unwrap();
+        let ev = Event::from_row(row, &Epoch::new("e1"));
         assert_eq!(ev.frames.len(), 3);
+        assert_eq!(
+            ev.frames[0].as_str(),
+            r#"{"type":"message_created","topic":"messages","cursor":"e1-7-2","table":"messages","op":"insert","id":5,"data":{"id": 5, "body": "hi"},"committed_at":"2023-11-14T22:13:20.123456Z"}"#
+        );
         let v: serde_json::Value = serde_json::from_str(ev.frames[2].as_str()).unwrap();
         assert_eq!(v["topic"], "studies:1");
         assert_eq!(v["cursor"], "e1-7-2");
@@ -303,6 +343,13 @@ mod fuzz {
                 prop_assert!(at.seq >= 0 && at.pos >= 0);
                 prop_assert_eq!(epoch.parse_cursor(&epoch.cursor(at)), Ok(CursorCheck::Ours(at)));
             }
+        }
+
+        #[test]
+        fn strings_in_frames_are_escaped_as_serde_json_escapes_them(s in "\\PC{0,40}|[\\x00-\\x7f]{0,40}") {
+            let mut out = String::new();
+            push_json_str(&mut out, &s);
+            prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
         }
 
         #[test]

@@ -28,9 +28,9 @@ pub enum FeedError {
     Refresh(&'static str),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
-    /// The log held something that is not an event (never expected: the log is jsonb).
-    #[error("unreadable event in the log: {0}")]
-    Corrupt(String),
+    /// A server-side mistake (never expected), such as a snapshot handed to SSE.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The client's connection failed while we were sending; nothing more to do for it.
     #[error("connection closed")]
     Gone,
@@ -166,9 +166,16 @@ impl Feed {
         let mut next = after;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let event = Event::from_row(row, epoch).map_err(|e| FeedError::Corrupt(e.to_string()))?;
-            next = event.at;
-            out.extend(first_delivery(Arc::new(event), topics));
+            next = Position {
+                seq: row.seq,
+                pos: row.pos,
+            };
+            // Only the frame this stream sends: see `first_delivery`.
+            let Some(i) = row.topics.iter().position(|t| topics.contains(t)) else {
+                continue;
+            };
+            let event = Event::from_row_on(row, i, epoch);
+            out.push(Delivery::new(Arc::new(event), 0));
         }
         if !full {
             next = next.max(Position::end_of(newest));
@@ -293,10 +300,8 @@ impl Subscriptions {
                 at
             }
         };
-        while !hub.covers(at) {
-            if self.catch_up(topic, &mut at, emit).await? {
-                break;
-            }
+        if !hub.covers(at) {
+            self.catch_up(topic, &mut at, emit, |at| !hub.covers(at)).await?;
         }
         let (_, backlog) = hub.subscribe(topic, &self.outbox, Some(at));
         let rest = async {
@@ -310,7 +315,7 @@ impl Subscriptions {
                     }
                     emit.flush().await?;
                 }
-                Backlog::Log => while !self.catch_up(topic, &mut at, emit).await? {},
+                Backlog::Log => self.catch_up(topic, &mut at, emit, |_| true).await?,
             }
             Ok(())
         }
@@ -327,25 +332,50 @@ impl Subscriptions {
         }
     }
 
-    /// Emits one page of the topic's log after `at`, moving `at`; true when the page was the last.
-    async fn catch_up(&self, topic: &str, at: &mut Position, emit: &mut impl Emit) -> Result<bool, FeedError> {
+    /// Emits the topic's log after `at` page by page, moving `at`, up to the last page or until
+    /// `more(at)` says stop after a full one. While a page is sent the next is read, so the
+    /// database and the socket work at the same time.
+    async fn catch_up(
+        &self,
+        topic: &str,
+        at: &mut Position,
+        emit: &mut impl Emit,
+        more: impl Fn(Position) -> bool,
+    ) -> Result<(), FeedError> {
+        let mut page = self.page(topic, *at).await?;
+        loop {
+            let end = page.events.last().map_or(*at, Delivery::at);
+            if !(page.full && more(end)) {
+                send(page.events, emit).await?;
+                *at = end;
+                return Ok(());
+            }
+            let (next, sent) = tokio::join!(self.page(topic, end), send(page.events, emit));
+            sent?;
+            page = next?;
+            *at = end;
+        }
+    }
+
+    /// One page of the topic's log after `at`. Each event carries only its frame for `topic`:
+    /// its other topics' frames would be serialized for nothing.
+    async fn page(&self, topic: &str, at: Position) -> Result<LogPage, FeedError> {
         let known = self.feed.hub.last().seq;
-        let rows = match log::read_after(&self.feed.pool, *at, Some(topic), log::PAGE, known).await? {
+        let rows = match log::read_after(&self.feed.pool, at, Some(topic), log::PAGE, known).await? {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,
         };
-        let last_page = (rows.len() as i64) < log::PAGE;
-        let epoch = self.feed.hub.epoch().clone();
+        let full = rows.len() as i64 >= log::PAGE;
+        let epoch = self.feed.hub.epoch();
+        let mut events = Vec::with_capacity(rows.len());
         for row in rows {
-            let event = Event::from_row(row, &epoch).map_err(|e| FeedError::Corrupt(e.to_string()))?;
-            let Some(i) = event.topic_index(topic) else {
+            let Some(i) = row.topics.iter().position(|t| t == topic) else {
                 continue;
             };
-            *at = event.at;
-            emit.emit(Item::Event(Delivery::new(Arc::new(event), i))).await?;
+            let event = Event::from_row_on(row, i, epoch);
+            events.push(Delivery::new(Arc::new(event), 0));
         }
-        emit.flush().await?;
-        Ok(last_page)
+        Ok(LogPage { events, full })
     }
 
     /// Subscribes to several checked topics as one stream in commit order (SSE, long-poll), with
@@ -391,10 +421,9 @@ impl Subscriptions {
             emit.emit(Item::Subscribed(from)).await?;
             // `read` is how far the log has been read; what was sent is tracked by `accept`.
             let mut read = from;
-            while !hub.covers(read) {
-                if self.catch_up_merged(topics, &mut read, emit).await? {
-                    break;
-                }
+            if !hub.covers(read) {
+                self.catch_up_merged(topics, &mut read, emit, |at| !hub.covers(at))
+                    .await?;
             }
             let mut ring = Vec::new();
             let mut from_log = false;
@@ -406,7 +435,7 @@ impl Subscriptions {
                 }
             }
             if from_log {
-                while !self.catch_up_merged(topics, &mut read, emit).await? {}
+                self.catch_up_merged(topics, &mut read, emit, |_| true).await?;
             } else {
                 ring.sort_by_key(|e| e.at);
                 ring.dedup_by_key(|e| e.at);
@@ -434,22 +463,30 @@ impl Subscriptions {
         self.once = Some(at);
     }
 
-    /// Emits one page of the log after `read` for all `topics`, moving `read`; true when it was the last.
+    /// [`Self::catch_up`] for all `topics` as one stream: emits the log after `read`, moving
+    /// `read`, each event once; what was sent is tracked by [`Self::accept`].
     async fn catch_up_merged(
         &mut self,
         topics: &[String],
         read: &mut Position,
         emit: &mut impl Emit,
-    ) -> Result<bool, FeedError> {
-        let (events, _) = self.feed.changes(topics, *read, log::PAGE).await?;
-        let last_page = (events.len() as i64) < log::PAGE;
-        for d in events {
-            *read = d.at();
-            if self.accept(&d) {
-                emit.emit(Item::Event(d)).await?;
+        more: impl Fn(Position) -> bool,
+    ) -> Result<(), FeedError> {
+        let mut page = self.feed.changes(topics, *read, log::PAGE).await?.0;
+        loop {
+            let end = page.last().map_or(*read, Delivery::at);
+            let full = page.len() as i64 >= log::PAGE;
+            let fresh: Vec<Delivery> = page.into_iter().filter(|d| self.accept(d)).collect();
+            if !(full && more(end)) {
+                send(fresh, emit).await?;
+                *read = end;
+                return Ok(());
             }
+            let (next, sent) = tokio::join!(self.feed.changes(topics, end, log::PAGE), send(fresh, emit));
+            sent?;
+            page = next?.0;
+            *read = end;
         }
-        Ok(last_page)
     }
 
     pub fn remove(&mut self, topic: &str) -> bool {
@@ -483,6 +520,22 @@ impl Subscriptions {
             *sent = (*sent).max(at);
         }
     }
+}
+
+/// A page of backlog read from the log.
+struct LogPage {
+    events: Vec<Delivery>,
+    /// The read was a full page: more may follow.
+    full: bool,
+}
+
+/// Emits a page of backlog, then flushes it: one socket write for the page where the transport
+/// buffers.
+async fn send(events: Vec<Delivery>, emit: &mut impl Emit) -> Result<(), FeedError> {
+    for d in events {
+        emit.emit(Item::Event(d)).await?;
+    }
+    emit.flush().await
 }
 
 /// `event` as delivered on a stream of several topics that sends each event once: on the first

@@ -274,7 +274,7 @@ mod tests {
             data: "{}".into(),
             committed_at: chrono::Utc::now(),
         };
-        Event::from_row(row, &Epoch::new("e")).unwrap()
+        Event::from_row(row, &Epoch::new("e"))
     }
 
     #[test]

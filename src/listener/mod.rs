@@ -383,14 +383,7 @@ pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> a
             metrics.last_relayed_seq.set(last.seq);
         }
         let epoch = hub.epoch().clone();
-        hub.publish(rows.into_iter().filter_map(|row| match Event::from_row(row, &epoch) {
-            Ok(event) => Some(event),
-            Err(e) => {
-                // The log holds jsonb, so this cannot happen; skipping is still better than stalling.
-                tracing::error!(error = %e, "unreadable event in the log");
-                None
-            }
-        }));
+        hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
         if full {
             continue;
         }

@@ -379,7 +379,7 @@ where
                 ))
                 .await
             }
-            Err(e @ (FeedError::Db(_) | FeedError::Corrupt(_))) => {
+            Err(e @ (FeedError::Db(_) | FeedError::Internal(_))) => {
                 tracing::error!(error = %e, topic, "subscription failed");
                 self.send_json(&with_id(json!({"type": "error", "code": "unavailable", "message": "the database is unavailable; try again"}), id)).await
             }

@@ -75,7 +75,7 @@ impl From<FeedError> for Refusal {
                 reason,
                 "the cursor is older than the log keeps: take a snapshot, then resume".into(),
             ),
-            e @ (FeedError::Db(_) | FeedError::Corrupt(_) | FeedError::Gone) => {
+            e @ (FeedError::Db(_) | FeedError::Internal(_) | FeedError::Gone) => {
                 tracing::error!(error = %e, "feed unavailable");
                 Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -309,7 +309,7 @@ impl Emit for Writer<'_> {
                     .retry(Duration::from_millis(RETRY_MS))
                     .data(data.to_string())
             }
-            Item::Snapshot(..) => return Err(FeedError::Corrupt("snapshots are not sent on SSE".into())),
+            Item::Snapshot(..) => return Err(FeedError::Internal("snapshots are not sent on SSE".into())),
             Item::Event(d) => event_of(self.feed, &d),
         };
         self.send(event).await

@@ -213,6 +213,46 @@ async fn resume_beyond_the_memory_ring_is_served_from_the_log_in_order() {
     ws.assert_quiet(Duration::from_millis(300)).await;
 }
 
+/// A resume over many log pages whose seams fall inside commits: the next page is read while
+/// one is sent (`Subscriptions::catch_up`), and the log hands over to the memory ring at the end.
+/// On a WebSocket (one topic) and on SSE (several topics, one stream), every event arrives once,
+/// in order.
+#[tokio::test]
+async fn a_resume_over_pages_cutting_through_commits_is_whole_and_in_order() {
+    let app = TestApp::spawn().await;
+    let mut ws = app.ws().await;
+    let start = ws.subscribe("messages").await["cursor"].clone();
+    app.psql("insert into studies (id, label, title) values (1, 'x', 'X')");
+    // 130 commits of 97 rows: more than the ring holds, and pages of 1,000 events end mid-commit.
+    let (commits, rows) = (130, 97);
+    let script: String = (0..commits)
+        .map(|_| {
+            format!("insert into messages (study_id, author, body) select 1, 'a', g::text from generate_series(1, {rows}) g;\n")
+        })
+        .collect();
+    app.db.psql_script(script).await.unwrap();
+    let live = ws.events(commits * rows).await;
+    ws.close().await;
+    assert!(commits * rows > pgfeed::hub::RING);
+
+    let mut ws = app.ws().await;
+    ws.subscribe_since("messages", start.as_str().unwrap()).await;
+    let resumed = ws.events(commits * rows).await;
+    assert_eq!(ids(&resumed), ids(&live));
+    ws.assert_quiet(Duration::from_millis(300)).await;
+
+    let mut sse = app
+        .sse(
+            &format!("topics=messages,studies&since={}", start.as_str().unwrap()),
+            None,
+        )
+        .await;
+    sse.next().await.expect("subscribed");
+    let merged = sse.events(1 + commits * rows).await;
+    assert_eq!(merged[0]["type"], "study_created");
+    assert_eq!(ids(&merged[1..]), ids(&live));
+}
+
 #[tokio::test]
 async fn garbage_and_foreign_cursors_get_an_error_or_refresh_needed_never_data() {
     let app = TestApp::spawn().await;
