@@ -28,6 +28,9 @@ pub enum FeedError {
     Refresh(&'static str),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The database stayed busy beyond our patience: a snapshot could not start.
+    #[error("{0}")]
+    Busy(&'static str),
     /// A server-side mistake (never expected), such as a snapshot handed to SSE.
     #[error("internal error: {0}")]
     Internal(String),
@@ -191,7 +194,13 @@ impl Feed {
             Some(id) if table.topic == "studies" => snapshot::Of::Room(id.parse().unwrap_or(-1)),
             Some(key) => snapshot::Of::Row(table, key),
         };
-        Ok(snapshot::take(&self.pool, of).await?)
+        snapshot::take(&self.pool, of).await.map_err(|e| {
+            if log::is_lock_timeout(&e) {
+                FeedError::Busy("a commit has been in flight for 10 s, so the snapshot could not start; try again")
+            } else {
+                e.into()
+            }
+        })
     }
 }
 

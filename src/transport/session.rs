@@ -379,6 +379,14 @@ where
                 ))
                 .await
             }
+            Err(FeedError::Busy(message)) => {
+                tracing::warn!(topic, message, "subscription failed");
+                self.send_json(&with_id(
+                    json!({"type": "error", "code": "unavailable", "message": message}),
+                    id,
+                ))
+                .await
+            }
             Err(e @ (FeedError::Db(_) | FeedError::Internal(_))) => {
                 tracing::error!(error = %e, topic, "subscription failed");
                 self.send_json(&with_id(json!({"type": "error", "code": "unavailable", "message": "the database is unavailable; try again"}), id)).await

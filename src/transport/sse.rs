@@ -75,7 +75,7 @@ impl From<FeedError> for Refusal {
                 reason,
                 "the cursor is older than the log keeps: take a snapshot, then resume".into(),
             ),
-            e @ (FeedError::Db(_) | FeedError::Internal(_) | FeedError::Gone) => {
+            e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_) | FeedError::Gone) => {
                 tracing::error!(error = %e, "feed unavailable");
                 Refusal(
                     StatusCode::SERVICE_UNAVAILABLE,

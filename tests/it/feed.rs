@@ -1104,6 +1104,7 @@ async fn a_snapshot_behind_a_commit_in_flight_for_too_long_fails_and_writers_go_
         (Some("error"), Some("unavailable"), Some(7)),
         "{answer}"
     );
+    assert!(answer["message"].as_str().unwrap().contains("in flight"), "{answer}");
     assert!(
         asked.elapsed() >= pgfeed::listener::log::HOLD_PATIENCE,
         "{:?}",

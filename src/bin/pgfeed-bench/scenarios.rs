@@ -551,13 +551,14 @@ async fn newest_seq(conn: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .get(0))
 }
 
-/// p10 / p50 / p90 of the µs between successive commit stamps with seq in `(after, upto]`.
+/// p10 / p50 / p90 of the µs between successive commit stamps with seq in `(after, upto]`
+/// (commits only: a txid-0 row marks a seq that never committed, stamped when it was marked).
 async fn stamp_gaps(conn: &tokio_postgres::Client, after: i64, upto: i64) -> anyhow::Result<[f64; 3]> {
     let row = conn
         .query_one(
             "select coalesce(percentile_cont(array[0.1, 0.5, 0.9]) within group (order by us), array[0, 0, 0])
              from (select extract(epoch from committed_at - lag(committed_at) over (order by seq))::float8 * 1e6 as us
-                   from pgfeed.commits where seq > $1 and seq <= $2) gaps
+                   from pgfeed.commits where seq > $1 and seq <= $2 and txid <> '0') gaps
              where us is not null",
             &[&after, &upto],
         )
