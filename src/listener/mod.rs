@@ -242,7 +242,7 @@ async fn listen_and_relay(
         if joined {
             relay(&mut reader, hub, metrics).await?;
         } else {
-            poll(&client, &mut reader, hub, metrics, false).await?;
+            poll(&client, &mut reader, hub, metrics, PollFrom::FailedJoin).await?;
         }
         let mut tick = tokio::time::interval(SAFETY_TICK);
         let mut rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
@@ -254,7 +254,7 @@ async fn listen_and_relay(
                         continue;
                     }
                     if rate.above(Instant::now(), relayed) {
-                        poll(&client, &mut reader, hub, metrics, true).await?;
+                        poll(&client, &mut reader, hub, metrics, PollFrom::IdleSet).await?;
                         rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
                     } else {
                         relay(&mut reader, hub, metrics).await?;
@@ -278,8 +278,7 @@ async fn listen_and_relay(
 
 /// Polls under load: leaves the idle set (writers stop notifying unless another listener waits),
 /// reads the log every [`READ_GAP`] until [`EMPTY_POLLS_TO_IDLE`] reads in a row find nothing,
-/// then rejoins the idle set and reads once more. `leave`: whether it is in the set now (if not,
-/// a try to join it just failed).
+/// then rejoins the idle set and reads once more.
 ///
 /// Rejoining waits for every commit in flight (any of them may have found the set empty and sent
 /// no NOTIFY), so the last read sees them all; every later commit notifies. A lost LISTEN session
@@ -289,18 +288,17 @@ async fn poll(
     reader: &mut PgConnection,
     hub: &Hub,
     metrics: &Metrics,
-    leave: bool,
+    from: PollFrom,
 ) -> anyhow::Result<()> {
-    if leave {
+    if from == PollFrom::IdleSet {
         leave_idle_set(client).await?;
     }
     metrics.listener_polling.set(1);
     metrics.listener_polls.inc();
     // Not before this: a failed try to join held writers back for up to `log::HOLD_TRY`.
-    let mut join_after = if leave {
-        Instant::now()
-    } else {
-        Instant::now() + JOIN_RETRY
+    let mut join_after = match from {
+        PollFrom::IdleSet => Instant::now(),
+        PollFrom::FailedJoin => Instant::now() + JOIN_RETRY,
     };
     loop {
         let mut empty = 0;
@@ -318,6 +316,15 @@ async fn poll(
     }
     metrics.listener_polling.set(0);
     relay(reader, hub, metrics).await
+}
+
+/// Where [`poll`] starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PollFrom {
+    /// In the idle set (the commit rate passed `--poll-above`): it leaves the set first.
+    IdleSet,
+    /// Out of it: a try to join just failed, so the next waits [`JOIN_RETRY`].
+    FailedJoin,
 }
 
 /// Joins the idle set, then waits for the commits in flight. False (and out of the set again)
