@@ -379,17 +379,22 @@ where
                 ))
                 .await
             }
-            Err(FeedError::Busy(message)) => {
-                tracing::warn!(topic, message, "subscription failed");
+            Err(e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_))) => {
+                let message = match e {
+                    FeedError::Busy(why) => {
+                        tracing::warn!(topic, why, "subscription failed");
+                        why
+                    }
+                    e => {
+                        tracing::error!(error = %e, topic, "subscription failed");
+                        "the database is unavailable; try again"
+                    }
+                };
                 self.send_json(&with_id(
                     json!({"type": "error", "code": "unavailable", "message": message}),
                     id,
                 ))
                 .await
-            }
-            Err(e @ (FeedError::Db(_) | FeedError::Internal(_))) => {
-                tracing::error!(error = %e, topic, "subscription failed");
-                self.send_json(&with_id(json!({"type": "error", "code": "unavailable", "message": "the database is unavailable; try again"}), id)).await
             }
         }
     }

@@ -931,10 +931,10 @@ async fn a_commit_made_while_an_earlier_seq_is_in_flight_waits_for_it_and_both_a
     let before = early.subscribe("studies").await["cursor"].as_str().unwrap().to_owned();
 
     // Arrange: A stamps first and stays open; B commits after it.
-    let mut a = app.db.open_psql();
-    a.run("begin;").await;
-    a.run("insert into studies (label, title) values ('a', 'A');").await;
-    a.run("set constraints all immediate;").await;
+    let a = app
+        .db
+        .stamped_open("insert into studies (label, title) values ('a', 'A');")
+        .await;
     app.psql("insert into studies (label, title) values ('b', 'B')");
 
     // Assert: while A is in flight, B is not delivered, to live subscribers nor to one that
@@ -967,11 +967,10 @@ async fn a_change_made_after_an_early_stamp_moves_the_transaction_after_the_comm
     ws.subscribe("studies").await;
 
     // A stamps early; B then changes row 10 and commits; A overwrites B's change and commits.
-    let mut a = app.db.open_psql();
-    a.run("begin;").await;
-    a.run("insert into studies (id, label, title) values (11, 'a', 'A');")
+    let mut a = app
+        .db
+        .stamped_open("insert into studies (id, label, title) values (11, 'a', 'A');")
         .await;
-    a.run("set constraints all immediate;").await;
     app.psql("update studies set title = 'B' where id = 10");
     a.run("update studies set title = 'A' where id = 10;").await;
     a.finish("commit;").await;
@@ -1001,11 +1000,10 @@ async fn seqs_that_never_commit_are_marked_and_passed_and_a_writer_never_reuses_
 
     // A stamps, then rolls back; a seq drawn by a writer that never inserts its row (as if it
     // stalled there) is the other kind of hole.
-    let mut a = app.db.open_psql();
-    a.run("begin;").await;
-    a.run("insert into studies (label, title) values ('rolled back', 'R');")
+    let a = app
+        .db
+        .stamped_open("insert into studies (label, title) values ('rolled back', 'R');")
         .await;
-    a.run("set constraints all immediate;").await;
     a.finish("rollback;").await;
     let stalled = app.psql("select nextval('pgfeed.commit_seq')");
     app.psql("insert into studies (label, title) values ('after', 'After')");
@@ -1035,11 +1033,10 @@ async fn a_snapshot_waits_for_a_commit_in_flight_and_the_stream_after_it_neither
     let app = TestApp::spawn().await;
 
     // A stamps first and stays open; B commits after it (B's seq is the newest).
-    let mut a = app.db.open_psql();
-    a.run("begin;").await;
-    a.run("insert into studies (id, label, title) values (1, 'a', 'A');")
+    let a = app
+        .db
+        .stamped_open("insert into studies (id, label, title) values (1, 'a', 'A');")
         .await;
-    a.run("set constraints all immediate;").await;
     app.psql("insert into studies (id, label, title) values (2, 'b', 'B')");
 
     // A snapshot asked now waits for A (taken without it, with B's seq as its cursor, it would
@@ -1072,11 +1069,10 @@ async fn a_snapshot_waits_for_a_commit_in_flight_and_the_stream_after_it_neither
 #[tokio::test]
 async fn a_snapshot_behind_a_commit_in_flight_for_too_long_fails_and_writers_go_on_meanwhile() {
     let app = TestApp::spawn().await;
-    let mut a = app.db.open_psql();
-    a.run("begin;").await;
-    a.run("insert into studies (id, label, title) values (1, 'a', 'A');")
+    let a = app
+        .db
+        .stamped_open("insert into studies (id, label, title) values (1, 'a', 'A');")
         .await;
-    a.run("set constraints all immediate;").await;
 
     let mut ws = app.ws().await;
     let asked = std::time::Instant::now();

@@ -254,6 +254,16 @@ impl TestDb {
             db: self.clone(),
         }
     }
+
+    /// A `psql` writer whose transaction ran `change` and stamped its commit early (`set
+    /// constraints all immediate`), left open: its seq is drawn and in flight until it ends.
+    pub async fn stamped_open(self: &Arc<Self>, change: &str) -> OpenPsql {
+        let mut psql = self.open_psql();
+        psql.run("begin;").await;
+        psql.run(change).await;
+        psql.run("set constraints all immediate;").await;
+        psql
+    }
 }
 
 impl OpenPsql {
