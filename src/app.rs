@@ -78,6 +78,16 @@ pub struct App {
 
 impl App {
     pub async fn build(config: ServeConfig, shutdown: Shutdown) -> anyhow::Result<App> {
+        if let Some(secret) = config.jwt_secret.as_deref() {
+            if secret.len() < crate::auth::MIN_SECRET_BYTES {
+                anyhow::bail!(
+                    "refusing to start: the JWT secret (--jwt-secret / PGFEED_JWT_SECRET) is {} bytes, and HS256 needs \
+                     at least {} (RFC 7518 §3.2); make one with `openssl rand -base64 48`",
+                    secret.len(),
+                    crate::auth::MIN_SECRET_BYTES
+                );
+            }
+        }
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() && !config.insecure_no_auth {
             anyhow::bail!(
                 "refusing to listen on {} without auth: pass --jwt-secret (PGFEED_JWT_SECRET) or bind a loopback address",
@@ -112,11 +122,14 @@ impl App {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             session,
             shutdown,
-            auth: crate::auth::Auth::new(config.jwt_secret.as_deref()),
+            auth: crate::auth::Auth::new(config.jwt_secret.as_deref())
+                .expecting(config.jwt_audience.as_deref(), config.jwt_issuer.as_deref()),
             limits: http::limits::ConnLimits::new(config.max_connections_per_ip, config.max_connections),
             allowed_origins: Arc::new(config.allowed_origins.clone()),
             max_upload: config.max_upload,
             request_timeout: config.request_timeout,
+            transfers: Arc::new(tokio::sync::Semaphore::new(config.max_transfers)),
+            transfer_stall_timeout: config.transfer_stall_timeout,
         };
 
         let tcp = tokio::net::TcpListener::bind(config.bind)

@@ -10,6 +10,10 @@ use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
+/// The shortest accepted HS256 secret: RFC 7518 §3.2 asks for a key at least as long as the
+/// hash (256 bits). A shorter one (an empty one above all) is refused at start, never "no auth".
+pub const MIN_SECRET_BYTES: usize = 32;
+
 #[derive(Clone)]
 pub struct Auth {
     /// `None`: auth is off, everyone is admin.
@@ -76,10 +80,26 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims = HashSet::from(["exp".to_owned()]);
         validation.leeway = 0;
+        // A token that is not valid yet is refused like an expired one.
+        validation.validate_nbf = true;
         Auth {
             key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
             validation,
         }
+    }
+
+    /// `--jwt-audience` / `--jwt-issuer`: a token must then carry that `aud` / `iss` claim (a
+    /// token without it is refused too).
+    pub fn expecting(mut self, audience: Option<&str>, issuer: Option<&str>) -> Self {
+        if let Some(aud) = audience {
+            self.validation.set_audience(&[aud]);
+            self.validation.required_spec_claims.insert("aud".to_owned());
+        }
+        if let Some(iss) = issuer {
+            self.validation.set_issuer(&[iss]);
+            self.validation.required_spec_claims.insert("iss".to_owned());
+        }
+        self
     }
 
     pub fn enabled(&self) -> bool {

@@ -27,6 +27,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of `Serve`'s settings costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run migrations, then the HTTP/WebSocket server (the default).
@@ -149,6 +151,24 @@ pub struct ServeConfig {
     /// Interval of the server's WebSocket pings; a peer that misses one is dropped.
     #[arg(long, env = "PGFEED_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub ws_ping_interval: Duration,
+
+    /// With --jwt-secret: a token must carry this `aud` (audience) claim.
+    #[arg(long, env = "PGFEED_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// With --jwt-secret: a token must carry this `iss` (issuer) claim.
+    #[arg(long, env = "PGFEED_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// File uploads and downloads that may run at once; one more is answered 503 `busy`.
+    #[arg(long, env = "PGFEED_MAX_TRANSFERS", default_value_t = 16,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_transfers: usize,
+
+    /// The longest a download may wait for its client to take the next 256 KiB; a slower reader
+    /// is cut off (its connection closed).
+    #[arg(long, env = "PGFEED_TRANSFER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub transfer_stall_timeout: Duration,
 }
 
 impl ServeConfig {

@@ -3,14 +3,18 @@
 //! What it promises:
 //! - [`Cluster::start`] keeps its data in `dir/pgdata` (initialised once with `initdb`, UTF8, C locale,
 //!   bootstrap superuser `postgres`, trust auth on the local socket only), so data survives restarts.
-//!   The server log goes to `dir/postgres.log`, never to our stdout.
+//!   The server log goes to `dir/postgres.log`, never to our stdout. `dir` is private (0700, owned
+//!   by whoever runs the cluster) and the log is 0600; looser modes left by older versions are
+//!   tightened at start.
 //! - The server listens only on a Unix socket in a private (0700) directory, `dir/sock` or, when that
 //!   path is too long or unusual for a socket, `/tmp/pgfeed-<hash of dir>`. No TCP port is opened
 //!   (`listen_addresses=''`). [`Cluster::url`] gives a URL that works with sqlx 0.8 and tokio-postgres 0.7.
 //! - A `postmaster.pid` left by a crash does not prevent starting; a live server on the same data dir
 //!   is reported as an error instead of being touched.
-//! - Run as root, the server runs as the data dir's owner, else as `postgres`, else as `nobody`
-//!   (PostgreSQL refuses to run as root), with no supplementary groups.
+//! - Run as root, the server runs as the data dir's owner, else as a dedicated `pgfeed` user, else
+//!   as `postgres` (PostgreSQL refuses to run as root), with no supplementary groups; never as
+//!   `nobody`, which other daemons share. Without such a user, start is refused with one line
+//!   saying what to do.
 //! - The postmaster runs in its own process group (a terminal's Ctrl-C reaches only us) and gets a
 //!   signal from the kernel when our process dies, however it dies (`PR_SET_PDEATHSIG`): fast shutdown
 //!   (SIGINT) for a persistent cluster, immediate shutdown (SIGQUIT) for an ephemeral one.
@@ -23,7 +27,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -267,10 +271,23 @@ impl Drop for Cluster {
 /// Creates/checks directories, picks binaries and the run-as user, runs initdb if needed, and clears
 /// stale lock files. Blocking.
 fn prepare(dir: &Path, ephemeral: bool) -> Result<Prepared, EmbeddedError> {
-    fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(anyhow!(e)
+                .context(format!("creating data dir {}", dir.display()))
+                .into())
+        }
+    }
     let root = fs::canonicalize(dir).with_context(|| format!("resolving data dir {}", dir.display()))?;
     let pgdata = root.join("pgdata");
     let log_path = root.join(LOG_FILE);
+    make_log_private(&log_path)?;
+    make_log_private(&rotated_log(&log_path))?;
 
     let wanted_major = match fs::read_to_string(pgdata.join("PG_VERSION")) {
         Ok(v) => v.trim().parse::<u32>().ok(),
@@ -284,17 +301,14 @@ fn prepare(dir: &Path, ephemeral: bool) -> Result<Prepared, EmbeddedError> {
     let bindir = choose_bindir(&default_search_path(), wanted_major)?;
 
     let run_as = if geteuid().is_root() {
-        let user = cluster_user(&pgdata)?;
-        if ephemeral {
-            // Our own fresh 0700 temp dir: hand it to the cluster user.
-            std::os::unix::fs::lchown(&root, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-                .with_context(|| format!("handing {} to user {}", root.display(), user.name))?;
-        }
-        check_traversable(&root, &user)?;
-        Some(user)
+        Some(cluster_user(&pgdata)?)
     } else {
         None
     };
+    make_data_dir_private(&root, run_as.as_ref())?;
+    if let Some(user) = &run_as {
+        check_traversable(&root, user)?;
+    }
 
     if !pgdata.join("PG_VERSION").exists() {
         initdb(&bindir, &root, &pgdata, &log_path, run_as.as_ref(), ephemeral)?;
@@ -696,7 +710,13 @@ fn choose_bindir(search: &[PathBuf], wanted_major: Option<u32>) -> Result<PathBu
     .into())
 }
 
-/// Who runs the cluster when we are root: the existing data dir's owner, else `postgres`, else `nobody`.
+/// Users the cluster may run as when we are root and no data dir exists yet, the most dedicated
+/// first. Never `nobody`: files and processes of every daemon that runs as `nobody` could reach
+/// the cluster's.
+const CLUSTER_USERS: [&str; 2] = ["pgfeed", "postgres"];
+
+/// Who runs the cluster when we are root: the existing data dir's owner, else the first of
+/// [`CLUSTER_USERS`] that exists.
 fn cluster_user(pgdata: &Path) -> anyhow::Result<RunAs> {
     match fs::symlink_metadata(pgdata) {
         Ok(meta) => {
@@ -710,6 +730,15 @@ fn cluster_user(pgdata: &Path) -> anyhow::Result<RunAs> {
             }
             let uid = Uid::from_raw(meta.uid());
             let user = User::from_uid(uid).context("looking up the data dir's owner")?;
+            let nobody = User::from_name("nobody").context("looking up user nobody")?;
+            if nobody.is_some_and(|n| n.uid == uid) {
+                bail!(
+                    "{} is owned by `nobody`, an account other daemons share; `chown -R postgres: {}` (or \
+                     another dedicated user) and start again",
+                    pgdata.display(),
+                    pgdata.parent().unwrap_or(pgdata).display()
+                );
+            }
             Ok(match user {
                 Some(u) => RunAs {
                     name: u.name,
@@ -724,7 +753,7 @@ fn cluster_user(pgdata: &Path) -> anyhow::Result<RunAs> {
             })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            for name in ["postgres", "nobody"] {
+            for name in CLUSTER_USERS {
                 if let Some(u) = User::from_name(name).with_context(|| format!("looking up user {name}"))? {
                     if u.uid.is_root() {
                         continue;
@@ -737,8 +766,10 @@ fn cluster_user(pgdata: &Path) -> anyhow::Result<RunAs> {
                 }
             }
             bail!(
-                "running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL as \
-                 (it refuses to run as root); create a `postgres` user"
+                "running as root, and there is no `pgfeed` or `postgres` user to run embedded PostgreSQL as \
+                 (it refuses to run as root, and pgfeed will not use the shared `nobody`); create one \
+                 (`useradd --system --user-group --no-create-home pgfeed`), run pgfeed as an unprivileged \
+                 user, or pass --database-url"
             )
         }
         Err(e) => Err(anyhow!(e).context(format!("inspecting {}", pgdata.display()))),
@@ -770,6 +801,60 @@ fn check_traversable(path: &Path, user: &RunAs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The data dir is the cluster user's (or ours) and 0700: the log, the socket and the data in it
+/// are nobody else's business. A root-owned one (made by an older version, or by root just now)
+/// is handed to the cluster user; one owned by a third account is refused, never taken over.
+fn make_data_dir_private(root: &Path, run_as: Option<&RunAs>) -> anyhow::Result<()> {
+    let meta = fs::metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
+    if !meta.is_dir() {
+        bail!("data dir {} exists but is not a directory", root.display());
+    }
+    let me = geteuid();
+    let want = run_as.map_or(me, |u| u.uid);
+    if meta.uid() != want.as_raw() {
+        match run_as {
+            Some(user) if meta.uid() == me.as_raw() => {
+                std::os::unix::fs::lchown(root, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                    .with_context(|| format!("handing {} to user {}", root.display(), user.name))?;
+            }
+            _ => bail!(
+                "data dir {} is owned by uid {}, but the embedded cluster runs as uid {}; `chown -R {} {}` \
+                 or choose another --data-dir",
+                root.display(),
+                meta.uid(),
+                want,
+                want,
+                root.display()
+            ),
+        }
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", root.display()))?;
+        if meta.mode() & 0o077 != 0 {
+            info!(data_dir = %root.display(), "made the data dir private (mode 0700)");
+        }
+    }
+    Ok(())
+}
+
+/// An existing server log readable by others (made by an older version) becomes 0600.
+fn make_log_private(path: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && meta.mode() & 0o077 != 0 => {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow!(e).context(format!("inspecting {}", path.display()))),
+    }
+}
+
+fn rotated_log(path: &Path) -> PathBuf {
+    path.with_extension("log.1")
 }
 
 /// Creates `path` as a 0700 dir owned by the cluster user (or us), or checks an existing one is a
@@ -978,6 +1063,7 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .with_context(|| format!("opening the PostgreSQL log {}", path.display()))
 }
@@ -985,7 +1071,7 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
 fn rotate_log(path: &Path) -> anyhow::Result<()> {
     match fs::metadata(path) {
         Ok(m) if m.len() > LOG_ROTATE_BYTES => {
-            let old = path.with_extension("log.1");
+            let old = rotated_log(path);
             fs::rename(path, &old).with_context(|| format!("rotating {}", path.display()))
         }
         _ => Ok(()),

@@ -39,7 +39,7 @@ enum End {
 
 /// Runs until interrupted; `Err` is the one line to print before exiting non-zero.
 pub async fn run(config: TailConfig, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let url = ws_url(&config.url, config.token.as_deref())?;
+    let url = ws_url(&config.url)?;
     // Each topic's last cursor: where a reconnect resumes it. `None`: from now on.
     let mut cursors: HashMap<String, Option<String>> = config
         .topics
@@ -50,9 +50,10 @@ pub async fn run(config: TailConfig, stop: impl std::future::Future<Output = ()>
     let mut backoff = BACKOFF_FIRST;
     tokio::pin!(stop);
     loop {
+        let request = handshake(&url, config.token.as_deref())?;
         let attempt = tokio::select! {
             _ = &mut stop => return Ok(()),
-            r = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)) => r,
         };
         let socket = match attempt {
             Ok(Ok((socket, _))) => socket,
@@ -94,10 +95,10 @@ pub async fn run(config: TailConfig, stop: impl std::future::Future<Output = ()>
     }
 }
 
-/// `http://host:port` (or `ws://`) → `ws://host:port/ws?token=…`; `https://` (or `wss://`) →
+/// `http://host:port` (or `ws://`) → `ws://host:port/ws`; `https://` (or `wss://`) →
 /// `wss://…`, for a server behind a TLS-terminating proxy (certificates checked against the
 /// system's roots; `SSL_CERT_FILE` names others).
-fn ws_url(base: &str, token: Option<&str>) -> anyhow::Result<String> {
+fn ws_url(base: &str) -> anyhow::Result<String> {
     let base = base.trim_end_matches('/');
     let (scheme, rest) = if let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("ws://")) {
         ("ws", rest)
@@ -106,18 +107,23 @@ fn ws_url(base: &str, token: Option<&str>) -> anyhow::Result<String> {
     } else {
         bail!("{base}: the URL must look like http://HOST:PORT or https://HOST")
     };
-    let mut url = format!("{scheme}://{rest}/ws");
+    Ok(format!("{scheme}://{rest}/ws"))
+}
+
+/// The upgrade request, with the token as `Authorization: Bearer`: never in the URL, which proxies
+/// and servers write to their access logs.
+fn handshake(url: &str, token: Option<&str>) -> anyhow::Result<tungstenite::handshake::client::Request> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
     if let Some(token) = token {
-        let encoded: String = token
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        url += &format!("?token={encoded}");
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("the token has characters an HTTP header cannot carry"))?;
+        request
+            .headers_mut()
+            .insert(tungstenite::http::header::AUTHORIZATION, value);
     }
-    Ok(url)
+    Ok(request)
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -228,15 +234,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_become_the_websocket_endpoint_with_the_token() {
-        assert_eq!(ws_url("http://127.0.0.1:8080", None).unwrap(), "ws://127.0.0.1:8080/ws");
-        assert_eq!(
-            ws_url("http://h:1/", Some("a.b+c")).unwrap(),
-            "ws://h:1/ws?token=a.b%2Bc"
-        );
-        assert_eq!(ws_url("https://h.example/", None).unwrap(), "wss://h.example/ws");
-        assert_eq!(ws_url("wss://h:8443", Some("t")).unwrap(), "wss://h:8443/ws?token=t");
-        assert!(ws_url("h:1", None).is_err());
-        assert!(ws_url("ftp://h", None).is_err());
+    fn urls_become_the_websocket_endpoint() {
+        assert_eq!(ws_url("http://127.0.0.1:8080").unwrap(), "ws://127.0.0.1:8080/ws");
+        assert_eq!(ws_url("http://h:1/").unwrap(), "ws://h:1/ws");
+        assert_eq!(ws_url("https://h.example/").unwrap(), "wss://h.example/ws");
+        assert_eq!(ws_url("wss://h:8443").unwrap(), "wss://h:8443/ws");
+        assert!(ws_url("h:1").is_err());
+        assert!(ws_url("ftp://h").is_err());
+    }
+
+    #[test]
+    fn the_token_goes_in_the_authorization_header_never_the_url() {
+        let request = handshake("ws://h:1/ws", Some("a.b+c")).unwrap();
+        assert_eq!(request.uri().to_string(), "ws://h:1/ws");
+        assert_eq!(request.headers()["authorization"], "Bearer a.b+c");
+        assert!(handshake("ws://h:1/ws", None)
+            .unwrap()
+            .headers()
+            .get("authorization")
+            .is_none());
+        assert!(handshake("ws://h:1/ws", Some("a\nb")).is_err());
     }
 }

@@ -45,6 +45,9 @@ pub enum ApiError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// Every permit of a bounded resource (e.g. `--max-transfers`) is taken: 503 with Retry-After.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Field → what is wrong with it. `""` stands for the request as a whole.
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -95,6 +99,7 @@ impl ApiError {
             ApiError::Invalid(_) => "validation_failed",
             ApiError::Db(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+            ApiError::Busy(_) => "busy",
         }
     }
 }
@@ -108,8 +113,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`,
-    /// `precondition_failed`, `payload_too_large`, `validation_failed`, `timeout`, `unavailable` or
-    /// `internal`.
+    /// `precondition_failed`, `payload_too_large`, `validation_failed`, `timeout`, `unavailable`,
+    /// `busy` or `internal`.
     pub code: String,
     pub message: String,
     /// On `validation_failed`: each offending field and what is wrong with it.
@@ -124,7 +129,7 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => "internal server error".to_owned(),
             other => other.to_string(),
         };
-        if self.status().is_server_error() {
+        if self.status().is_server_error() && !matches!(self, ApiError::Busy(_)) {
             tracing::error!(error = ?self, "request failed");
         }
         let details = match &self {
@@ -138,7 +143,8 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
-        (self.status(), axum::Json(body)).into_response()
+        let retry_after = matches!(self, ApiError::Busy(_)).then_some([(axum::http::header::RETRY_AFTER, "1")]);
+        (self.status(), retry_after, axum::Json(body)).into_response()
     }
 }
 

@@ -1,23 +1,37 @@
 //! PROTOCOL §7 files: a study's list, multipart upload, metadata, download, delete.
 //!
-//! An upload streams the multipart field `file` through SHA-256 into memory, never past
-//! `--max-upload` bytes: a declared `Content-Length` over the limit is refused before any of
-//! the body is read, and a body that turns out longer is refused as soon as it passes the limit
-//! (hyper then closes the connection rather than reading the rest). Files have no version:
-//! their ETag is the content's sha256, which is what `If-Match` on DELETE compares.
+//! Transfers stream, a [`CHUNK`] at a time, so a transfer holds about one chunk of memory
+//! whatever the file's size. An upload streams the multipart field `file` through SHA-256 into
+//! the database chunk by chunk, never past `--max-upload` bytes: a declared `Content-Length`
+//! over the limit is refused before any of the body is read, and a body that turns out longer is
+//! refused as soon as it passes the limit (hyper then closes the connection rather than reading
+//! the rest). A download reads one chunk per statement as its client takes them; a client that
+//! takes none for `--transfer-stall-timeout` is cut off. At most `--max-transfers` uploads and
+//! downloads run at once; one more is answered 503 `busy` with `Retry-After`.
+//!
+//! Files have no version: their ETag is the content's sha256, which is what `If-Match` on
+//! DELETE compares.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::multipart::MultipartError;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result, ResultExt};
 use super::extract::{etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, Page};
+use super::serve::CloseConnection;
 use super::AppState;
 use crate::db::files::{self, File, NewFile};
 use crate::db::studies;
@@ -26,6 +40,10 @@ pub const NAME_MAX: usize = 255;
 /// Room for the multipart framing (boundaries, part headers) around a file of the largest
 /// allowed size; the whole request body is capped at `max_upload` plus this.
 pub const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+/// Bytes a transfer moves per database statement. With the multipart parser's and hyper's
+/// buffers it bounds a transfer's memory (well under 1 MiB), so `--max-transfers` of them bound
+/// all file traffic; a 25 MiB file costs 100 statements each way.
+pub const CHUNK: usize = 256 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -62,10 +80,16 @@ fn multipart_error(e: MultipartError, max: u64) -> ApiError {
     }
 }
 
-/// The last path component of the client's file name, without control characters.
+/// Characters that reorder or hide the text around them (Unicode bidi controls, line and paragraph
+/// separators): `invoice\u{202E}fdp.exe` shows as `invoiceexe.pdf`.
+fn is_deceptive(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{2028}' | '\u{2029}')
+}
+
+/// The last path component of the client's file name, without control or bidi characters.
 fn clean_name(name: Option<&str>) -> String {
     let base = name.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = base.chars().filter(|c| !c.is_control()).collect();
+    let clean: String = base.chars().filter(|&c| !c.is_control() && !is_deceptive(c)).collect();
     if clean.trim().is_empty() {
         "file".to_owned()
     } else {
@@ -133,7 +157,7 @@ async fn list(
         (status = 404, description = "No such study", body = ErrorBody),
         (status = 413, description = "Larger than --max-upload", body = ErrorBody),
         (status = 422, description = "No `file` field, or a bad file name", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or `busy`: --max-transfers transfers are running (Retry-After)", body = ErrorBody),
     ))]
 async fn upload(
     State(state): State<AppState>,
@@ -154,6 +178,8 @@ async fn upload(
     if !studies::exists(pool, id).await? {
         return Err(no_study(id));
     }
+    // Held until the handler returns, or is dropped with it (client gone, --request-timeout).
+    let _permit = transfer_permit(&state)?;
 
     let mut field = loop {
         match multipart.next_field().await.map_err(|e| multipart_error(e, max))? {
@@ -178,15 +204,32 @@ async fn upload(
         )
         .done()?;
 
+    if let Err(e) = files::sweep_staged(pool).await {
+        tracing::warn!(error = %e, "dropping abandoned upload chunks failed");
+    }
+    let mut staged = Staged::new(pool.clone());
     let mut hasher = Sha256::new();
-    let mut content = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
-        if (content.len() + chunk.len()) as u64 > max {
+    let mut size: u64 = 0;
+    let mut buf = Vec::with_capacity(CHUNK);
+    while let Some(mut chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+        size += chunk.len() as u64;
+        if size > max {
             return Err(too_large(max));
         }
         hasher.update(&chunk);
-        content.extend_from_slice(&chunk);
+        while !chunk.is_empty() {
+            let take = chunk.len().min(CHUNK - buf.len());
+            buf.extend_from_slice(&chunk.split_to(take));
+            if buf.len() == CHUNK {
+                staged.push(&buf).await?;
+                buf.clear();
+            }
+        }
     }
+    if !buf.is_empty() {
+        staged.push(&buf).await?;
+    }
+    drop(buf);
     let sha256 = hex::encode(hasher.finalize());
 
     let new = NewFile {
@@ -194,15 +237,74 @@ async fn upload(
         name: &name,
         content_type: &content_type,
         sha256: &sha256,
-        content: &content,
+        size_bytes: i64::try_from(size).map_err(anyhow::Error::from)?,
     };
     let mut tx = pool.begin().await?;
     let file = files::insert(&mut *tx, &new)
         .await
         .on_constraint("files_study_id_fkey", || no_study(id))?;
-    files::insert_content(&mut *tx, file.id, &content).await?;
+    if !files::join_chunks(&mut tx, file.id, staged.upload, staged.chunks).await? {
+        return Err(anyhow::anyhow!("upload {}: staged chunks went missing", staged.upload).into());
+    }
     tx.commit().await?;
+    staged.joined = true;
     Ok((StatusCode::CREATED, etag(&file.sha256), AppJson(file)))
+}
+
+/// One of `--max-transfers`, or 503 `busy`.
+fn transfer_permit(state: &AppState) -> Result<OwnedSemaphorePermit> {
+    state.transfers.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Busy(
+            "the server is running as many file transfers as --max-transfers allows; try again shortly".into(),
+        )
+    })
+}
+
+/// An upload's chunks staged so far. Dropped before they are joined into a file (an error, the
+/// client gone, `--request-timeout`), it deletes them in the background.
+struct Staged {
+    pool: PgPool,
+    upload: uuid::Uuid,
+    chunks: i32,
+    /// Whether a chunk may have reached the database (a statement was started).
+    started: bool,
+    joined: bool,
+}
+
+impl Staged {
+    fn new(pool: PgPool) -> Staged {
+        Staged {
+            pool,
+            upload: uuid::Uuid::new_v4(),
+            chunks: 0,
+            started: false,
+            joined: false,
+        }
+    }
+
+    async fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.started = true;
+        files::stage_chunk(&self.pool, self.upload, self.chunks, data).await?;
+        self.chunks += 1;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.joined || !self.started {
+            return;
+        }
+        let (pool, upload) = (self.pool.clone(), self.upload);
+        // Handlers run on the runtime, so there is one to spawn on; a miss is swept a day later.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = files::unstage(&pool, upload).await {
+                    tracing::warn!(error = %e, %upload, "dropping a failed upload's chunks failed");
+                }
+            });
+        }
+    }
 }
 
 // PROTOCOL §7: GET /api/files/{id}
@@ -227,20 +329,27 @@ async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Resul
             headers(("ETag" = String, description = "\"<sha256>\""), ("Content-Disposition" = String))),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No such file, or no stored content", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 503, description = "Database unavailable, or `busy`: --max-transfers transfers are running (Retry-After)", body = ErrorBody),
     ))]
-async fn download(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+async fn download(
+    State(state): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    close: Option<Extension<CloseConnection>>,
+) -> Result<Response> {
     let file = files::content(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
-    let bytes = file
-        .content
+    let length = file
+        .length
         .ok_or_else(|| ApiError::NotFound(format!("file {id} has no stored content")))?;
+    let permit = transfer_permit(&state)?;
     let content_type =
         HeaderValue::from_str(&file.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let headers = [
         (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_LENGTH, HeaderValue::from(length)),
         (
             header::CONTENT_DISPOSITION,
-            HeaderValue::from_str(&content_disposition(&file.name)).map_err(anyhow::Error::from)?,
+            // Cleaned again: an outside writer may have stored any name.
+            HeaderValue::from_str(&content_disposition(&clean_name(Some(&file.name)))).map_err(anyhow::Error::from)?,
         ),
         (
             header::ETAG,
@@ -249,7 +358,89 @@ async fn download(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> R
         // Uploaded HTML must not run as the admin page's origin.
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
     ];
-    Ok((headers, bytes))
+    let body = Body::from_stream(content_stream(
+        state.feed.pool.clone(),
+        id,
+        length,
+        permit,
+        state.transfer_stall_timeout,
+        close.map(|Extension(c)| c),
+    ));
+    Ok((headers, body).into_response())
+}
+
+/// Why a download ended early; hyper then closes the connection (the body is shorter than its
+/// `Content-Length`), so the client cannot mistake it for the whole file.
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    #[error("the file was deleted or changed during its download")]
+    Gone,
+    #[error("the client took no data for {0:?}")]
+    Stalled(Duration),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// File `id`'s `length` bytes, a [`CHUNK`] per statement, read as the client takes them.
+///
+/// Hyper asks for the next chunk once the last one is in its write buffer, so the time between
+/// two asks is how long the client took to read one chunk. A watchdog task closes the connection
+/// (`close`) when that passes `stall`: the body cannot, as hyper stops polling it while the
+/// client does not read. The transfer's `permit` goes with the body, whichever way it ends.
+fn content_stream(
+    pool: PgPool,
+    id: i64,
+    length: i64,
+    permit: OwnedSemaphorePermit,
+    stall: Duration,
+    close: Option<CloseConnection>,
+) -> impl futures::Stream<Item = std::result::Result<Bytes, DownloadError>> {
+    // `asked_tx` is the body's; the watchdog ends when it is dropped with the body.
+    let (asked_tx, mut asked_rx) = watch::channel(());
+    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let stalled = stalled.clone();
+        async move {
+            loop {
+                match tokio::time::timeout(stall, asked_rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(CloseConnection(close)) = &close {
+                            tracing::debug!(file = id, "a download's client stopped reading; closing");
+                            close.cancel();
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let state = (pool, 0i64, permit, asked_tx);
+    futures::stream::try_unfold(state, move |(pool, offset, permit, asked_tx)| {
+        let stalled = stalled.clone();
+        async move {
+            if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(DownloadError::Stalled(stall));
+            }
+            if offset >= length {
+                return Ok(None);
+            }
+            asked_tx.send_replace(());
+            let len = (length - offset).min(CHUNK as i64);
+            // Both under a bytea's 1 GiB.
+            let (from, len) = (offset as i32, len as i32);
+            let data = files::content_slice(&pool, id, from, len)
+                .await?
+                .ok_or(DownloadError::Gone)?;
+            if data.is_empty() {
+                return Err(DownloadError::Gone);
+            }
+            let next = offset + data.len() as i64;
+            Ok(Some((Bytes::from(data), (pool, next, permit, asked_tx))))
+        }
+    })
 }
 
 // PROTOCOL §7: DELETE /api/files/{id}, honouring If-Match (the ETag is the sha256)

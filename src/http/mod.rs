@@ -63,6 +63,11 @@ pub struct AppState {
     pub max_upload: u64,
     /// `--request-timeout`: the longest a REST request may take.
     pub request_timeout: std::time::Duration,
+    /// `--max-transfers` permits: each upload and download holds one (owned, in its handler or its
+    /// response body) until it ends; none left answers 503 `busy`.
+    pub transfers: Arc<tokio::sync::Semaphore>,
+    /// `--transfer-stall-timeout`: how long a download waits for its client to take a chunk.
+    pub transfer_stall_timeout: std::time::Duration,
 }
 
 impl AppState {

@@ -19,6 +19,13 @@ use tower::ServiceExt;
 /// Time open HTTP requests get to finish after shutdown starts (sessions have their own).
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// In every request's extensions: cancelling it closes the connection the request came on at
+/// once, whatever hyper is doing with it. A download whose client stopped reading is cut off this
+/// way (`files`): hyper stops polling a response body while the socket will not take more, so the
+/// body itself cannot end it.
+#[derive(Clone, Debug)]
+pub struct CloseConnection(pub CancellationToken);
+
 pub async fn serve(tcp: TcpListener, router: Router, header_read_timeout: Duration, shutdown: CancellationToken) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -42,8 +49,11 @@ pub async fn serve(tcp: TcpListener, router: Router, header_read_timeout: Durati
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let close = CancellationToken::new();
+        let close_req = CloseConnection(close.clone());
         let service = tower::service_fn(move |mut req: axum::http::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(remote));
+            req.extensions_mut().insert(close_req.clone());
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
         let service = TowerToHyperService::new(service);
@@ -52,8 +62,12 @@ pub async fn serve(tcp: TcpListener, router: Router, header_read_timeout: Durati
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                // Dropping the connection closes its socket.
+                _ = close.cancelled() => tracing::debug!("connection closed by its handler"),
             }
         });
     }

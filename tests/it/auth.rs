@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{Seen, TestApp, TestDb};
 
-pub const SECRET: &str = "test-secret-that-is-long-enough";
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
 
 pub fn token(claims: Value) -> String {
     encode(
