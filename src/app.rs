@@ -117,6 +117,8 @@ impl App {
             allowed_origins: Arc::new(config.allowed_origins.clone()),
             max_upload: config.max_upload,
             request_timeout: config.request_timeout,
+            insecure_no_auth: config.insecure_no_auth,
+            member_posts: Arc::new(http::rate::PostLimiter::new(config.max_member_posts_per_minute)),
         };
 
         let tcp = tokio::net::TcpListener::bind(config.bind)
