@@ -130,6 +130,8 @@ impl App {
             request_timeout: config.request_timeout,
             transfers: Arc::new(tokio::sync::Semaphore::new(config.max_transfers)),
             transfer_stall_timeout: config.transfer_stall_timeout,
+            insecure_no_auth: config.insecure_no_auth,
+            member_posts: Arc::new(http::rate::PostLimiter::new(config.max_member_posts_per_minute)),
         };
 
         let tcp = tokio::net::TcpListener::bind(config.bind)

@@ -102,6 +102,8 @@ pub struct ServeConfig {
 
     /// Serve on a non-loopback address without --jwt-secret: anyone who can reach the port
     /// can read and write everything. For trusted networks only; logged loudly at start.
+    /// Browsers are still kept out: the Host must be an IP address, a loopback name or the host of
+    /// an --allowed-origins entry, and other sites' pages may not open streams or write.
     #[arg(long, env = "PGFEED_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
@@ -124,8 +126,8 @@ pub struct ServeConfig {
 
     /// Comma-separated browser origins allowed to open WebSockets and SSE streams
     /// (e.g. https://admin.example.com), and given CORS headers (REST, SSE, long-poll) so their
-    /// pages can read the answers. Empty: streams from any origin, no CORS headers. Requests
-    /// without Origin are allowed.
+    /// pages can read the answers. Empty: streams from any origin (without --jwt-secret: only
+    /// from pages pgfeed serves itself), no CORS headers. Requests without Origin are allowed.
     #[arg(long, env = "PGFEED_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
@@ -169,6 +171,11 @@ pub struct ServeConfig {
     /// is cut off (its connection closed).
     #[arg(long, env = "PGFEED_TRANSFER_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub transfer_stall_timeout: Duration,
+
+    /// Messages and files one member token may post per minute (all at once, then one every
+    /// 60/N s); more answer 429 `rate_limited` with Retry-After. Admins are not limited. 0: no limit.
+    #[arg(long, env = "PGFEED_MAX_MEMBER_POSTS_PER_MINUTE", default_value_t = 60)]
+    pub max_member_posts_per_minute: u32,
 }
 
 impl ServeConfig {

@@ -44,6 +44,7 @@ pub struct TransportLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// One of `http::observe::METHODS`, or `other`: never the client's own spelling.
     pub method: String,
     /// The route pattern (`/api/studies/{id}`), never the raw path: bounded cardinality.
     pub route: String,

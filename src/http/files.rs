@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result, ResultExt};
 use super::extract::{etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, Page};
+use super::guard::Decision;
 use super::serve::CloseConnection;
 use super::AppState;
 use crate::db::files::{self, File, NewFile};
@@ -133,8 +134,10 @@ fn content_disposition(name: &str) -> String {
 async fn list(
     State(state): State<AppState>,
     AppPath(id): AppPath<i64>,
+    access: Decision,
     AppQuery(page): AppQuery<Page>,
 ) -> Result<AppJson<Items<File>>> {
+    access.check(id)?;
     let mut checks = Checks::default();
     let limit = page.limit(&mut checks);
     checks.done()?;
@@ -162,9 +165,11 @@ async fn list(
 async fn upload(
     State(state): State<AppState>,
     AppPath(id): AppPath<i64>,
+    access: Decision,
     headers: HeaderMap,
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<impl IntoResponse> {
+    access.check(id)?;
     let max = state.max_upload;
     // Refuse a declared oversize body before reading any of it (and before `100 Continue`).
     let declared = headers
@@ -316,7 +321,8 @@ impl Drop for Staged {
         (status = 404, description = "No such file", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>, access: Decision) -> Result<impl IntoResponse> {
+    access.check(id)?;
     let file = files::get(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
     Ok((etag(&file.sha256), AppJson(file)))
 }
@@ -334,8 +340,10 @@ async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Resul
 async fn download(
     State(state): State<AppState>,
     AppPath(id): AppPath<i64>,
+    access: Decision,
     close: Option<Extension<CloseConnection>>,
 ) -> Result<Response> {
+    access.check(id)?;
     let file = files::content(&state.feed.pool, id).await?.ok_or_else(|| no_file(id))?;
     let length = file
         .length

@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result, ResultExt};
 use super::extract::{etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, Page};
+use super::guard::Decision;
 use super::AppState;
 use crate::db::messages::{self, Message};
 use crate::db::studies;
@@ -73,8 +74,10 @@ async fn missed(state: &AppState, id: i64) -> ApiError {
 async fn list(
     State(state): State<AppState>,
     AppPath(id): AppPath<i64>,
+    access: Decision,
     AppQuery(page): AppQuery<Page>,
 ) -> Result<AppJson<Items<Message>>> {
+    access.check(id)?;
     let mut checks = Checks::default();
     let limit = page.limit(&mut checks);
     checks.done()?;
@@ -100,8 +103,10 @@ async fn list(
 async fn create(
     State(state): State<AppState>,
     AppPath(id): AppPath<i64>,
+    access: Decision,
     AppJson(body): AppJson<CreateMessage>,
 ) -> Result<impl IntoResponse> {
+    access.check(id)?;
     Checks::default()
         .text("author", Some(&body.author), true, AUTHOR_MAX)
         .text("body", Some(&body.body), true, BODY_MAX)

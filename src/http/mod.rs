@@ -6,9 +6,11 @@ pub mod files;
 pub mod guard;
 pub mod health;
 pub mod limits;
+pub mod local;
 pub mod messages;
 pub mod observe;
 pub mod openapi;
+pub mod rate;
 pub mod serve;
 pub mod studies;
 pub mod web;
@@ -68,6 +70,10 @@ pub struct AppState {
     pub transfers: Arc<tokio::sync::Semaphore>,
     /// `--transfer-stall-timeout`: how long a download waits for its client to take a chunk.
     pub transfer_stall_timeout: std::time::Duration,
+    /// `--insecure-no-auth`: without a secret, answer any IP address as `Host` too ([`local`]).
+    pub insecure_no_auth: bool,
+    /// `--max-member-posts-per-minute`, per member token ([`rate`]).
+    pub member_posts: Arc<rate::PostLimiter>,
 }
 
 impl AppState {
@@ -92,6 +98,32 @@ pub fn api(max_upload: u64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-sent `X-Request-Id` kept.
+const REQUEST_ID_MAX: usize = 64;
+
+/// A client's `X-Request-Id` is kept (in logs and the answer) only if it is one short, plain
+/// value: at most [`REQUEST_ID_MAX`] of `A-Z a-z 0-9 . _ -`. Anything else is dropped, and the
+/// request gets a fresh UUID like one that sent none, so nobody writes what they like into logs.
+async fn plain_request_id(mut req: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    let ids = req.headers().get_all(REQUEST_ID);
+    let mut ids = ids.iter();
+    let plain = match (ids.next(), ids.next()) {
+        (Some(id), None) => {
+            let id = id.as_bytes();
+            !id.is_empty()
+                && id.len() <= REQUEST_ID_MAX
+                && id
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        }
+        _ => false,
+    };
+    if !plain {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
+}
 
 /// CORS for the origins `--allowed-origins` lists, so that a page served elsewhere can use REST and
 /// the streams client.js falls back to (SSE and long-poll are read with `fetch` and a bearer
@@ -137,6 +169,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(Extension(doc))
+        // PROTOCOL §8: without a secret, only loopback names, and no other site's streams or writes.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), local::local_only))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             observe::count_requests,
@@ -157,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_request(plain_request_id))
         // Outermost: a preflight is answered before routing and auth, as browsers send it
         // without credentials.
         .layer(tower::util::option_layer(cors(&state.allowed_origins)))

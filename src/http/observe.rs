@@ -1,7 +1,12 @@
 //! `GET /metrics` and the request counter (PROTOCOL §7).
+//!
+//! Every label of the counter comes from a bounded set, whatever clients send: the method is one
+//! of [`METHODS`] or `other`, the route is a route pattern or `unmatched`, the status one that
+//! pgfeed itself answers. A client cannot grow the metrics (or the server's memory) by inventing
+//! methods or paths.
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -34,13 +39,46 @@ pub async fn count_requests(State(state): State<AppState>, req: Request, next: N
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_owned();
     let response = next.run(req).await;
     let labels = HttpLabels {
         method,
         route,
-        status: response.status().as_u16(),
+        // Statuses come from pgfeed's own answers; anything outside HTTP's classes is one label.
+        status: match response.status().as_u16() {
+            s @ 100..=599 => s,
+            _ => 0,
+        },
     };
     state.metrics.http_requests.get_or_create(&labels).inc();
     response
+}
+
+/// The methods counted by name; any other is `other`.
+pub const METHODS: &[Method] = &[
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// The `method` label: a known method's name, else `other` (an 8 KB invented method included).
+pub fn method_label(method: &Method) -> &'static str {
+    METHODS.iter().find(|m| *m == method).map_or("other", |m| m.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let invented = Method::from_bytes("X".repeat(8192).as_bytes()).unwrap();
+        assert_eq!(method_label(&invented), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "other");
+    }
 }

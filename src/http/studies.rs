@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody, Result, ResultExt};
 use super::extract::{etag, AppJson, AppPath, AppQuery, Checks, IfMatch, Items, DEFAULT_LIMIT, MAX_LIMIT};
+use super::guard::Decision;
 use super::AppState;
 use crate::db::studies::{self, Filter, NewStudy, Status, Study, StudyChanges};
 
@@ -151,7 +152,8 @@ async fn create(State(state): State<AppState>, AppJson(body): AppJson<CreateStud
         (status = 404, description = "No such study", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
-async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>) -> Result<impl IntoResponse> {
+async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>, access: Decision) -> Result<impl IntoResponse> {
+    access.check(id)?;
     let study = studies::get(&state.feed.pool, id).await?.ok_or_else(|| no_study(id))?;
     Ok((etag(study.version), AppJson(study)))
 }

@@ -439,7 +439,7 @@ async fn a_rest_request_whose_body_never_finishes_is_cut_off_with_503() {
     .await;
     let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     tcp.write_all(
-        b"POST /api/studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"la",
+        b"POST /api/studies HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"la",
     )
     .await
     .unwrap();

@@ -617,7 +617,7 @@ async fn an_upload_declared_over_the_limit_is_refused_before_its_body_is_sent() 
     let mut tcp = TcpStream::connect(app.addr).await.unwrap();
 
     let head = format!(
-        "POST /api/studies/1/files HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=B\r\ncontent-length: {}\r\n\r\n",
+        "POST /api/studies/1/files HTTP/1.1\r\nhost: localhost\r\ncontent-type: multipart/form-data; boundary=B\r\ncontent-length: {}\r\n\r\n",
         100 << 20
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
@@ -637,7 +637,7 @@ async fn an_upload_streaming_past_the_limit_is_refused_before_it_ends() {
     // Chunked, so the server cannot know the size: it must count while streaming. The body
     // never ends (no last chunk); up to 4 MiB of it is offered against a 1 MiB limit.
     let writer = tokio::spawn(async move {
-        let head = "POST /api/studies/1/files HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=B\r\ntransfer-encoding: chunked\r\n\r\n";
+        let head = "POST /api/studies/1/files HTTP/1.1\r\nhost: localhost\r\ncontent-type: multipart/form-data; boundary=B\r\ntransfer-encoding: chunked\r\n\r\n";
         let part = "--B\r\ncontent-disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\ncontent-type: application/octet-stream\r\n\r\n";
         let mut out = head.as_bytes().to_vec();
         out.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
