@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod attack_capture;
 mod auth;
 mod browser;
 mod cli;
