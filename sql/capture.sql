@@ -112,7 +112,11 @@ begin
     if not exists (select from pg_roles where rolname = 'pgfeed_capture') then
         begin
             create role pgfeed_capture nologin noinherit;
-        exception when insufficient_privilege then
+        exception when duplicate_object or unique_violation then
+            -- Roles are the cluster's: a server starting on another database made it meanwhile
+            -- (the advisory lock above is per database).
+            null;
+        when insufficient_privilege then
             raise exception 'pgfeed: the role pgfeed_capture is missing and % may not create it (as a superuser: '
                             'create role pgfeed_capture nologin; grant pgfeed_capture to %)', current_user, quote_ident(current_user)
                 using hint = format('As a superuser, run: create role pgfeed_capture nologin; grant pgfeed_capture to %I; '

@@ -576,6 +576,37 @@ mod fuzz {
         }
 
         #[test]
+        fn a_move_read_for_one_topic_is_the_frame_the_listener_built_for_it(
+            kind in "[a-z_]{0,12}", topic in "\\PC{0,12}", from in proptest::option::of("\\PC{0,12}"),
+            to in proptest::option::of("\\PC{0,12}"), body in "\\PC{0,12}",
+        ) {
+            let mut topics = vec![topic.clone(), format!("{topic}:1")];
+            topics.extend(to.clone());
+            topics.extend(from.clone());
+            let row = || LogRow {
+                seq: 3,
+                pos: 1,
+                kind: format!("{kind}_updated"),
+                tbl: topic.clone(),
+                op: "update".into(),
+                row_id: "1".into(),
+                topics: topics.clone(),
+                data: serde_json::json!({"body": body}).to_string(),
+                committed_at: DateTime::from_timestamp(0, 0).unwrap(),
+                old: Some(serde_json::json!({"body": "before"}).to_string()),
+                moved_from: from.clone(),
+            };
+            let epoch = Epoch::new("e");
+            let all = Event::from_row(row(), &epoch);
+            for (i, frame) in all.frames.iter().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+                prop_assert_eq!(v["type"].as_str(), Some(all.kind_on(i, View::AsPublished)));
+                let one = Event::from_row_on(row(), i, &epoch);
+                prop_assert_eq!(&one.frames[0], frame);
+            }
+        }
+
+        #[test]
         fn any_string_as_a_topic_is_an_answer_never_a_panic(s in "\\PC{0,300}|[a-z_.]{1,20}(:[^\\x00]{0,20})?") {
             if let Ok(t) = Topic::parse(&s) {
                 prop_assert!(!t.table.is_empty() && s.len() <= MAX_TOPIC_LEN);
