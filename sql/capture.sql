@@ -74,6 +74,21 @@ create table if not exists pgfeed.events (
 alter table pgfeed.events drop column if exists id;
 create index if not exists events_txid_pos on pgfeed.events (txid, pos);
 
+-- Rights follow the row (PROTOCOL §8): an update that moves a row to another parent (a message to
+-- another study) also logs the row as it was (`old`) and the parent topic it left (`moved_from`,
+-- also in `topics`), so its old room gets an exit. Both are null for every other change.
+-- Added only when missing: `alter table` locks the log against writers even when it changes nothing.
+do $$
+begin
+    if not exists (select from pg_attribute where attrelid = 'pgfeed.events'::regclass and attname = 'old' and not attisdropped) then
+        alter table pgfeed.events add column old jsonb;
+    end if;
+    if not exists (select from pg_attribute where attrelid = 'pgfeed.events'::regclass and attname = 'moved_from' and not attisdropped) then
+        alter table pgfeed.events add column moved_from text;
+    end if;
+end
+$$;
+
 -- Tables in the feed: topic name -> table, for the server's topic validation and snapshots.
 create table if not exists pgfeed.tracked (
     topic       text primary key,
@@ -83,6 +98,81 @@ create table if not exists pgfeed.tracked (
     parent_col  text,
     parent_topic text
 );
+
+-- Rows become JSON as `pgfeed_capture`, a role that holds no rights at all (NOLOGIN, member of
+-- nothing, no attribute, and not even USAGE on this schema). `to_jsonb` runs code that whoever
+-- owns a column's type may write: a cast to json (`create cast (t as json) with function f(t)`).
+-- Run as the capture trigger's owner (usually a superuser), a table owner's cast ran as that
+-- owner: one INSERT made an ordinary role SUPERUSER. As `pgfeed_capture`, such code can do
+-- nothing its author cannot do already (it may not even write the log: `pgfeed.capture` does that
+-- after `pgfeed.serialize` returned). Snapshots render rows through it too (src/db/snapshot.rs).
+-- Creating the role needs CREATEROLE (or a superuser) once; an installer without it is told how.
+do $$
+begin
+    if not exists (select from pg_roles where rolname = 'pgfeed_capture') then
+        begin
+            create role pgfeed_capture nologin noinherit;
+        exception when duplicate_object or unique_violation then
+            -- Roles are the cluster's: a server starting on another database made it meanwhile
+            -- (the advisory lock above is per database).
+            null;
+        when insufficient_privilege then
+            raise exception 'pgfeed: the role pgfeed_capture is missing and % may not create it (as a superuser: '
+                            'create role pgfeed_capture nologin; grant pgfeed_capture to %)', current_user, quote_ident(current_user)
+                using hint = format('As a superuser, run: create role pgfeed_capture nologin; grant pgfeed_capture to %I; '
+                                    'then start pgfeed again. Rows are rendered to JSON as that role, which holds no rights, '
+                                    'so code hooked into the rendering (a cast to json) runs powerless.', current_user);
+        end;
+    end if;
+    if exists (select from pg_roles where rolname = 'pgfeed_capture'
+               and (rolsuper or rolcreaterole or rolcreatedb or rolcanlogin or rolreplication or rolbypassrls))
+       or exists (select from pg_auth_members m join pg_roles r on r.oid = m.member where r.rolname = 'pgfeed_capture') then
+        raise exception 'pgfeed: the role pgfeed_capture holds rights; it must hold none'
+            using hint = 'It renders rows to JSON, running code that table owners may write. Make it NOLOGIN, '
+                         'NOSUPERUSER, NOCREATEROLE, NOCREATEDB, NOREPLICATION, NOBYPASSRLS, and a member of no role.';
+    end if;
+    -- Replacing and re-owning its function needs the installer to act as the role.
+    if not pg_has_role(current_user, 'pgfeed_capture', 'USAGE') then
+        begin
+            execute format('grant pgfeed_capture to %I', current_user);
+        exception when insufficient_privilege then
+            raise exception 'pgfeed: % must be a member of the role pgfeed_capture (as a superuser: grant pgfeed_capture to %)',
+                            current_user, quote_ident(current_user)
+                using hint = format('As a superuser, run: grant pgfeed_capture to %I; then start pgfeed again.', current_user);
+        end;
+    end if;
+end
+$$;
+
+-- `r` as JSON, as `pgfeed_capture` (see above). plpgsql, not SQL: a security-definer SQL function
+-- is never inlined and starts an executor per call; this is a simple expression.
+-- Read-only while it runs (the writer's transaction is read-write again after it): code run
+-- here can change nothing, above all not `drop owned by pgfeed_capture`, which would drop this
+-- function and fail every tracked write until pgfeed starts again. Measured on 50,000-row
+-- inserts into a tracked table: within the noise of the old trigger's time (about 45 µs a row
+-- on the test box either way).
+create or replace function pgfeed.serialize(r anyelement) returns jsonb
+    language plpgsql
+    security definer
+    set transaction_read_only = on
+as $$
+begin
+    return pg_catalog.to_jsonb(r);
+end
+$$;
+do $$
+begin
+    if (select proowner from pg_proc where oid = 'pgfeed.serialize(anyelement)'::regprocedure)
+       <> (select oid from pg_roles where rolname = 'pgfeed_capture') then
+        -- A new owner needs CREATE on the schema, for the moment of the change only.
+        grant create on schema pgfeed to pgfeed_capture;
+        alter function pgfeed.serialize(anyelement) owner to pgfeed_capture;
+        revoke create on schema pgfeed from pgfeed_capture;
+    end if;
+    revoke all on function pgfeed.serialize(anyelement) from public;
+    execute format('grant execute on function pgfeed.serialize(anyelement) to %I', current_user);
+end
+$$;
 
 -- The row trigger. Arguments: topic, type prefix, primary key columns (comma-separated),
 -- parent column and parent topic (both '' when the table has no room to report to).
@@ -110,22 +200,30 @@ declare
     rid    pg_catalog.jsonb;
     op     pg_catalog.text;
     kind   pg_catalog.text;
+    was    pg_catalog.jsonb;
+    left_  pg_catalog.text;
 begin
     tz := pg_catalog.current_setting('TimeZone');
     utc := tz operator(pg_catalog.=) 'UTC' or tz operator(pg_catalog.=) 'Etc/UTC';
     if not utc then
         unused := pg_catalog.set_config('TimeZone', 'UTC', true);
     end if;
+    -- Rendered as `pgfeed_capture`, never as this function's owner: see `pgfeed.serialize`.
     if tg_op operator(pg_catalog.=) 'DELETE' then
-        rec := pg_catalog.to_jsonb(old);
+        rec := pgfeed.serialize(old);
         op := 'delete';
         kind := '_deleted';
     elsif tg_op operator(pg_catalog.=) 'UPDATE' then
-        rec := pg_catalog.to_jsonb(new);
+        rec := pgfeed.serialize(new);
         op := 'update';
         kind := '_updated';
+        -- Only the `pgfeed_capture_move` trigger passes a sixth argument: its WHEN clause saw the
+        -- parent column change. Every other write renders one row, as before.
+        if tg_argv[5] operator(pg_catalog.=) 'move' then
+            was := pgfeed.serialize(old);
+        end if;
     else
-        rec := pg_catalog.to_jsonb(new);
+        rec := pgfeed.serialize(new);
         op := 'insert';
         kind := '_created';
     end if;
@@ -146,6 +244,11 @@ begin
     if tg_argv[3] operator(pg_catalog.<>) '' and rec operator(pg_catalog.->>) tg_argv[3] is not null then
         topics := topics operator(pg_catalog.||) (tg_argv[4] operator(pg_catalog.||) ':' operator(pg_catalog.||) (rec operator(pg_catalog.->>) tg_argv[3]));
     end if;
+    -- A move: the parent topic the row left comes last (after the one it entered, if any).
+    if was is not null and was operator(pg_catalog.->>) tg_argv[3] is not null then
+        left_ := tg_argv[4] operator(pg_catalog.||) ':' operator(pg_catalog.||) (was operator(pg_catalog.->>) tg_argv[3]);
+        topics := topics operator(pg_catalog.||) left_;
+    end if;
 
     -- `pos`, the position within the transaction, is a transaction-local setting: it starts again
     -- at 1 in the next transaction (unset or '' there), and a rolled-back savepoint rolls it back
@@ -159,7 +262,7 @@ begin
         pos := pg_catalog.set_config('pgfeed.pos', (pos::pg_catalog.int4 operator(pg_catalog.+) 1)::pg_catalog.text, true);
     end if;
 
-    insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data)
+    insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data, old, moved_from)
     values (
         pg_catalog.pg_current_xact_id(),
         pos::pg_catalog.int4,
@@ -168,7 +271,9 @@ begin
         op,
         rid,
         topics,
-        rec);
+        rec,
+        was,
+        left_);
 
     -- A change after the transaction's stamp (it stamped early: `set constraints all immediate`,
     -- or a deferred trigger of the writer's own changed a tracked table after it): the seq is
@@ -258,7 +363,9 @@ begin
 end
 $$;
 
--- Only the triggers (running as the owner) draw and move commit rows.
+-- Only the triggers (running as the owner) draw and move commit rows. Firing a trigger needs no
+-- EXECUTE right (creating one does), so no pgfeed function is anyone's but the owner's and
+-- superusers' to call: see the `revoke` at the end of this file.
 revoke execute on function pgfeed.draw(), pgfeed.restamp() from public;
 
 -- For readers: the last seq of the unbroken run of commit rows from `from_seq` on, in the
@@ -367,10 +474,49 @@ begin
             parent_col = excluded.parent_col, parent_topic = excluded.parent_topic;
 
     execute format('drop trigger if exists pgfeed_capture on %s', tbl);
-    execute format(
-        'create trigger pgfeed_capture after insert or update or delete on %s '
-        'for each row execute function pgfeed.capture(%L, %L, %L, %L, %L)',
-        tbl, topic, type_prefix, array_to_string(pk, ','), coalesce(parent_col, ''), coalesce(parent_topic, ''));
+    execute format('drop trigger if exists pgfeed_capture_update on %s', tbl);
+    execute format('drop trigger if exists pgfeed_capture_move on %s', tbl);
+    if parent_col is null then
+        execute format(
+            'create trigger pgfeed_capture after insert or update or delete on %s '
+            'for each row execute function pgfeed.capture(%L, %L, %L, %L, %L)',
+            tbl, topic, type_prefix, array_to_string(pk, ','), '', '');
+    else
+        -- Rights follow the row (PROTOCOL §8): an update that changes the parent column is a move,
+        -- logged with the row as it was. The WHEN clauses decide which trigger fires, so an update
+        -- that moves nothing costs what it did (one row rendered) and a move renders both.
+        execute format(
+            'create trigger pgfeed_capture after insert or delete on %s '
+            'for each row execute function pgfeed.capture(%L, %L, %L, %L, %L)',
+            tbl, topic, type_prefix, array_to_string(pk, ','), parent_col, coalesce(parent_topic, ''));
+        execute format(
+            'create trigger pgfeed_capture_update after update on %s '
+            'for each row when (old.%I is not distinct from new.%I) '
+            'execute function pgfeed.capture(%L, %L, %L, %L, %L)',
+            tbl, parent_col, parent_col, topic, type_prefix, array_to_string(pk, ','), parent_col, coalesce(parent_topic, ''));
+        execute format(
+            'create trigger pgfeed_capture_move after update on %s '
+            'for each row when (old.%I is distinct from new.%I) '
+            'execute function pgfeed.capture(%L, %L, %L, %L, %L, %L)',
+            tbl, parent_col, parent_col, topic, type_prefix, array_to_string(pk, ','), parent_col, coalesce(parent_topic, ''), 'move');
+    end if;
+end
+$$;
+
+-- Tables tracked with a parent by an earlier version have one trigger, which logs no moves:
+-- tracked again once, they get the move trigger.
+do $$
+declare
+    t record;
+begin
+    for t in
+        select tr.* from pgfeed.tracked tr
+        where tr.parent_col is not null
+          and exists (select from pg_class c where c.oid = tr.relid)
+          and not exists (select from pg_trigger g where g.tgrelid = tr.relid and g.tgname = 'pgfeed_capture_move')
+    loop
+        perform pgfeed.track_as(t.relid, t.topic, t.type_prefix, t.parent_col, t.parent_topic);
+    end loop;
 end
 $$;
 
@@ -398,6 +544,8 @@ create or replace function pgfeed.untrack(tbl regclass) returns void
 as $$
 begin
     execute format('drop trigger if exists pgfeed_capture on %s', tbl);
+    execute format('drop trigger if exists pgfeed_capture_update on %s', tbl);
+    execute format('drop trigger if exists pgfeed_capture_move on %s', tbl);
     delete from pgfeed.tracked where relid = tbl;
 end
 $$;
@@ -433,3 +581,7 @@ begin
     return n;
 end
 $$;
+
+-- No pgfeed function is PUBLIC's to call (PROTOCOL §8, README "Security"): the owner (pgfeed's
+-- own role) and superusers track tables, prune and read; triggers fire without EXECUTE rights.
+revoke execute on all functions in schema pgfeed from public;

@@ -129,19 +129,53 @@ pub struct LogRow {
     pub topics: Vec<String>,
     pub data: String,
     pub committed_at: DateTime<Utc>,
+    /// For an update that moved the row to another parent (PROTOCOL §8): the row as it was.
+    pub old: Option<String>,
+    /// With `old`: the parent topic the row left (`studies:1`), also among `topics`.
+    pub moved_from: Option<String>,
 }
 
 /// One change, ready to send: its wire JSON for each of its topics.
 #[derive(Debug)]
 pub struct Event {
     pub at: Position,
-    /// `study_created` etc.: SSE's `event:` line.
+    /// `study_created` etc.: SSE's `event:` line, except where a move is an exit or entry ([`Event::kind_on`]).
     pub kind: String,
     pub topics: Vec<String>,
     /// `frames[i]` is the event's JSON with `"topic": topics[i]`: text known to be UTF-8 once,
     /// here, so no transport validates it again per subscriber.
     pub frames: Vec<Utf8Bytes>,
     pub committed_at: DateTime<Utc>,
+    /// The parent topic the row is in after this change (`studies:42` for a message), if its
+    /// table has parents: what decides who may see the change ([`crate::rights`]).
+    pub room: Option<String>,
+    /// Set when the change moved the row to another parent (PROTOCOL §8).
+    pub moved: Option<Box<Move>>,
+}
+
+/// An update that moved its row from one parent to another (a message to another study). Rights
+/// follow the row: on the parent topic it left, the event is an exit (`…_deleted` with the row as
+/// it was, `op` `delete`); on the one it entered, an entry (`…_created` with the row as it is, `op`
+/// `insert`); on the table's and the row's own topics, the update it is.
+#[derive(Debug)]
+pub struct Move {
+    /// The parent topic the row left, if it had one.
+    pub from: Option<String>,
+    pub exit_kind: String,
+    pub entry_kind: String,
+    /// The exit and the entry as frames on the row's own topic (`messages:10`), when the event
+    /// carries that topic: what a member's subscription to the row gets when the row leaves or
+    /// enters its studies.
+    pub row_exit: Option<Utf8Bytes>,
+    pub row_entry: Option<Utf8Bytes>,
+}
+
+/// How a topic sees an event: as published, or as a move's exit or entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    AsPublished,
+    Exit,
+    Entry,
 }
 
 impl Event {
@@ -150,10 +184,39 @@ impl Event {
     /// between them, so the rest is written once. `id` and `data` are copied in as the database
     /// wrote them (its JSON types accept only valid JSON), not parsed again.
     pub fn from_row(row: LogRow, epoch: &Epoch) -> Self {
+        Self::build(row, None, epoch)
+    }
+
+    /// `row` as published on its `i`-th topic alone: what a backlog read for one stream needs (the
+    /// other topics' frames would be serialized for nothing).
+    pub fn from_row_on(row: LogRow, i: usize, epoch: &Epoch) -> Self {
+        Self::build(row, Some(i), epoch)
+    }
+
+    /// The event of `row`, with frames for all its topics or for the `only` one.
+    fn build(mut row: LogRow, only: Option<usize>, epoch: &Epoch) -> Self {
         let at = Position {
             seq: row.seq,
             pos: row.pos,
         };
+        // The capture trigger lists the table's topic, the row's, the parent it is in, then the
+        // parent it left (a move only).
+        let room = row
+            .topics
+            .get(2)
+            .filter(|t| Some(t.as_str()) != row.moved_from.as_deref())
+            .cloned();
+        let carries_row_topic = match only {
+            None => row.topics.len() > 1,
+            Some(i) => i == 1,
+        };
+        if let Some(i) = only {
+            row.topics.swap(0, i);
+            row.topics.truncate(1);
+        }
+        if let Some(old) = row.old.take() {
+            return Self::moved(row, old, room, carries_row_topic, epoch);
+        }
         let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let mut head = String::with_capacity(16 + row.kind.len());
         head.push_str(r#"{"type":"#);
@@ -190,15 +253,93 @@ impl Event {
             topics: row.topics,
             frames,
             committed_at: row.committed_at,
+            room,
+            moved: None,
         }
     }
 
-    /// `row` as published on its `i`-th topic alone: what a backlog read for one stream needs (the
-    /// other topics' frames would be serialized for nothing).
-    pub fn from_row_on(mut row: LogRow, i: usize, epoch: &Epoch) -> Self {
-        row.topics.swap(0, i);
-        row.topics.truncate(1);
-        Self::from_row(row, epoch)
+    /// The event of a move (rare: no shared head and tail, each frame written whole). The row's
+    /// own topic is the first of `row.topics` when `only` kept it, else the second.
+    fn moved(row: LogRow, old: String, room: Option<String>, carries_row_topic: bool, epoch: &Epoch) -> Self {
+        let at = Position {
+            seq: row.seq,
+            pos: row.pos,
+        };
+        let prefix = row.kind.strip_suffix("_updated").unwrap_or(&row.kind);
+        let exit_kind = format!("{prefix}_deleted");
+        let entry_kind = format!("{prefix}_created");
+        let cursor = epoch.cursor(at);
+        let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let frame = |kind: &str, topic: &str, op: &str, data: &str| {
+            let mut f = String::with_capacity(128 + topic.len() + row.tbl.len() + row.row_id.len() + data.len());
+            f.push_str(r#"{"type":"#);
+            push_json_str(&mut f, kind);
+            f.push_str(r#","topic":"#);
+            push_json_str(&mut f, topic);
+            f.push_str(r#","cursor":"#);
+            push_json_str(&mut f, &cursor);
+            f.push_str(r#","table":"#);
+            push_json_str(&mut f, &row.tbl);
+            f.push_str(r#","op":"#);
+            push_json_str(&mut f, op);
+            f.push_str(r#","id":"#);
+            f.push_str(&row.row_id);
+            f.push_str(r#","data":"#);
+            f.push_str(data);
+            f.push_str(r#","committed_at":"#);
+            push_json_str(&mut f, &committed_at);
+            f.push('}');
+            Utf8Bytes::from(f)
+        };
+        let frames = row
+            .topics
+            .iter()
+            .map(|topic| {
+                if Some(topic) == row.moved_from.as_ref() {
+                    frame(&exit_kind, topic, "delete", &old)
+                } else if Some(topic) == room.as_ref() {
+                    frame(&entry_kind, topic, "insert", &row.data)
+                } else {
+                    frame(&row.kind, topic, &row.op, &row.data)
+                }
+            })
+            .collect();
+        let row_topic = if carries_row_topic {
+            row.topics.get(if row.topics.len() == 1 { 0 } else { 1 })
+        } else {
+            None
+        };
+        let row_exit = row_topic.map(|t| frame(&exit_kind, t, "delete", &old));
+        let row_entry = row_topic.map(|t| frame(&entry_kind, t, "insert", &row.data));
+        Event {
+            at,
+            kind: row.kind,
+            topics: row.topics,
+            frames,
+            committed_at: row.committed_at,
+            room,
+            moved: Some(Box::new(Move {
+                from: row.moved_from,
+                exit_kind,
+                entry_kind,
+                row_exit,
+                row_entry,
+            })),
+        }
+    }
+
+    /// The `type` of the event as seen on its `i`-th topic in `view`: SSE's `event:` line.
+    pub fn kind_on(&self, i: usize, view: View) -> &str {
+        let Some(m) = &self.moved else { return &self.kind };
+        match view {
+            View::Exit => &m.exit_kind,
+            View::Entry => &m.entry_kind,
+            View::AsPublished => match self.topics.get(i) {
+                Some(t) if Some(t) == m.from.as_ref() => &m.exit_kind,
+                Some(t) if Some(t) == self.room.as_ref() => &m.entry_kind,
+                _ => &self.kind,
+            },
+        }
     }
 
     /// Index of `topic` in this event's topics, if it is published there.
@@ -310,6 +451,8 @@ mod tests {
             topics: vec!["messages".into(), "messages:5".into(), "studies:1".into()],
             data: r#"{"id": 5, "body": "hi"}"#.into(),
             committed_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
+            old: None,
+            moved_from: None,
         };
         let ev = Event::from_row(row, &Epoch::new("e1"));
         assert_eq!(ev.frames.len(), 3);
@@ -324,6 +467,79 @@ mod tests {
         assert_eq!(v["id"], 5);
         assert_eq!(v["committed_at"], "2023-11-14T22:13:20.123456Z");
         assert_eq!(ev.topic_index("studies:1"), Some(2));
+    }
+
+    fn move_of_message_5_from_study_1_to_2() -> LogRow {
+        LogRow {
+            seq: 8,
+            pos: 1,
+            kind: "message_updated".into(),
+            tbl: "messages".into(),
+            op: "update".into(),
+            row_id: "5".into(),
+            topics: vec![
+                "messages".into(),
+                "messages:5".into(),
+                "studies:2".into(),
+                "studies:1".into(),
+            ],
+            data: r#"{"id": 5, "study_id": 2}"#.into(),
+            committed_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            old: Some(r#"{"id": 5, "study_id": 1}"#.into()),
+            moved_from: Some("studies:1".into()),
+        }
+    }
+
+    #[test]
+    fn a_move_is_an_exit_on_the_old_room_an_entry_on_the_new_and_an_update_elsewhere() {
+        let epoch = Epoch::new("e1");
+        let ev = Event::from_row(move_of_message_5_from_study_1_to_2(), &epoch);
+        let frames: Vec<serde_json::Value> = ev
+            .frames
+            .iter()
+            .map(|f| serde_json::from_str(f.as_str()).unwrap())
+            .collect();
+        let seen: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                (
+                    f["topic"].as_str().unwrap(),
+                    f["type"].as_str().unwrap(),
+                    f["op"].as_str().unwrap(),
+                    f["data"]["study_id"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("messages", "message_updated", "update", 2),
+                ("messages:5", "message_updated", "update", 2),
+                ("studies:2", "message_created", "insert", 2),
+                ("studies:1", "message_deleted", "delete", 1),
+            ]
+        );
+        assert_eq!(ev.room.as_deref(), Some("studies:2"));
+        assert_eq!(ev.kind_on(3, View::AsPublished), "message_deleted");
+        let m = ev.moved.as_ref().unwrap();
+        let exit: serde_json::Value = serde_json::from_str(m.row_exit.as_ref().unwrap().as_str()).unwrap();
+        assert_eq!(
+            (
+                exit["topic"].as_str(),
+                exit["type"].as_str(),
+                exit["data"]["study_id"].as_i64()
+            ),
+            (Some("messages:5"), Some("message_deleted"), Some(1))
+        );
+        // A backlog read of one topic builds the same frame for it (and the row's variants only
+        // when that topic is the row's).
+        for i in 0..4 {
+            let one = Event::from_row_on(move_of_message_5_from_study_1_to_2(), i, &epoch);
+            assert_eq!(one.frames.len(), 1);
+            assert_eq!(one.frames[0], ev.frames[i], "topic {i}");
+            assert_eq!(one.room, ev.room);
+            assert_eq!(one.moved.as_ref().unwrap().row_exit.is_some(), i == 1);
+        }
     }
 }
 
@@ -357,6 +573,37 @@ mod fuzz {
             let epoch = Epoch::new("e0");
             let at = Position { seq, pos };
             prop_assert_eq!(epoch.parse_cursor(&epoch.cursor(at)), Ok(CursorCheck::Ours(at)));
+        }
+
+        #[test]
+        fn a_move_read_for_one_topic_is_the_frame_the_listener_built_for_it(
+            kind in "[a-z_]{0,12}", topic in "\\PC{0,12}", from in proptest::option::of("\\PC{0,12}"),
+            to in proptest::option::of("\\PC{0,12}"), body in "\\PC{0,12}",
+        ) {
+            let mut topics = vec![topic.clone(), format!("{topic}:1")];
+            topics.extend(to.clone());
+            topics.extend(from.clone());
+            let row = || LogRow {
+                seq: 3,
+                pos: 1,
+                kind: format!("{kind}_updated"),
+                tbl: topic.clone(),
+                op: "update".into(),
+                row_id: "1".into(),
+                topics: topics.clone(),
+                data: serde_json::json!({"body": body}).to_string(),
+                committed_at: DateTime::from_timestamp(0, 0).unwrap(),
+                old: Some(serde_json::json!({"body": "before"}).to_string()),
+                moved_from: from.clone(),
+            };
+            let epoch = Epoch::new("e");
+            let all = Event::from_row(row(), &epoch);
+            for (i, frame) in all.frames.iter().enumerate() {
+                let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+                prop_assert_eq!(v["type"].as_str(), Some(all.kind_on(i, View::AsPublished)));
+                let one = Event::from_row_on(row(), i, &epoch);
+                prop_assert_eq!(&one.frames[0], frame);
+            }
         }
 
         #[test]

@@ -239,6 +239,9 @@ pub struct Subscriptions {
     /// Set by [`Subscriptions::add_merged`]: the position of the last event sent on the whole
     /// connection, which then sends each event once and in commit order across its topics.
     once: Option<Position>,
+    /// Who the client is: a member's subscriptions to rows see them leave and enter its studies
+    /// ([`crate::rights`]). Admin unless [`Subscriptions::with_access`] says otherwise.
+    access: Access,
 }
 
 impl Subscriptions {
@@ -248,7 +251,30 @@ impl Subscriptions {
             outbox,
             sent: HashMap::new(),
             once: None,
+            access: Access::Admin,
         }
+    }
+
+    /// These subscriptions are `access`'s: every delivery passes [`crate::rights::admit`].
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Whether the client may be sent `d`, and how (rights follow the row: [`crate::rights`]).
+    fn admit(&self, d: &mut Delivery) -> bool {
+        crate::rights::admit(&self.access, d)
+    }
+
+    /// The deliveries of a backlog page that the client may be sent.
+    fn admitted(&self, events: Vec<Delivery>) -> Vec<Delivery> {
+        if self.access.is_admin() {
+            return events;
+        }
+        events
+            .into_iter()
+            .filter_map(|mut d| self.admit(&mut d).then_some(d))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -318,9 +344,11 @@ impl Subscriptions {
                 Backlog::None => {}
                 Backlog::Ring(found) => {
                     let after = at;
-                    for d in found.into_iter().filter(|d| d.at() > after) {
+                    for mut d in found.into_iter().filter(|d| d.at() > after) {
                         at = d.at();
-                        emit.emit(Item::Event(d)).await?;
+                        if self.admit(&mut d) {
+                            emit.emit(Item::Event(d)).await?;
+                        }
                     }
                     emit.flush().await?;
                 }
@@ -354,12 +382,13 @@ impl Subscriptions {
         let mut page = self.page(topic, *at).await?;
         loop {
             let end = page.events.last().map_or(*at, Delivery::at);
+            let events = self.admitted(page.events);
             if !(page.full && more(end)) {
-                send(page.events, emit).await?;
+                send(events, emit).await?;
                 *at = end;
                 return Ok(());
             }
-            let (next, sent) = tokio::join!(self.page(topic, end), send(page.events, emit));
+            let (next, sent) = tokio::join!(self.page(topic, end), send(events, emit));
             sent?;
             page = next?;
             *at = end;
@@ -448,8 +477,8 @@ impl Subscriptions {
             } else {
                 ring.sort_by_key(|e| e.at);
                 ring.dedup_by_key(|e| e.at);
-                for d in ring.into_iter().filter_map(|e| first_delivery(e, topics)) {
-                    if self.accept(&d) {
+                for mut d in ring.into_iter().filter_map(|e| first_delivery(e, topics)) {
+                    if self.accept(&mut d) {
                         emit.emit(Item::Event(d)).await?;
                     }
                 }
@@ -485,7 +514,10 @@ impl Subscriptions {
         loop {
             let end = page.last().map_or(*read, Delivery::at);
             let full = page.len() as i64 >= log::PAGE;
-            let fresh: Vec<Delivery> = page.into_iter().filter(|d| self.accept(d)).collect();
+            let fresh: Vec<Delivery> = page
+                .into_iter()
+                .filter_map(|mut d| self.accept(&mut d).then_some(d))
+                .collect();
             if !(full && more(end)) {
                 send(fresh, emit).await?;
                 *read = end;
@@ -503,8 +535,10 @@ impl Subscriptions {
         self.sent.remove(topic).is_some()
     }
 
-    /// Whether a live delivery is new for its subscription (and records it as sent).
-    pub fn accept(&mut self, d: &Delivery) -> bool {
+    /// Whether a live delivery is new for its subscription (and records it as sent), and may be
+    /// sent to this client: a member's delivery of a row that left its studies may become the
+    /// row's exit, or be dropped ([`crate::rights`]).
+    pub fn accept(&mut self, d: &mut Delivery) -> bool {
         let fresh = match self.sent.get_mut(d.topic()) {
             Some(sent) if d.at() > *sent => {
                 *sent = d.at();
@@ -512,7 +546,7 @@ impl Subscriptions {
             }
             _ => false,
         };
-        match &mut self.once {
+        (match &mut self.once {
             // A merged stream: the event may already have gone out under another of its topics.
             Some(last) if fresh => {
                 let new = d.at() > *last;
@@ -520,7 +554,7 @@ impl Subscriptions {
                 new
             }
             _ => fresh,
-        }
+        }) && self.admit(d)
     }
 
     /// Moves a subscription's position forward (after a refreshed snapshot).

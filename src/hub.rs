@@ -17,7 +17,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Epoch, Event, Position};
+use crate::event::{Epoch, Event, Position, View};
 
 /// Deliveries one connection may have waiting. A connection that falls further behind is closed
 /// with 4008 and resumes from its cursor: it loses nothing, it re-reads the log. 4096 slots of a
@@ -33,12 +33,41 @@ pub const RING: usize = 10_000;
 pub struct Delivery {
     pub event: Arc<Event>,
     topic: usize,
+    /// As published, or (a member's subscription to a row that changed study) as an exit or
+    /// entry: see [`crate::rights`].
+    view: View,
 }
 
 impl Delivery {
     /// `event` as published on its `topic`-th topic.
     pub fn new(event: Arc<Event>, topic: usize) -> Self {
-        Delivery { event, topic }
+        Delivery {
+            event,
+            topic,
+            view: View::AsPublished,
+        }
+    }
+
+    /// Delivers a move on the row's own topic as its exit (`exit`) or entry instead; false when
+    /// the event is no move or does not carry the row's topic.
+    pub fn view_as(&mut self, view: View) -> bool {
+        let Some(m) = &self.event.moved else {
+            return view == View::AsPublished;
+        };
+        let there = match view {
+            View::AsPublished => true,
+            View::Exit => m.row_exit.is_some(),
+            View::Entry => m.row_entry.is_some(),
+        };
+        if there {
+            self.view = view;
+        }
+        there
+    }
+
+    /// The event's `type` as this delivery shows it (SSE's `event:` line).
+    pub fn kind(&self) -> &str {
+        self.event.kind_on(self.topic, self.view)
     }
 
     pub fn at(&self) -> Position {
@@ -51,7 +80,13 @@ impl Delivery {
 
     /// The event's JSON for this topic, shared with every other subscriber of the topic.
     pub fn frame(&self) -> &Utf8Bytes {
-        &self.event.frames[self.topic]
+        let moved = self.event.moved.as_ref();
+        match self.view {
+            View::Exit => moved.and_then(|m| m.row_exit.as_ref()),
+            View::Entry => moved.and_then(|m| m.row_entry.as_ref()),
+            View::AsPublished => None,
+        }
+        .unwrap_or(&self.event.frames[self.topic])
     }
 }
 
@@ -169,12 +204,7 @@ impl Hub {
                 let found = inner
                     .ring
                     .range(start..)
-                    .filter_map(|e| {
-                        e.topic_index(topic).map(|topic| Delivery {
-                            event: e.clone(),
-                            topic,
-                        })
-                    })
+                    .filter_map(|e| e.topic_index(topic).map(|topic| Delivery::new(e.clone(), topic)))
                     .collect();
                 Backlog::Ring(found)
             }
@@ -202,18 +232,13 @@ impl Hub {
                 let Some(subs) = inner.topics.get_mut(topic) else {
                     continue;
                 };
-                subs.retain(|o| {
-                    match o.tx.try_send(Delivery {
-                        event: event.clone(),
-                        topic: i,
-                    }) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            o.overflow.cancel();
-                            false
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                subs.retain(|o| match o.tx.try_send(Delivery::new(event.clone(), i)) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        o.overflow.cancel();
+                        false
                     }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
                 if subs.is_empty() {
                     inner.topics.remove(topic);
@@ -273,6 +298,8 @@ mod tests {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             data: "{}".into(),
             committed_at: chrono::Utc::now(),
+            old: None,
+            moved_from: None,
         };
         Event::from_row(row, &Epoch::new("e"))
     }

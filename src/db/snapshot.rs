@@ -1,8 +1,10 @@
 //! Snapshots (PROTOCOL §5): a topic's current rows and the log position they reflect, read in one
 //! REPEATABLE READ transaction, so that streaming from that position neither misses nor repeats.
 //!
-//! Rows are rendered with `to_jsonb` under UTC, exactly as the capture trigger renders them, so a
-//! snapshot row and an event's `data` are byte-for-byte comparable.
+//! Rows are rendered with `pgfeed.serialize` (`to_jsonb` as the powerless role `pgfeed_capture`)
+//! under UTC, exactly as the capture trigger renders them, so a snapshot row and an event's `data`
+//! are byte-for-byte comparable. Never with `to_jsonb` as pgfeed's own role: it runs casts to json
+//! that a table's owner may write (sql/capture.sql, `pgfeed.serialize`).
 
 use sqlx::PgPool;
 
@@ -45,7 +47,7 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
     let data: String = match of {
         Of::Table(t) => {
             let sql = format!(
-                r#"select coalesce(jsonb_agg(to_jsonb(r) order by {pk}), '[]')::text from {rel} r"#,
+                r#"select coalesce(jsonb_agg(pgfeed.serialize(r) order by {pk}), '[]')::text from {rel} r"#,
                 pk = t.pk.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
                 rel = t.relation,
             );
@@ -60,10 +62,10 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
                         "text" => format!("r.{col} = $1"),
                         _ => format!("r.{col}::text = $1"),
                     };
-                    format!(r#"select coalesce((select to_jsonb(r) from {} r where {cond}), 'null')::text"#, t.relation)
+                    format!(r#"select coalesce((select pgfeed.serialize(r) from {} r where {cond}), 'null')::text"#, t.relation)
                 }
                 _ => format!(
-                    r#"select coalesce((select to_jsonb(r) from {} r where concat_ws(',', {}) = $1), 'null')::text"#,
+                    r#"select coalesce((select pgfeed.serialize(r) from {} r where concat_ws(',', {}) = $1), 'null')::text"#,
                     t.relation,
                     t.pk.iter().map(|c| format!("r.{c}::text")).collect::<Vec<_>>().join(", ")
                 ),
@@ -73,9 +75,9 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
         Of::Room(id) => {
             sqlx::query_scalar(
                 r#"select jsonb_build_object(
-                       'study', (select to_jsonb(s) from studies s where s.id = $1),
-                       'messages', coalesce((select jsonb_agg(to_jsonb(m) order by m.id) from messages m where m.study_id = $1), '[]'),
-                       'files', coalesce((select jsonb_agg(to_jsonb(f) order by f.id) from files f where f.study_id = $1), '[]')
+                       'study', (select pgfeed.serialize(s) from studies s where s.id = $1),
+                       'messages', coalesce((select jsonb_agg(pgfeed.serialize(m) order by m.id) from messages m where m.study_id = $1), '[]'),
+                       'files', coalesce((select jsonb_agg(pgfeed.serialize(f) order by f.id) from files f where f.study_id = $1), '[]')
                    )::text"#,
             )
             .bind(id)

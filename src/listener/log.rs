@@ -263,7 +263,7 @@ async fn read<'e>(
            ) b
            left join lateral (
                select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
-                      e.data::text as data, c.committed_at
+                      e.data::text as data, c.committed_at, e.old::text as old, e.moved_from
                from pgfeed.commits c
                cross join lateral (
                    select * from pgfeed.events e
@@ -316,6 +316,8 @@ async fn read<'e>(
             topics: row.try_get(9)?,
             data: row.try_get(10)?,
             committed_at: row.try_get(11)?,
+            old: row.try_get(12)?,
+            moved_from: row.try_get(13)?,
         });
     }
     // The page comes in (seq, pos) order from the statement's inner `order by` through a join

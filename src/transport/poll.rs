@@ -122,7 +122,9 @@ async fn changes(state: AppState, q: ChangesQuery, access: Access) -> Result<Ans
         // published to this outbox, and one committed before it is in the read.
         let (outbox, mut wake_rx) = Outbox::new(WAKE_QUEUE);
         let _registered = Registered::new(&feed.hub, &topics, &outbox);
-        let (events, next) = feed.changes(&topics, since, limit).await?;
+        let (mut events, next) = feed.changes(&topics, since, limit).await?;
+        // Rights follow the row: a member's row topics see a row leave its studies as an exit.
+        events.retain_mut(|d| crate::rights::admit(&access, d));
         if !events.is_empty() || Instant::now() >= deadline || shutdown.is_cancelled() {
             let events = events.iter().map(|d| d.frame().clone()).collect();
             return Ok(Answer {

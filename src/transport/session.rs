@@ -112,7 +112,7 @@ where
     let (outbox, inbox) = Outbox::new(CONNECTION_QUEUE);
     let session = Session {
         socket,
-        subs: Subscriptions::new(feed.clone(), outbox),
+        subs: Subscriptions::new(feed.clone(), outbox).with_access(access.clone()),
         feed,
         rate: RateLimit::new(config.max_frames_per_second),
         config,
@@ -247,8 +247,8 @@ where
         let mut next = Some(first);
         let mut fed = 0;
         let mut newest = None;
-        while let Some(d) = next.take() {
-            if self.subs.accept(&d) {
+        while let Some(mut d) = next.take() {
+            if self.subs.accept(&mut d) {
                 stall(self.socket.feed(Message::Text(d.frame().clone()))).await??;
                 fed += 1;
                 newest = Some(d.event.committed_at);

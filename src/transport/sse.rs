@@ -170,6 +170,7 @@ async fn open(
     // otherwise hold graceful shutdown forever).
     state.shutdown.tracker.spawn(run(
         feed,
+        access,
         topics,
         start,
         refresh,
@@ -192,8 +193,10 @@ async fn open(
 
 /// Feeds one SSE stream until the client leaves, falls behind, or the server shuts down. The
 /// connection's gauge and its slot in the connection limits are held for as long as it runs.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     feed: Feed,
+    access: Access,
     topics: Vec<String>,
     start: Start,
     refresh: Option<&'static str>,
@@ -202,7 +205,7 @@ async fn run(
     (mut metrics, _permit): (ConnectionGuard, ConnPermit),
 ) {
     let (outbox, mut inbox) = Outbox::new(CONNECTION_QUEUE);
-    let mut subs = Subscriptions::new(feed.clone(), outbox.clone());
+    let mut subs = Subscriptions::new(feed.clone(), outbox.clone()).with_access(access);
     let mut writer = Writer {
         tx: &events_tx,
         feed: &feed,
@@ -253,8 +256,8 @@ async fn run(
                 return;
             }
             _ = events_tx.closed() => return,
-            Some(d) = inbox.recv() => {
-                if subs.accept(&d) {
+            Some(mut d) = inbox.recv() => {
+                if subs.accept(&mut d) {
                     if writer.send(event_of(&feed, &d)).await.is_err() {
                         return;
                     }
@@ -269,10 +272,7 @@ async fn run(
 fn event_of(feed: &Feed, d: &Delivery) -> SseEvent {
     // Frames are compact JSON (serde_json, jsonb text): no raw line breaks, as `data` requires.
     let data = d.frame().as_str();
-    SseEvent::default()
-        .id(feed.cursor(d.at()))
-        .event(d.event.kind.as_str())
-        .data(data)
+    SseEvent::default().id(feed.cursor(d.at())).event(d.kind()).data(data)
 }
 
 /// Sends what precedes the live stream, and the live events, to the response body.

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod attack_capture;
 mod attack_edge;
 mod attack_files;
 mod auth;
