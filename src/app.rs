@@ -117,7 +117,9 @@ impl App {
             allowed_origins: Arc::new(config.allowed_origins.clone()),
             max_upload: config.max_upload,
             request_timeout: config.request_timeout,
+            trusted_proxies: Arc::new(http::client::TrustedProxies::new(config.trusted_proxies.clone())),
         };
+        http::serve::raise_file_limit(config.max_tcp_connections);
 
         let tcp = tokio::net::TcpListener::bind(config.bind)
             .await
@@ -162,14 +164,13 @@ impl App {
             .tracker
             .spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));
 
+        let accept = http::serve::Accept {
+            header_read_timeout: config.header_read_timeout,
+            connections: http::limits::ConnLimits::new(config.max_tcp_connections_per_ip, config.max_tcp_connections),
+            trusted_proxies: state.trusted_proxies.clone(),
+        };
         tracing::info!("listening on http://{}", tcp.local_addr()?);
-        http::serve::serve(
-            tcp,
-            http::router(state),
-            config.header_read_timeout,
-            shutdown.token.clone(),
-        )
-        .await;
+        http::serve::serve(tcp, http::router(state), accept, shutdown.token.clone()).await;
 
         shutdown.tracker.close();
         if tokio::time::timeout(GRACE, shutdown.tracker.wait()).await.is_err() {

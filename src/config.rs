@@ -27,6 +27,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start: its size costs nothing, and boxing would only clutter `main`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run migrations, then the HTTP/WebSocket server (the default).
@@ -149,6 +151,24 @@ pub struct ServeConfig {
     /// Interval of the server's WebSocket pings; a peer that misses one is dropped.
     #[arg(long, env = "PGFEED_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub ws_ping_interval: Duration,
+
+    /// Open TCP connections allowed in total; one more is closed at once. Keep it above
+    /// --max-connections (each WebSocket or SSE stream over HTTP/1 is one) and below the open-file
+    /// limit (raised to its hard limit at start).
+    #[arg(long, env = "PGFEED_MAX_TCP_CONNECTIONS", default_value_t = 25_000)]
+    pub max_tcp_connections: usize,
+
+    /// Open TCP connections allowed from one client address (an IPv6 /64 counts as one address);
+    /// one more is closed at once. Connections from --trusted-proxies count in the total only.
+    #[arg(long, env = "PGFEED_MAX_TCP_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_tcp_connections_per_ip: usize,
+
+    /// Comma-separated reverse proxies (addresses or CIDR networks, e.g. 127.0.0.1,10.0.0.0/8)
+    /// whose X-Forwarded-For / Forwarded headers name the client for per-client limits: the
+    /// right-most address in them that is not a trusted proxy. Headers from other peers are
+    /// ignored. Empty: every client is its socket's peer address.
+    #[arg(long, env = "PGFEED_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::http::client::Cidr>,
 }
 
 impl ServeConfig {
@@ -209,5 +229,24 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(7 * 86400));
         assert_eq!(c.max_upload, 25 << 20);
         assert_eq!(c.max_connections_per_ip, 256);
+        assert!(c.max_tcp_connections > c.max_connections);
+        assert!(c.max_tcp_connections_per_ip > c.max_connections_per_ip);
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_a_list_and_garbage_is_refused() {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let c = Only::try_parse_from(["pgfeed", "--trusted-proxies", "127.0.0.1, 10.0.0.0/8,fd00::/8"]).unwrap();
+        let listed: Vec<String> = c.serve.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        let err = Only::try_parse_from(["pgfeed", "--trusted-proxies", "nginx"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP: the router and the state every handler shares. One file per area; `router()` merges them.
 
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub max_upload: u64,
     /// `--request-timeout`: the longest a REST request may take.
     pub request_timeout: std::time::Duration,
+    /// `--trusted-proxies`: whose forwarding headers name the client (`client.rs`).
+    pub trusted_proxies: Arc<client::TrustedProxies>,
 }
 
 impl AppState {

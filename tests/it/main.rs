@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod attack_conn;
 mod auth;
 mod browser;
 mod cli;
