@@ -117,7 +117,7 @@ impl App {
             allowed_origins: Arc::new(config.allowed_origins.clone()),
             max_upload: config.max_upload,
             request_timeout: config.request_timeout,
-            trusted_proxies: Arc::new(http::client::TrustedProxies::new(config.trusted_proxies.clone())),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         };
         http::serve::raise_file_limit(config.max_tcp_connections);
 

@@ -105,7 +105,8 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
-    /// Open WebSocket/SSE/long-poll connections allowed from one IP address.
+    /// Open WebSocket/SSE/long-poll connections allowed from one client address (an IPv6 /64
+    /// counts as one; behind --trusted-proxies, the address they forward).
     #[arg(long, env = "PGFEED_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
 
@@ -137,7 +138,8 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_REQUEST_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Time a client has to send a request's headers (slowloris protection).
+    /// Time a client has to send a request's headers (slowloris protection), and also to send its
+    /// first bytes after connecting; an HTTP/2 connection with no request open this long is closed.
     #[arg(long, env = "PGFEED_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -167,8 +169,8 @@ pub struct ServeConfig {
     /// whose X-Forwarded-For / Forwarded headers name the client for per-client limits: the
     /// right-most address in them that is not a trusted proxy. Headers from other peers are
     /// ignored. Empty: every client is its socket's peer address.
-    #[arg(long, env = "PGFEED_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<crate::http::client::Cidr>,
+    #[arg(long, env = "PGFEED_TRUSTED_PROXIES", default_value = "", hide_default_value = true)]
+    pub trusted_proxies: crate::http::client::TrustedProxies,
 }
 
 impl ServeConfig {
@@ -241,8 +243,8 @@ mod tests {
             #[command(flatten)]
             serve: ServeConfig,
         }
-        let c = Only::try_parse_from(["pgfeed", "--trusted-proxies", "127.0.0.1, 10.0.0.0/8,fd00::/8"]).unwrap();
-        let listed: Vec<String> = c.serve.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        let c = Only::try_parse_from(["pgfeed", "--trusted-proxies", "127.0.0.1, 10.0.0.0/8,fd00::/8,"]).unwrap();
+        let listed: Vec<String> = c.serve.trusted_proxies.nets().iter().map(|n| n.to_string()).collect();
         assert_eq!(listed, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
         let err = Only::try_parse_from(["pgfeed", "--trusted-proxies", "nginx"])
             .err()

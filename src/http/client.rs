@@ -109,9 +109,30 @@ impl fmt::Display for Cidr {
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(Vec<Cidr>);
 
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    /// A comma-separated list of [`Cidr`]s; empty (an unset variable) means none.
+    fn from_str(s: &str) -> Result<TrustedProxies, String> {
+        s.split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+}
+
 impl TrustedProxies {
     pub fn new(nets: Vec<Cidr>) -> TrustedProxies {
         TrustedProxies(nets)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn nets(&self) -> &[Cidr] {
+        &self.0
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

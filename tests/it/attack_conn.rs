@@ -152,7 +152,10 @@ async fn an_http2_connection_that_never_sends_a_request_is_closed() {
 
 #[tokio::test]
 async fn an_http2_connection_is_closed_once_idle_but_not_while_a_stream_is_open() {
-    let app = quick_timeouts().await;
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.header_read_timeout = Duration::from_millis(500)
+    })
+    .await;
     let (mut send, driven) = h2_client(app.addr).await;
     // `send` stays alive to the end: the client would close the connection itself without it.
     // A stream open for several times the timeout keeps the connection.
@@ -165,7 +168,7 @@ async fn an_http2_connection_is_closed_once_idle_but_not_while_a_stream_is_open(
         .await
         .expect("no SSE bytes");
     assert!(first.is_some_and(|f| f.is_ok()));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!driven.is_finished(), "the connection was closed under an open stream");
     // Closing the stream makes it idle; then it goes.
     drop(events);
@@ -177,7 +180,7 @@ async fn an_http2_connection_is_closed_once_idle_but_not_while_a_stream_is_open(
 
 #[tokio::test]
 async fn http1_and_h2c_prior_knowledge_requests_still_work() {
-    let app = quick_timeouts().await;
+    let app = TestApp::spawn().await;
     let status = reqwest::get(app.url("/client.js")).await.unwrap().status();
     assert_eq!(status, 200);
     let mut tcp = connect(app.addr).await;
@@ -242,7 +245,7 @@ async fn one_client_cannot_hold_more_tcp_connections_than_its_cap() {
 async fn the_tcp_cap_in_total_holds_for_every_client() {
     let app = TestApp::spawn_with(TestDb::create().await, |c| {
         c.max_tcp_connections = 2;
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
     })
     .await;
     // Trusted proxies are exempt from the per-client cap, not from the total.
@@ -267,7 +270,7 @@ async fn ws_with(app: &TestApp, headers: &[(&'static str, &str)]) -> Result<impl
 async fn behind_a_trusted_proxy() -> TestApp {
     TestApp::spawn_with(TestDb::create().await, |c| {
         c.max_connections_per_ip = 2;
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
     })
     .await
 }
