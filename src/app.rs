@@ -132,7 +132,9 @@ impl App {
             transfer_stall_timeout: config.transfer_stall_timeout,
             insecure_no_auth: config.insecure_no_auth,
             member_posts: Arc::new(http::rate::PostLimiter::new(config.max_member_posts_per_minute)),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         };
+        http::serve::raise_file_limit(config.max_tcp_connections);
 
         let tcp = tokio::net::TcpListener::bind(config.bind)
             .await
@@ -177,14 +179,13 @@ impl App {
             .tracker
             .spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));
 
+        let accept = http::serve::Accept {
+            header_read_timeout: config.header_read_timeout,
+            connections: http::limits::ConnLimits::new(config.max_tcp_connections_per_ip, config.max_tcp_connections),
+            trusted_proxies: state.trusted_proxies.clone(),
+        };
         tracing::info!("listening on http://{}", tcp.local_addr()?);
-        http::serve::serve(
-            tcp,
-            http::router(state),
-            config.header_read_timeout,
-            shutdown.token.clone(),
-        )
-        .await;
+        http::serve::serve(tcp, http::router(state), accept, shutdown.token.clone()).await;
 
         shutdown.tracker.close();
         if tokio::time::timeout(GRACE, shutdown.tracker.wait()).await.is_err() {

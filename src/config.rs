@@ -107,7 +107,8 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
 
-    /// Open WebSocket/SSE/long-poll connections allowed from one IP address.
+    /// Open WebSocket/SSE/long-poll connections allowed from one client address (an IPv6 /64
+    /// counts as one; behind --trusted-proxies, the address they forward).
     #[arg(long, env = "PGFEED_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: usize,
 
@@ -139,7 +140,8 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_REQUEST_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Time a client has to send a request's headers (slowloris protection).
+    /// Time a client has to send a request's headers (slowloris protection), and also to send its
+    /// first bytes after connecting; an HTTP/2 connection with no request open this long is closed.
     #[arg(long, env = "PGFEED_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -176,6 +178,24 @@ pub struct ServeConfig {
     /// 60/N s); more answer 429 `rate_limited` with Retry-After. Admins are not limited. 0: no limit.
     #[arg(long, env = "PGFEED_MAX_MEMBER_POSTS_PER_MINUTE", default_value_t = 60)]
     pub max_member_posts_per_minute: u32,
+
+    /// Open TCP connections allowed in total; one more is closed at once. Keep it above
+    /// --max-connections (each WebSocket or SSE stream over HTTP/1 is one) and below the open-file
+    /// limit (raised to its hard limit at start).
+    #[arg(long, env = "PGFEED_MAX_TCP_CONNECTIONS", default_value_t = 25_000)]
+    pub max_tcp_connections: usize,
+
+    /// Open TCP connections allowed from one client address (an IPv6 /64 counts as one address);
+    /// one more is closed at once. Connections from --trusted-proxies count in the total only.
+    #[arg(long, env = "PGFEED_MAX_TCP_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_tcp_connections_per_ip: usize,
+
+    /// Comma-separated reverse proxies (addresses or CIDR networks, e.g. 127.0.0.1,10.0.0.0/8)
+    /// whose X-Forwarded-For / Forwarded headers name the client for per-client limits: the
+    /// right-most address in them that is not a trusted proxy. Headers from other peers are
+    /// ignored. Empty: every client is its socket's peer address.
+    #[arg(long, env = "PGFEED_TRUSTED_PROXIES", default_value = "", hide_default_value = true)]
+    pub trusted_proxies: crate::http::client::TrustedProxies,
 }
 
 impl ServeConfig {
@@ -236,5 +256,24 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(7 * 86400));
         assert_eq!(c.max_upload, 25 << 20);
         assert_eq!(c.max_connections_per_ip, 256);
+        assert!(c.max_tcp_connections > c.max_connections);
+        assert!(c.max_tcp_connections_per_ip > c.max_connections_per_ip);
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_a_list_and_garbage_is_refused() {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let c = Only::try_parse_from(["pgfeed", "--trusted-proxies", "127.0.0.1, 10.0.0.0/8,fd00::/8,"]).unwrap();
+        let listed: Vec<String> = c.serve.trusted_proxies.nets().iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        let err = Only::try_parse_from(["pgfeed", "--trusted-proxies", "nginx"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP: the router and the state every handler shares. One file per area; `router()` merges them.
 
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod files;
@@ -74,6 +75,8 @@ pub struct AppState {
     pub insecure_no_auth: bool,
     /// `--max-member-posts-per-minute`, per member token ([`rate`]).
     pub member_posts: Arc<rate::PostLimiter>,
+    /// `--trusted-proxies`: whose forwarding headers name the client (`client.rs`).
+    pub trusted_proxies: Arc<client::TrustedProxies>,
 }
 
 impl AppState {

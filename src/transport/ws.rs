@@ -62,7 +62,9 @@ pub fn admit(
         .auth
         .check(headers, token)
         .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()))?;
-    let permit = state.limits.acquire(peer.ip()).map_err(|refused| {
+    // The client behind a trusted proxy, an IPv6 /64 as one (http/client.rs).
+    let client = state.trusted_proxies.client_key(peer, headers);
+    let permit = state.limits.acquire(client).map_err(|refused| {
         let message = match refused {
             Refused::PerIp(n) => format!("at most {n} connections per client address"),
             Refused::Total(n) => format!("the server is at its limit of {n} connections"),

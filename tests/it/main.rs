@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod attack_capture;
+mod attack_conn;
 mod attack_edge;
 mod attack_files;
 mod auth;
