@@ -149,6 +149,16 @@ pub struct ServeConfig {
     /// Interval of the server's WebSocket pings; a peer that misses one is dropped.
     #[arg(long, env = "PGFEED_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub ws_ping_interval: Duration,
+
+    /// Largest snapshot a WebSocket subscribe or refresh may send (its JSON, e.g. 16MiB); a larger
+    /// one is answered `too_large` (read it page by page through the REST API instead).
+    #[arg(long, env = "PGFEED_MAX_SNAPSHOT", default_value = "16MiB", value_parser = parse_size)]
+    pub max_snapshot: u64,
+
+    /// Commits one log read of a resume (WebSocket `since`, SSE, long-poll) walks at most; a
+    /// resume goes on read by read, so a quiet topic with an old cursor costs bounded reads.
+    #[arg(long, env = "PGFEED_MAX_RESUME_SCAN", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_resume_scan: i64,
 }
 
 impl ServeConfig {

@@ -24,7 +24,10 @@ pub enum Of<'a> {
 /// Snapshots take their barrier one at a time, so that waiting ones never hold the whole pool.
 static BARRIER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx::Error> {
+/// The snapshot's JSON and its position; `None` for the JSON when it is over `max_bytes`. The size
+/// is judged in the database (`octet_length`), so an oversized snapshot is never sent to pgfeed,
+/// let alone buffered for a client.
+pub async fn take(pool: &PgPool, of: Of<'_>, max_bytes: usize) -> Result<(Position, Option<String>), sqlx::Error> {
     // The snapshot starts while no commit is in flight and none can start (a second connection
     // waits for them and holds new ones back, for about one commit: `log::while_commits_held`): every
     // commit with a seq up to the newest is then visible in it and final, and none after it, so
@@ -42,14 +45,17 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
     })
     .await?;
     drop((barrier, one_at_a_time));
-    let data: String = match of {
+    // `d` is the snapshot as text; `max_bytes` is a number, so formatting it in is safe.
+    let capped =
+        |inner: String| format!("select case when octet_length(d) <= {max_bytes} then d end from ({inner}) q(d)");
+    let data: Option<String> = match of {
         Of::Table(t) => {
             let sql = format!(
                 r#"select coalesce(jsonb_agg(to_jsonb(r) order by {pk}), '[]')::text from {rel} r"#,
                 pk = t.pk.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
                 rel = t.relation,
             );
-            sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?
+            sqlx::query_scalar(&capped(sql)).fetch_one(&mut *tx).await?
         }
         Of::Row(t, key) => {
             let sql = match (t.pk.as_slice(), t.pk_types.as_slice()) {
@@ -68,16 +74,17 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
                     t.pk.iter().map(|c| format!("r.{c}::text")).collect::<Vec<_>>().join(", ")
                 ),
             };
-            sqlx::query_scalar(&sql).bind(key).fetch_one(&mut *tx).await?
+            sqlx::query_scalar(&capped(sql)).bind(key).fetch_one(&mut *tx).await?
         }
         Of::Room(id) => {
-            sqlx::query_scalar(
+            sqlx::query_scalar(&capped(
                 r#"select jsonb_build_object(
                        'study', (select to_jsonb(s) from studies s where s.id = $1),
                        'messages', coalesce((select jsonb_agg(to_jsonb(m) order by m.id) from messages m where m.study_id = $1), '[]'),
                        'files', coalesce((select jsonb_agg(to_jsonb(f) order by f.id) from files f where f.study_id = $1), '[]')
-                   )::text"#,
-            )
+                   )::text"#
+                    .to_owned(),
+            ))
             .bind(id)
             .fetch_one(&mut *tx)
             .await?

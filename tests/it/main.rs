@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod attack_streams;
 mod auth;
 mod browser;
 mod cli;
