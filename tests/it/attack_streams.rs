@@ -381,3 +381,75 @@ async fn an_event_type_with_a_line_break_is_sent_safely_on_sse() {
     app.psql("insert into \"a\nb\" values (2, 1)");
     assert_eq!(ws.next_event().await["type"], "a\nb_created");
 }
+
+/// Item 10, the client side: web/client.js (as the server serves it, run by node over SSE) asks
+/// its token function for a fresh token when the stream ends at `exp`, and resumes from its cursor:
+/// every event once, in order.
+#[tokio::test]
+async fn client_js_asks_for_a_fresh_token_when_the_stream_ends_at_exp_and_resumes() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.jwt_secret = Some(SECRET.into())).await;
+    let dir = std::env::temp_dir().join(format!("pgfeed-client-{}-{}", std::process::id(), app.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = reqwest::get(app.url("/client.js")).await.unwrap().text().await.unwrap();
+    std::fs::write(dir.join("client.mjs"), client).unwrap();
+    std::fs::write(
+        dir.join("driver.mjs"),
+        r#"import { connect } from "./client.mjs";
+const [base, first, second] = process.argv.slice(2);
+let asked = 0;
+const say = (v) => console.log(JSON.stringify(v));
+connect({
+  url: base,
+  topics: ["studies"],
+  transports: ["sse"],
+  backoffMin: 50,
+  token: async () => { asked += 1; say({ asked }); return asked === 1 ? first : second; },
+  onEvent: (e) => say({ label: e.data.label }),
+  onStatus: (s) => say({ status: s }),
+});
+"#,
+    )
+    .unwrap();
+    let first = token(json!({"role": "admin", "exp": now() + 2}));
+    let second = token(json!({"role": "admin", "exp": in_an_hour()}));
+    let mut child = tokio::process::Command::new("node")
+        .arg("driver.mjs")
+        .arg(app.url(""))
+        .args([&first, &second])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is missing: apt-get install -y nodejs");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("nothing from the client in time")
+            .unwrap()
+            .expect("the client exited");
+        serde_json::from_str(&line).unwrap()
+    };
+    let mut until = async |want: Value| loop {
+        if next().await == want {
+            return;
+        }
+    };
+    until(json!({"status": "fallback"})).await;
+    app.psql("insert into studies (label, title) values ('before', 'B')");
+    until(json!({"label": "before"})).await;
+    // The server ends the stream at `exp`; the client asks for a fresh token before it reconnects.
+    until(json!({"asked": 2})).await;
+    app.psql("insert into studies (label, title) values ('meanwhile', 'M')");
+    let mut labels = Vec::new();
+    while labels.is_empty() {
+        if let Some(l) = next().await.get("label") {
+            labels.push(l.clone());
+        }
+    }
+    assert_eq!(labels, [json!("meanwhile")], "each event once");
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
