@@ -272,6 +272,12 @@ export function connect(options = {}) {
           subscribe(frame.topic);
           break;
         case "error":
+          if (frame.code === "rate_limited" && topics.includes(frame.id)) {
+            // Snapshots are budgeted per connection (a burst, then about one a second): a
+            // refused subscribe is asked again in a moment.
+            setTimeout(() => { if (!stopped && !closed && ws.readyState === 1) subscribe(frame.id); }, 1000 + Math.random() * 1000);
+            break;
+          }
           console.warn("pgfeed:", frame.code, frame.message);
           if (pending.has(frame.id)) settled(frame.id); // refused: it will not be subscribed
           break;

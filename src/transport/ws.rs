@@ -25,22 +25,25 @@ use crate::http::limits::{ConnPermit, Refused};
 /// every idle connection large. Client frames are small; a larger one grows the buffer to its
 /// length and is read in several calls.
 const READ_BUFFER: usize = 1024;
+use crate::http::AppState;
+use crate::metrics::Transport;
+
 /// Bytes written to a connection are gathered up to this much before they go to the socket.
 const WRITE_BUFFER: usize = 128 * 1024;
 /// The largest event frame: PostgreSQL's largest value (1 GB, a row's `data`) and the frame's own
-/// fields. Events have no size limit of their own (PROTOCOL §4).
+/// fields. Events have no size limit of their own (PROTOCOL §4), and only writers with database
+/// access make rows that large: what a client can post through REST is bounded by its body limits.
 const MAX_EVENT_FRAME: usize = (1 << 30) + (1 << 20);
 
-/// The most a connection's write buffer may hold. The socket takes no new message until the
-/// buffer is flushed below [`WRITE_BUFFER`], so it holds at most that and one message: the one
-/// message is what needed a bound, and snapshots have theirs (`--max-snapshot`, answered
-/// `too_large` before anything is read for the client). This makes the bound explicit: a write
-/// past it is an error, never growth.
+/// The most a connection's write buffer may hold. Once a write finds the socket full, the
+/// connection takes no new message until its buffer is flushed, so the buffer holds at most
+/// [`WRITE_BUFFER`] and one message, and a client that stops reading is dropped after
+/// `WRITE_STALL`. The one message is what needed a bound: snapshots, which any subscriber can ask
+/// for, have theirs (`--max-snapshot`, answered `too_large` before anything is read for the
+/// client). A write past this bound is an error, never growth.
 fn max_write_buffer(max_snapshot: usize) -> usize {
     WRITE_BUFFER + max_snapshot.max(MAX_EVENT_FRAME)
 }
-use crate::http::AppState;
-use crate::metrics::Transport;
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
