@@ -453,3 +453,33 @@ connect({
     drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 5: unknown topics share a rate-limited reload of the tracked tables, and still a table
+/// tracked a moment before a subscribe is found (the miss waits for a reload that started after it).
+#[tokio::test]
+async fn unknown_topics_share_reloads_yet_a_table_tracked_just_now_is_found() {
+    let app = TestApp::spawn().await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(app.ws().await);
+    }
+    // A burst of misses from several connections: every one is answered.
+    for (i, ws) in clients.iter_mut().enumerate() {
+        for j in 0..3 {
+            ws.send(json!({"action": "subscribe", "topic": format!("nosuch{i}x{j}")}))
+                .await;
+        }
+    }
+    for ws in &mut clients {
+        for _ in 0..3 {
+            assert_eq!(ws.next_json().await["code"], "unknown_topic");
+        }
+    }
+    let ws = &mut clients[0];
+    ws.send(json!({"action": "subscribe", "topic": "gizmos"})).await;
+    assert_eq!(ws.next_json().await["code"], "unknown_topic");
+    app.psql("create table gizmos (id int primary key); select pgfeed.track('gizmos')");
+    ws.subscribe("gizmos").await;
+    app.psql("insert into gizmos values (1)");
+    assert_eq!(ws.next_event().await["type"], "gizmos_created");
+}
