@@ -483,3 +483,20 @@ async fn unknown_topics_share_reloads_yet_a_table_tracked_just_now_is_found() {
     app.psql("insert into gizmos values (1)");
     assert_eq!(ws.next_event().await["type"], "gizmos_created");
 }
+
+/// Item 10, the admin page: a member's token expires while the page is open; the page asks for a
+/// fresh one, keeps its view, and the feed resumes from its cursor (the change made meanwhile
+/// shows). Runs tests/browser/admin-test.mjs (scenario `expiry`) in headless Chromium.
+#[tokio::test]
+async fn the_admin_page_asks_for_a_fresh_token_at_exp_and_resumes() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.jwt_secret = Some(SECRET.into())).await;
+    let short = token(json!({"role": "member", "studies": [1], "exp": now() + 4}));
+    let fresh = token(json!({"role": "member", "studies": [1], "exp": in_an_hour()}));
+    let summary = crate::admin::run_with(
+        app,
+        "expiry",
+        &[("ADMIN_TEST_SHORT_TOKEN", short), ("ADMIN_TEST_MEMBER_TOKEN", fresh)],
+    )
+    .await;
+    eprintln!("admin expiry: {summary}");
+}
