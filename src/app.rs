@@ -103,7 +103,13 @@ impl App {
             .await
             .context("reading the log's head")?;
         let hub = Arc::new(Hub::new(epoch, head));
-        let feed = Feed::new(pool.clone(), hub).await.context("loading tracked tables")?;
+        let feed = Feed::new(pool.clone(), hub)
+            .await
+            .context("loading tracked tables")?
+            .with_limits(
+                usize::try_from(config.max_snapshot).unwrap_or(usize::MAX),
+                config.max_resume_scan,
+            );
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
             tracing::warn!(
                 bind = %config.bind,

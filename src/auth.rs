@@ -108,7 +108,19 @@ impl Auth {
 
     /// Checks the request's token, from `Authorization: Bearer` or the `token` query parameter.
     pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Access, AuthError> {
-        let Some(key) = &self.key else { return Ok(Access::Admin) };
+        self.check_until(headers, query_token).map(|(access, _)| access)
+    }
+
+    /// [`Auth::check`], and the token's `exp` (Unix seconds; `None` when auth is off): a stream
+    /// ends there (PROTOCOL §8), so its rights never outlive the token.
+    pub fn check_until(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<(Access, Option<u64>), AuthError> {
+        let Some(key) = &self.key else {
+            return Ok((Access::Admin, None));
+        };
         let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -119,11 +131,25 @@ impl Auth {
             .ok_or(AuthError::Missing)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok(match data.claims.role {
+        let access = match data.claims.role {
             Role::Admin => Access::Admin,
             Role::Member => Access::Member(data.claims.studies.into_iter().collect()),
-        })
+        };
+        Ok((access, Some(data.claims.exp)))
     }
+}
+
+/// A timer that fires when a token that expires at `exp` (Unix seconds) has expired, and never
+/// for `None`: what a stream waits on to end at its token's `exp` (PROTOCOL §8).
+pub fn expiry(exp: Option<u64>) -> tokio::time::Sleep {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // tokio reads a wait too long for its clock as "far in the future".
+    let left = exp.map_or(std::time::Duration::MAX, |exp| {
+        std::time::Duration::from_secs(exp).saturating_sub(now)
+    });
+    tokio::time::sleep(left)
 }
 
 /// Pulls `token=` out of a raw query string (for handlers that do not otherwise parse it).

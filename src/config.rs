@@ -196,6 +196,16 @@ pub struct ServeConfig {
     /// ignored. Empty: every client is its socket's peer address.
     #[arg(long, env = "PGFEED_TRUSTED_PROXIES", default_value = "", hide_default_value = true)]
     pub trusted_proxies: crate::http::client::TrustedProxies,
+
+    /// Largest snapshot a WebSocket subscribe or refresh may send (its JSON, e.g. 16MiB); a larger
+    /// one is answered `too_large` (read it page by page through the REST API instead).
+    #[arg(long, env = "PGFEED_MAX_SNAPSHOT", default_value = "16MiB", value_parser = parse_size)]
+    pub max_snapshot: u64,
+
+    /// Commits one log read of a resume (WebSocket `since`, SSE, long-poll) walks at most; a
+    /// resume goes on read by read, so a quiet topic with an old cursor costs bounded reads.
+    #[arg(long, env = "PGFEED_MAX_RESUME_SCAN", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_resume_scan: i64,
 }
 
 impl ServeConfig {

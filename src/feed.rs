@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
@@ -37,6 +38,9 @@ pub enum FeedError {
     /// The client's connection failed while we were sending; nothing more to do for it.
     #[error("connection closed")]
     Gone,
+    /// What was asked for is larger than one answer may be (a snapshot over the limit).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Where a new subscription starts.
@@ -50,11 +54,26 @@ pub enum Start {
     Snapshot,
 }
 
+/// The default of `--max-snapshot`: the largest snapshot one frame may carry.
+pub const MAX_SNAPSHOT: usize = 16 << 20;
+
+/// The least time between two reloads of the tracked tables on a miss. A topic of an unknown
+/// table costs no database work of its own: misses wait for the next reload (at most this long)
+/// and share it, so a flood of unknown names costs the database one small query per interval,
+/// server-wide, and a table tracked a moment ago is still found.
+const RELOAD_EVERY: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone)]
 pub struct Feed {
     pub pool: PgPool,
     pub hub: Arc<Hub>,
     tracked: Arc<RwLock<HashMap<String, Arc<Tracked>>>>,
+    /// When the last reload on a miss started; held while one runs, so misses share it.
+    reloaded: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// The largest snapshot sent, in bytes of JSON (`--max-snapshot`).
+    max_snapshot: usize,
+    /// Commits one log read of a resume walks at most (`log::RESUME_SCAN`).
+    resume_scan: i64,
 }
 
 impl Feed {
@@ -63,9 +82,23 @@ impl Feed {
             pool,
             hub,
             tracked: Default::default(),
+            reloaded: Default::default(),
+            max_snapshot: MAX_SNAPSHOT,
+            resume_scan: log::RESUME_SCAN,
         };
         feed.reload_tracked().await?;
         Ok(feed)
+    }
+
+    /// Sets the largest snapshot (bytes of JSON) and the commits one resume read may walk.
+    pub fn with_limits(mut self, max_snapshot: usize, resume_scan: i64) -> Self {
+        self.max_snapshot = max_snapshot;
+        self.resume_scan = resume_scan.max(1);
+        self
+    }
+
+    pub fn max_snapshot(&self) -> usize {
+        self.max_snapshot
     }
 
     async fn reload_tracked(&self) -> Result<(), sqlx::Error> {
@@ -90,7 +123,7 @@ impl Feed {
         let table = match self.lookup(parsed.table) {
             Some(t) => t,
             None => {
-                self.reload_tracked().await?;
+                self.reload_after(Instant::now()).await?;
                 self.lookup(parsed.table)
                     .ok_or_else(|| FeedError::UnknownTopic(topic.to_owned()))?
             }
@@ -99,6 +132,21 @@ impl Feed {
             Some(key) if !table.key_is_plausible(key) => Err(FeedError::UnknownTopic(topic.to_owned())),
             _ => Ok(table),
         }
+    }
+
+    /// Makes sure the tracked tables were reloaded after `asked` (a miss's time), so a table
+    /// tracked before the miss is found; at most one reload per [`RELOAD_EVERY`], shared by every
+    /// miss that waited for it.
+    async fn reload_after(&self, asked: Instant) -> Result<(), sqlx::Error> {
+        let mut last = self.reloaded.lock().await;
+        if last.is_some_and(|at| at >= asked) {
+            return Ok(());
+        }
+        if let Some(at) = *last {
+            tokio::time::sleep_until((at + RELOAD_EVERY).into()).await;
+        }
+        *last = Some(Instant::now());
+        self.reload_tracked().await
     }
 
     /// Whether `access` may subscribe to `topic` (PROTOCOL §8): an admin to anything; a member
@@ -149,18 +197,21 @@ impl Feed {
     }
 
     /// Up to `limit` events after `after` on any of the checked `topics`, in commit order, each
-    /// event once (see [`first_delivery`]); and the position to read after next time. When the
-    /// page is not full that is the newest commit of the read's snapshot, so a client whose topics
-    /// are quiet still moves forward (and its cursor does not age out of retention).
+    /// event once (see [`first_delivery`]); the position to read after next time; and whether
+    /// more may follow at once. When the page is not full that position is the last commit the
+    /// read walked, so a client whose topics are quiet still moves forward (and its cursor does
+    /// not age out of retention). One read walks at most `resume_scan` commits: when the log
+    /// goes on beyond them, more may follow though the page is not full.
     pub async fn changes(
         &self,
         topics: &[String],
         after: Position,
         limit: i64,
-    ) -> Result<(Vec<Delivery>, Position), FeedError> {
+    ) -> Result<(Vec<Delivery>, Position, bool), FeedError> {
         let known = self.hub.last().seq;
-        let (page, newest) = log::read_after_any(&self.pool, after, topics, limit, known).await?;
-        let rows = match page {
+        let read = log::read_after_any(&self.pool, after, topics, limit, known, self.resume_scan).await?;
+        let (scanned, upto) = (read.scanned, read.upto);
+        let rows = match read.page {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,
         };
@@ -181,9 +232,9 @@ impl Feed {
             out.push(Delivery::new(Arc::new(event), 0));
         }
         if !full {
-            next = next.max(Position::end_of(newest));
+            next = next.max(Position::end_of(scanned));
         }
-        Ok((out, next))
+        Ok((out, next, full || scanned < upto))
     }
 
     /// The topic's current state and the position it reflects. `topic` must have passed `check_topic`.
@@ -194,13 +245,21 @@ impl Feed {
             Some(id) if table.topic == "studies" => snapshot::Of::Room(id.parse().unwrap_or(-1)),
             Some(key) => snapshot::Of::Row(table, key),
         };
-        snapshot::take(&self.pool, of).await.map_err(|e| {
+        let (at, data) = snapshot::take(&self.pool, of, self.max_snapshot).await.map_err(|e| {
             if log::is_lock_timeout(&e) {
                 FeedError::Busy("a commit has been in flight for 10 s, so the snapshot could not start; try again")
             } else {
-                e.into()
+                FeedError::from(e)
             }
-        })
+        })?;
+        let data = data.ok_or_else(|| {
+            FeedError::TooLarge(format!(
+                "the snapshot of {topic:?} is over {} bytes: read the rows page by page through the REST \
+                 API (?limit=&after=), then subscribe with since",
+                self.max_snapshot
+            ))
+        })?;
+        Ok((at, data))
     }
 }
 
@@ -381,9 +440,10 @@ impl Subscriptions {
     ) -> Result<(), FeedError> {
         let mut page = self.page(topic, *at).await?;
         loop {
-            let end = page.events.last().map_or(*at, Delivery::at);
+            // A page cut short by the scan bound ends where the read stopped walking.
+            let end = page.events.last().map_or(*at, Delivery::at).max(page.walked);
             let events = self.admitted(page.events);
-            if !(page.full && more(end)) {
+            if !(page.more && more(end)) {
                 send(events, emit).await?;
                 *at = end;
                 return Ok(());
@@ -399,11 +459,15 @@ impl Subscriptions {
     /// its other topics' frames would be serialized for nothing.
     async fn page(&self, topic: &str, at: Position) -> Result<LogPage, FeedError> {
         let known = self.feed.hub.last().seq;
-        let rows = match log::read_after(&self.feed.pool, at, Some(topic), log::PAGE, known).await? {
+        let read = log::read_after(&self.feed.pool, at, topic, log::PAGE, known, self.feed.resume_scan).await?;
+        let rows = match read.page {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,
         };
         let full = rows.len() as i64 >= log::PAGE;
+        // Not full but short of the bound: every commit up to `scanned` was walked.
+        let cut = !full && read.scanned < read.upto;
+        let walked = if cut { Position::end_of(read.scanned) } else { at };
         let epoch = self.feed.hub.epoch();
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -413,7 +477,11 @@ impl Subscriptions {
             let event = Event::from_row_on(row, i, epoch);
             events.push(Delivery::new(Arc::new(event), 0));
         }
-        Ok(LogPage { events, full })
+        Ok(LogPage {
+            events,
+            more: full || cut,
+            walked,
+        })
     }
 
     /// Subscribes to several checked topics as one stream in commit order (SSE, long-poll), with
@@ -510,23 +578,21 @@ impl Subscriptions {
         emit: &mut impl Emit,
         more: impl Fn(Position) -> bool,
     ) -> Result<(), FeedError> {
-        let mut page = self.feed.changes(topics, *read, log::PAGE).await?.0;
+        let (mut page, mut end, mut go_on) = self.feed.changes(topics, *read, log::PAGE).await?;
         loop {
-            let end = page.last().map_or(*read, Delivery::at);
-            let full = page.len() as i64 >= log::PAGE;
             let fresh: Vec<Delivery> = page
                 .into_iter()
                 .filter_map(|mut d| self.accept(&mut d).then_some(d))
                 .collect();
-            if !(full && more(end)) {
+            if !(go_on && more(end)) {
                 send(fresh, emit).await?;
                 *read = end;
                 return Ok(());
             }
             let (next, sent) = tokio::join!(self.feed.changes(topics, end, log::PAGE), send(fresh, emit));
             sent?;
-            page = next?.0;
             *read = end;
+            (page, end, go_on) = next?;
         }
     }
 
@@ -568,8 +634,10 @@ impl Subscriptions {
 /// A page of backlog read from the log.
 struct LogPage {
     events: Vec<Delivery>,
-    /// The read was a full page: more may follow.
-    full: bool,
+    /// The read was a full page, or its scan stopped short of the log's end: more may follow.
+    more: bool,
+    /// Where a read cut short by its scan bound stopped walking (else where it started).
+    walked: Position,
 }
 
 /// Emits a page of backlog, then flushes it: one socket write for the page where the transport

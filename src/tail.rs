@@ -163,6 +163,10 @@ async fn follow(mut socket: Socket, cursors: &mut HashMap<String, Option<String>
                     Some(f) if u16::from(f.code) == 1008 => {
                         End::Fatal(anyhow!("the server closed the connection: {}", f.reason))
                     }
+                    // PROTOCOL §8: the token's `exp` passed; the same token would be refused.
+                    Some(f) if u16::from(f.code) == 4001 => End::Fatal(anyhow!(
+                        "the token expired; run again with a fresh --token and --since the last cursor printed"
+                    )),
                     Some(f) => End::Dropped(format!("closed with {}: {}", u16::from(f.code), f.reason)),
                     None => End::Dropped("closed".into()),
                 };

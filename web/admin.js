@@ -103,6 +103,29 @@ function showLogin(message) {
   input.focus();
 }
 
+/** The feed's connections waiting for a fresh token (see `feedToken`). */
+let tokenWaiters = [];
+
+/**
+ * The token for each of the feed's connections. The server ends a stream when its token expires
+ * (PROTOCOL §8); the feed then asks here, and an expired token is exchanged for a fresh one from
+ * the sign-in form. The page keeps its view meanwhile, and the feed resumes from its cursors.
+ */
+function feedToken() {
+  const c = token ? decodeJwt(token) : null;
+  if (!c || typeof c.exp !== "number" || c.exp * 1000 > Date.now()) return token;
+  return new Promise((resolve) => {
+    tokenWaiters.push(resolve);
+    if (tokenWaiters.length > 1) return;
+    setConn("offline", null, "Token expired");
+    for (const v of ["table-view", "room-view"]) $(v).hidden = true;
+    $("login-view").hidden = false;
+    setFieldError("login-token", "Your token has expired: paste a new one to carry on where you were.");
+    $("login-token").value = "";
+    $("login-token").focus();
+  });
+}
+
 $("login-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const value = $("login-token").value.trim().replace(/^Bearer\s+/i, "");
@@ -110,6 +133,17 @@ $("login-form").addEventListener("submit", (ev) => {
   if (!decodeJwt(value)) return setFieldError("login-token", "That is not a JWT (three base64url parts separated by dots).");
   token = value;
   sessionStorage.setItem(TOKEN_KEY, token);
+  if (tokenWaiters.length && feed) {
+    // The feed asked for a fresh token: back to the same view, and the feed resumes.
+    $("login-view").hidden = true;
+    setFieldError("login-token", "");
+    $(view === "table" ? "table-view" : "room-view").hidden = false;
+    const waiting = tokenWaiters;
+    tokenWaiters = [];
+    for (const resolve of waiting) resolve(token);
+    return;
+  }
+  tokenWaiters = [];
   boot();
 });
 
@@ -288,7 +322,7 @@ function startFeed(topics, onSnapshot, onEvent, reload) {
     }
   };
   feed = connect({
-    token,
+    token: feedToken,
     topics,
     onSnapshot: (topic, data, cursor) => {
       onSnapshot(topic, data, cursor);

@@ -22,6 +22,11 @@
 // WebSocket: while on a fallback, `refresh_needed` is passed to onRefreshNeeded and the snapshot
 // is taken as soon as the WebSocket is back.
 //
+// Tokens: `token` is a JWT string, or a function returning one (or a promise of one). A function
+// is called before every connection, so when the server ends a stream at the token's `exp`
+// (WebSocket close 4001, the SSE stream ends, a long-poll answers 401; PROTOCOL §8) the client
+// asks it for a fresh token and resumes from its cursors, losing nothing.
+//
 // Cursors are opaque to applications. This file ships with the server, so it may compare them
 // (`<epoch>-<seq>-<pos>`) to join per-topic positions when it changes transport.
 
@@ -67,6 +72,13 @@ export function connect(options = {}) {
     transports = ["ws", "sse", "poll"], // which to use, in order of preference
   } = options;
   if (!topics.length) throw new Error("pgfeed connect: topics must name at least one topic");
+
+  /** The token for the next connection (see "Tokens" above). */
+  let tokenNow = typeof token === "function" ? null : token;
+  const freshToken = async () => {
+    if (typeof token === "function") tokenNow = await token();
+    return tokenNow;
+  };
 
   const base = url.replace(/\/+$/, "");
   const wsBase = base.replace(/^http/, "ws");
@@ -147,6 +159,11 @@ export function connect(options = {}) {
   function start() {
     if (closed) return;
     clearTimeout(probe);
+    freshToken().then(begin, () => retry(false));
+  }
+
+  function begin() {
+    if (closed) return;
     const order = transports.filter((t) => t !== "ws" || typeof WebSocket !== "undefined");
     const useWs = order.includes("ws") && wsFailures < wsFailuresBeforeFallback;
     setStatus(status === STATUS.FALLBACK ? STATUS.FALLBACK : STATUS.CONNECTING);
@@ -198,7 +215,7 @@ export function connect(options = {}) {
   }
 
   function wsUrl() {
-    return `${wsBase}/ws${token ? `?token=${encodeURIComponent(token)}` : ""}`;
+    return `${wsBase}/ws${tokenNow ? `?token=${encodeURIComponent(tokenNow)}` : ""}`;
   }
 
   // ---- WebSocket (PROTOCOL §5) -------------------------------------------------------------
@@ -255,6 +272,12 @@ export function connect(options = {}) {
           subscribe(frame.topic);
           break;
         case "error":
+          if (frame.code === "rate_limited" && topics.includes(frame.id)) {
+            // Snapshots are budgeted per connection (a burst, then about one a second): a
+            // refused subscribe is asked again in a moment.
+            setTimeout(() => { if (!stopped && !closed && ws.readyState === 1) subscribe(frame.id); }, 1000 + Math.random() * 1000);
+            break;
+          }
           console.warn("pgfeed:", frame.code, frame.message);
           if (pending.has(frame.id)) settled(frame.id); // refused: it will not be subscribed
           break;
@@ -264,11 +287,12 @@ export function connect(options = {}) {
           if (frame.op) deliver(frame, false);
       }
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
       clearInterval(pinger);
       if (stopped || closed) return;
       if (!opened) wsFailures += 1;
-      retry(opened);
+      // 4001: the token expired; `start` asks for a fresh one and resubscribes from the cursors.
+      retry(opened || ev.code === 4001);
     };
   }
 
@@ -277,7 +301,7 @@ export function connect(options = {}) {
   // types one listens to, and tracked tables add types), and it can send the token as a header.
 
   function headers() {
-    return token ? { authorization: `Bearer ${token}` } : {};
+    return tokenNow ? { authorization: `Bearer ${tokenNow}` } : {};
   }
 
   function changesQuery(since) {
@@ -377,6 +401,11 @@ export function connect(options = {}) {
           }
           since = null;
           continue;
+        }
+        if (res.status === 401 && working && typeof token === "function") {
+          // Expired meanwhile: ask for a fresh token and go on from `since`.
+          const old = tokenNow;
+          if ((await freshToken()) !== old) continue;
         }
         if (!res.ok) throw new Error(`GET /api/changes: HTTP ${res.status}`);
         const body = await res.json();

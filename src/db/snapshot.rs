@@ -26,7 +26,12 @@ pub enum Of<'a> {
 /// Snapshots take their barrier one at a time, so that waiting ones never hold the whole pool.
 static BARRIER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx::Error> {
+/// The snapshot's JSON and its position; `None` for the JSON when it is over `max_bytes`. The size
+/// is judged in the database, so an oversized snapshot is never sent to pgfeed, let alone buffered
+/// for a client; and lists of rows are rendered in key order with a running total of their size
+/// that stops the reading once it passes `max_bytes`, so a refusal costs about `max_bytes` of
+/// rendering, not the whole table or room.
+pub async fn take(pool: &PgPool, of: Of<'_>, max_bytes: usize) -> Result<(Position, Option<String>), sqlx::Error> {
     // The snapshot starts while no commit is in flight and none can start (a second connection
     // waits for them and holds new ones back, for about one commit: `log::while_commits_held`): every
     // commit with a seq up to the newest is then visible in it and final, and none after it, so
@@ -44,14 +49,23 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
     })
     .await?;
     drop((barrier, one_at_a_time));
-    let data: String = match of {
+    // `d` is the snapshot as text; `max_bytes` is a number, so formatting it in is safe.
+    let capped =
+        |inner: String| format!("select case when octet_length(d) <= {max_bytes} then d end from ({inner}) q(d)");
+    let data: Option<String> = match of {
         Of::Table(t) => {
             let sql = format!(
-                r#"select coalesce(jsonb_agg(pgfeed.serialize(r) order by {pk}), '[]')::text from {rel} r"#,
-                pk = t.pk.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
-                rel = t.relation,
+                r#"with {rows}
+                   select case when exists (select from s where total > {max_bytes}) then null
+                               else (select coalesce(jsonb_agg(j order by total), '[]') from s)::text end"#,
+                rows = sized_rows(
+                    "s",
+                    &t.relation,
+                    "true",
+                    &t.pk.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+                ),
             );
-            sqlx::query_scalar(&sql).fetch_one(&mut *tx).await?
+            sqlx::query_scalar(&capped(sql)).fetch_one(&mut *tx).await?
         }
         Of::Row(t, key) => {
             let sql = match (t.pk.as_slice(), t.pk_types.as_slice()) {
@@ -62,29 +76,53 @@ pub async fn take(pool: &PgPool, of: Of<'_>) -> Result<(Position, String), sqlx:
                         "text" => format!("r.{col} = $1"),
                         _ => format!("r.{col}::text = $1"),
                     };
-                    format!(r#"select coalesce((select pgfeed.serialize(r) from {} r where {cond}), 'null')::text"#, t.relation)
+                    format!(
+                        r#"select coalesce((select pgfeed.serialize(r) from {} r where {cond}), 'null')::text"#,
+                        t.relation
+                    )
                 }
                 _ => format!(
                     r#"select coalesce((select pgfeed.serialize(r) from {} r where concat_ws(',', {}) = $1), 'null')::text"#,
                     t.relation,
-                    t.pk.iter().map(|c| format!("r.{c}::text")).collect::<Vec<_>>().join(", ")
+                    t.pk.iter()
+                        .map(|c| format!("r.{c}::text"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
-            sqlx::query_scalar(&sql).bind(key).fetch_one(&mut *tx).await?
+            sqlx::query_scalar(&capped(sql)).bind(key).fetch_one(&mut *tx).await?
         }
         Of::Room(id) => {
-            sqlx::query_scalar(
-                r#"select jsonb_build_object(
-                       'study', (select pgfeed.serialize(s) from studies s where s.id = $1),
-                       'messages', coalesce((select jsonb_agg(pgfeed.serialize(m) order by m.id) from messages m where m.study_id = $1), '[]'),
-                       'files', coalesce((select jsonb_agg(pgfeed.serialize(f) order by f.id) from files f where f.study_id = $1), '[]')
-                   )::text"#,
-            )
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
+            let sql = format!(
+                r#"with {m}, {f}
+                   select case when exists (select from m where total > {max_bytes})
+                                    or exists (select from f where total > {max_bytes}) then null
+                               else jsonb_build_object(
+                                   'study', (select pgfeed.serialize(s) from studies s where s.id = $1),
+                                   'messages', coalesce((select jsonb_agg(j order by total) from m), '[]'),
+                                   'files', coalesce((select jsonb_agg(j order by total) from f), '[]')
+                               )::text end"#,
+                m = sized_rows("m", "messages", "r.study_id = $1", "r.id"),
+                f = sized_rows("f", "files", "r.study_id = $1", "r.id"),
+            );
+            sqlx::query_scalar(&capped(sql)).bind(id).fetch_one(&mut *tx).await?
         }
     };
     tx.commit().await?;
     Ok((Position::end_of(seq), data))
+}
+
+/// A CTE `name(j, total)`: the rows of `relation` that match `filter` as JSON, in `order`, each with
+/// the running total of their rendered size. A CTE is read as far as its readers pull, and in key
+/// order the window streams (from the key's index), so a reader that stops at the first `total`
+/// over the limit renders little more than the limit. Every row adds at least 2 bytes (`{}`), so
+/// `total` orders the rows as `order` does.
+fn sized_rows(name: &str, relation: &str, filter: &str, order: &str) -> String {
+    format!(
+        r#"{name} as (
+               select x.j, sum(octet_length(x.j::text)) over (order by {order}) as total
+               from {relation} r cross join lateral (select pgfeed.serialize(r) as j) x
+               where {filter}
+           )"#
+    )
 }

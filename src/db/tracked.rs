@@ -15,14 +15,34 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    /// Whether `key` could name a row of this table (a non-integer can never match an integer key).
+    /// Whether `key` could name a row of this table as the log names it. Row topics are logged
+    /// with the key as PostgreSQL prints it, so an integer key must be in canonical decimal
+    /// (`studies:1`, never `studies:01`, `studies:+1` or `studies: 1`): another spelling would
+    /// pass authorization for row 1 yet match no logged topic, and a resume of it would walk the
+    /// log for nothing. The same holds for each integer column of a composite key.
     pub fn key_is_plausible(&self, key: &str) -> bool {
         match self.pk_types.as_slice() {
-            [t] if matches!(t.as_str(), "bigint" | "integer" | "smallint") => key.parse::<i64>().is_ok(),
+            [t] if is_integer(t) => is_canonical_integer(key),
             [_] => true,
-            many => key.split(',').count() == many.len(),
+            many => {
+                let parts: Vec<&str> = key.split(',').collect();
+                parts.len() == many.len()
+                    && parts
+                        .iter()
+                        .zip(many)
+                        .all(|(part, t)| !is_integer(t) || is_canonical_integer(part))
+            }
         }
     }
+}
+
+fn is_integer(pk_type: &str) -> bool {
+    matches!(pk_type, "bigint" | "integer" | "smallint")
+}
+
+/// `0`, `42`, `-7`: what PostgreSQL's integer output prints, and nothing else.
+fn is_canonical_integer(key: &str) -> bool {
+    key.parse::<i64>().is_ok_and(|n| n.to_string() == key)
 }
 
 pub async fn load(db: impl PgExecutor<'_>) -> Result<Vec<Tracked>, sqlx::Error> {
@@ -38,4 +58,45 @@ pub async fn load(db: impl PgExecutor<'_>) -> Result<Vec<Tracked>, sqlx::Error> 
     )
     .fetch_all(db)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(types: &[&str]) -> Tracked {
+        Tracked {
+            topic: "t".into(),
+            relation: "t".into(),
+            pk: types.iter().map(|_| "k".to_owned()).collect(),
+            pk_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn integer_keys_must_be_spelled_as_postgresql_prints_them() {
+        let t = table(&["bigint"]);
+        for ok in ["0", "1", "42", "-7", "9223372036854775807"] {
+            assert!(t.key_is_plausible(ok), "{ok:?}");
+        }
+        for bad in [
+            "01",
+            "+1",
+            " 1",
+            "1 ",
+            "-0",
+            "00",
+            "1e3",
+            "",
+            "x",
+            "9223372036854775808",
+        ] {
+            assert!(!t.key_is_plausible(bad), "{bad:?}");
+        }
+        let pair = table(&["integer", "text"]);
+        assert!(pair.key_is_plausible("1,01"));
+        assert!(!pair.key_is_plausible("01,a"));
+        assert!(!pair.key_is_plausible("1"));
+        assert!(table(&["text"]).key_is_plausible("01"));
+    }
 }

@@ -167,41 +167,45 @@ pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::
     })
 }
 
-/// Up to `limit` events after `after`, in commit order; only those published on `topic` when
-/// given. `known`: see [Bounds](#bounds).
+/// Commits one filtered read (a client's resume) walks at most unless told otherwise. A resume
+/// of a quiet topic from an old cursor would otherwise walk every commit since in one statement;
+/// bounded, each read costs at most this many index probes, and the caller goes on from
+/// [`Read::scanned`] with the next read.
+pub const RESUME_SCAN: i64 = 10_000;
+
+/// Up to `limit` events after `after` published on `topic`, in commit order, walking at most
+/// `scan` commits ([`Read::scanned`]). `known`: see [Bounds](#bounds).
 pub async fn read_after<'e>(
     db: impl PgExecutor<'e>,
     after: Position,
-    topic: Option<&str>,
+    topic: &str,
     limit: i64,
     known: i64,
-) -> Result<Page, sqlx::Error> {
-    let topics = topic.map(|t| [t.to_owned()]);
-    Ok(read(db, after, topics.as_ref().map(|t| t.as_slice()), limit, known)
-        .await?
-        .page)
+    scan: i64,
+) -> Result<Read, sqlx::Error> {
+    read(db, after, Some(&[topic.to_owned()][..]), limit, known, Some(scan)).await
 }
 
 /// The listener's read: up to `limit` events after `after` (every seq up to `after.seq` being
 /// final); see [`Read`].
 pub async fn read_all(db: &mut PgConnection, after: Position, limit: i64) -> Result<Read, sqlx::Error> {
-    read(db, after, None, limit, after.seq).await
+    read(db, after, None, limit, after.seq, None).await
 }
 
 /// Up to `limit` events after `after` published on any of `topics`, in commit order, each event
 /// once (one row per event, whatever the number of its topics that match); and the read's bound,
 /// the newest final commit seq of the same snapshot. When fewer than `limit` rows come back, the
 /// reader has seen every matching event up to that seq, so it may resume after it (long-poll's
-/// next cursor).
+/// next cursor). Walks at most `scan` commits: see [`Read::scanned`].
 pub async fn read_after_any(
     pool: &PgPool,
     after: Position,
     topics: &[String],
     limit: i64,
     known: i64,
-) -> Result<(Page, i64), sqlx::Error> {
-    let read = read(pool, after, Some(topics), limit, known).await?;
-    Ok((read.page, read.upto))
+    scan: i64,
+) -> Result<Read, sqlx::Error> {
+    read(pool, after, Some(topics), limit, known, Some(scan)).await
 }
 
 /// What one read saw.
@@ -213,6 +217,10 @@ pub struct Read {
     pub upto: i64,
     /// The newest commit seq visible to the read; above `upto`, a seq is missing below it.
     pub newest: i64,
+    /// How far the read walked: `upto`, or less when its `scan` ran out first (`after.seq + scan`).
+    /// Unless the page is full, it holds every matching event up to here; below `upto` the caller
+    /// reads on from here, so a resume advances by ranges of commits whatever it matches.
+    pub scanned: i64,
 }
 
 /// The one log read: up to `limit` events after `after` (on any of `topics`, when given), up to
@@ -232,12 +240,15 @@ async fn read<'e>(
     topics: Option<&[String]>,
     limit: i64,
     known: i64,
+    scan: Option<i64>,
 ) -> Result<Read, sqlx::Error> {
     let rows = sqlx::query(
         r#"select m.pruned_upto,
                   greatest(b.upto, m.pruned_upto, 0) as upto,
                   greatest(b.newest, m.pruned_upto, 0) as newest,
-                  r.*
+                  r.*,
+                  -- `least` skips a null: no `scan`, no bound but `upto`.
+                  least(greatest(b.upto, m.pruned_upto, 0), $1 + $6::bigint) as scanned
            -- `limit 1`: the planner then knows the bound is one row. Guessing `meta`'s row count
            -- instead, it wrapped the per-row part below in a cache that copied every row read.
            from (select pruned_upto from pgfeed.meta limit 1) m
@@ -272,7 +283,7 @@ async fn read<'e>(
                    order by e.pos
                    offset 0
                ) e
-               where c.seq >= $1 and c.seq <= b.upto
+               where c.seq >= $1 and c.seq <= least(b.upto, $1 + $6::bigint)
                order by c.seq, e.pos
                limit $4
            ) r on true"#,
@@ -282,21 +293,24 @@ async fn read<'e>(
     .bind(topics)
     .bind(limit)
     .bind(known)
+    .bind(scan)
     .fetch_all(db)
     .await?;
-    let (pruned, upto, newest): (i64, i64, i64) = match rows.first() {
+    let (pruned, upto, newest, scanned): (i64, i64, i64, i64) = match rows.first() {
         Some(row) => (
             row.try_get("pruned_upto")?,
             row.try_get("upto")?,
             row.try_get("newest")?,
+            row.try_get("scanned")?,
         ),
-        None => (0, 0, 0),
+        None => (0, 0, 0, 0),
     };
     if expired(after, pruned) {
         return Ok(Read {
             page: Page::Expired,
             upto,
             newest,
+            scanned,
         });
     }
     let mut events = Vec::with_capacity(rows.len());
@@ -329,6 +343,7 @@ async fn read<'e>(
         page: Page::Rows(events),
         upto,
         newest,
+        scanned,
     })
 }
 

@@ -50,12 +50,12 @@ pub async fn handler(
     headers: HeaderMap,
 ) -> Response {
     // A waiting poll holds a connection like a stream does, so it counts against the same limits.
-    let (access, _permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
+    let (access, expires, _permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
     let _open = state.metrics.connection(Transport::Poll);
-    match changes(state, q, access).await {
+    match changes(state, q, access, expires).await {
         Ok(answer) => answer.into_response(),
         Err(refusal) => refusal.into_response(),
     }
@@ -102,9 +102,9 @@ fn number(name: &str, value: Option<&str>, default: u64) -> Result<u64, Refusal>
     }
 }
 
-async fn changes(state: AppState, q: ChangesQuery, access: Access) -> Result<Answer, Refusal> {
+async fn changes(state: AppState, q: ChangesQuery, access: Access, expires: Option<u64>) -> Result<Answer, Refusal> {
     let feed = &state.feed;
-    let topics = checked_topics(feed, q.topics.as_deref(), &access).await?;
+    let topics = checked_topics(feed, q.topics.as_deref(), state.session.max_subscriptions, &access).await?;
     let limit = number("limit", q.limit.as_deref(), DEFAULT_LIMIT as u64)?.clamp(1, MAX_LIMIT as u64) as i64;
     let wait = Duration::from_secs(number("wait", q.wait.as_deref(), DEFAULT_WAIT)?.min(MAX_WAIT));
     let Some(since) = q.since.as_deref().filter(|s| !s.is_empty()) else {
@@ -114,18 +114,29 @@ async fn changes(state: AppState, q: ChangesQuery, access: Access) -> Result<Ans
             cursor: feed.cursor(feed.head().await?),
         });
     };
-    let since = feed.parse_cursor(since).await?;
+    let mut since = feed.parse_cursor(since).await?;
     let deadline = Instant::now() + wait;
     let shutdown = &state.shutdown.token;
+    // PROTOCOL §8: a wait never outlasts the token; the answer at `exp` is the cursor so far.
+    let expiry = crate::auth::expiry(expires);
+    tokio::pin!(expiry);
     loop {
         // Register for wake-ups *before* reading: a change committed after the read is then
         // published to this outbox, and one committed before it is in the read.
         let (outbox, mut wake_rx) = Outbox::new(WAKE_QUEUE);
         let _registered = Registered::new(&feed.hub, &topics, &outbox);
-        let (mut events, next) = feed.changes(&topics, since, limit).await?;
+        let (mut events, next, more) = feed.changes(&topics, since, limit).await?;
+        let read_some = !events.is_empty();
         // Rights follow the row: a member's row topics see a row leave its studies as an exit.
         events.retain_mut(|d| crate::rights::admit(&access, d));
-        if !events.is_empty() || Instant::now() >= deadline || shutdown.is_cancelled() {
+        if events.is_empty() && (more || read_some) && Instant::now() < deadline && !shutdown.is_cancelled() {
+            // The read stopped at its scan bound, or found only what this token may not see:
+            // read on from there at once (each read is bounded, and the task yields at each one).
+            since = next;
+            continue;
+        }
+        let expired = expiry.deadline() <= Instant::now();
+        if !events.is_empty() || Instant::now() >= deadline || shutdown.is_cancelled() || expired {
             let events = events.iter().map(|d| d.frame().clone()).collect();
             return Ok(Answer {
                 events,
@@ -136,6 +147,7 @@ async fn changes(state: AppState, q: ChangesQuery, access: Access) -> Result<Ans
             _ = wake_rx.recv() => {}
             _ = outbox.overflowed_wait() => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = &mut expiry => {}
             // Shutdown answers at once with nothing new, so graceful shutdown is not held up.
             _ = shutdown.cancelled() => {}
         }

@@ -25,6 +25,7 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const TOKEN_EXPIRED: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
@@ -40,6 +41,11 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Deliveries written per flush when several are waiting.
 const WRITE_BATCH: usize = 64;
+/// Snapshots (`subscribe` with `snapshot`, `refresh`) one connection may take per second, and in
+/// a burst. Each takes the snapshot barrier, which holds writers' commits back for a moment, and
+/// reads a whole table or room: past this budget they are answered `rate_limited`.
+const SNAPSHOTS_PER_SECOND: f64 = 1.0;
+const SNAPSHOT_BURST: f64 = 5.0;
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -64,6 +70,8 @@ impl Default for SessionConfig {
 pub struct Initial {
     pub topics: Vec<String>,
     pub since: Option<String>,
+    /// The token's `exp` (Unix seconds): the connection is closed with 4001 then (PROTOCOL §8).
+    pub expires: Option<u64>,
 }
 
 /// A client frame. Unknown fields are ignored.
@@ -120,6 +128,8 @@ where
         metrics,
         errors: (Instant::now(), 0),
         _held: held,
+        snapshots: Bucket::new(SNAPSHOTS_PER_SECOND, SNAPSHOT_BURST),
+        closed: false,
     };
     Box::new(session).serve(initial, inbox, shutdown)
 }
@@ -138,6 +148,10 @@ struct Session<S, H> {
     errors: (Instant, u32),
     /// Whatever the transport holds for the connection's lifetime (its connection-limit permit).
     _held: H,
+    /// The connection's snapshot budget.
+    snapshots: Bucket,
+    /// A Close frame was sent: nothing more is done for the connection.
+    closed: bool,
 }
 
 /// Why the loop ended early; the connection is gone either way.
@@ -173,7 +187,14 @@ where
         mut inbox: mpsc::Receiver<Delivery>,
         shutdown: CancellationToken,
     ) -> Result<(), End> {
+        let expiry = crate::auth::expiry(initial.expires);
+        tokio::pin!(expiry);
         for topic in &initial.topics {
+            // Errors count against the connection's budget like frames do: one that closed the
+            // connection ends the list too.
+            if self.closed {
+                return Ok(());
+            }
             let frame = ClientFrame {
                 action: "subscribe".into(),
                 topic: Some(topic.clone()),
@@ -194,6 +215,9 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.close(close::GOING_AWAY, "server shutting down").await,
+                // PROTOCOL §8: rights end with the token; the client reconnects with a fresh one
+                // and its last cursor.
+                _ = &mut expiry => return self.close(close::TOKEN_EXPIRED, "token expired").await,
                 _ = overflow.overflowed_wait() => {
                     self.metrics.slow_consumer();
                     return self.close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor").await;
@@ -218,9 +242,17 @@ where
                         // Boxed: handling a frame (snapshots, catch-up reads) needs a deep future that
                         // would otherwise sit inside every idle connection's task (PERF: `idle`).
                         Box::pin(self.handle(text.as_str())).await?;
+                        if self.closed {
+                            return Ok(());
+                        }
                         self.metrics.set_subscriptions(self.subs.len());
                     }
-                    Some(Ok(Message::Binary(_))) => Box::pin(self.client_error("bad_request", "frames must be JSON text", None)).await?,
+                    Some(Ok(Message::Binary(_))) => {
+                        Box::pin(self.client_error("bad_request", "frames must be JSON text", None)).await?;
+                        if self.closed {
+                            return Ok(());
+                        }
+                    }
                     Some(Err(e)) => {
                         let text = format!("{e:#}");
                         if text.contains("too long") || text.contains("Space limit") {
@@ -313,6 +345,9 @@ where
             let message = format!("at most {} subscriptions per connection", self.config.max_subscriptions);
             return self.client_error("too_many_subscriptions", &message, id).await;
         }
+        if frame.snapshot && !self.snapshots.take() {
+            return self.snapshot_refused(id).await;
+        }
         let outcome = async {
             let table = self.feed.check_topic(topic).await?;
             self.feed.authorize(&self.access, topic, &table).await?;
@@ -350,6 +385,9 @@ where
                 .client_error("bad_request", &format!("not subscribed to {topic:?}"), id)
                 .await;
         }
+        if !self.snapshots.take() {
+            return self.snapshot_refused(id).await;
+        }
         let outcome = async {
             let table = self.feed.check_topic(topic).await?;
             let (at, data) = self.feed.snapshot(topic, &table).await?;
@@ -364,6 +402,20 @@ where
         self.answer(topic, id, outcome).await
     }
 
+    /// The answer to a snapshot over the connection's budget. Not counted as a bad frame: the
+    /// frame rate limit already bounds how often it can be asked.
+    async fn snapshot_refused(&mut self, id: Option<&Value>) -> Result<(), End> {
+        let message = format!(
+            "at most {SNAPSHOT_BURST} snapshots at once and {SNAPSHOTS_PER_SECOND} per second; \
+             subscribe with since to resume instead"
+        );
+        self.send_json(&with_id(
+            json!({"type": "error", "code": "rate_limited", "message": message}),
+            id,
+        ))
+        .await
+    }
+
     /// Turns a failed subscribe/refresh into the frame the client is owed.
     async fn answer(&mut self, topic: &str, id: Option<&Value>, outcome: Result<(), FeedError>) -> Result<(), End> {
         match outcome {
@@ -372,6 +424,13 @@ where
             Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
             Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
             Err(e @ FeedError::Forbidden(_)) => self.client_error("forbidden", &e.to_string(), id).await,
+            Err(FeedError::TooLarge(m)) => {
+                self.send_json(&with_id(
+                    json!({"type": "error", "code": "too_large", "message": m}),
+                    id,
+                ))
+                .await
+            }
             Err(FeedError::Refresh(reason)) => {
                 self.send_json(&with_id(
                     json!({"type": "refresh_needed", "topic": topic, "reason": reason}),
@@ -430,6 +489,7 @@ where
 
     async fn close_handshake(&mut self, code: u16, reason: &'static str) -> Result<(), End> {
         tracing::debug!(code, reason, "closing the connection");
+        self.closed = true;
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -500,6 +560,39 @@ impl RateLimit {
             Rate::Abuse
         } else {
             Rate::Excess
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst` at once.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }

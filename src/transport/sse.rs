@@ -42,8 +42,6 @@ const RETRY_MS: u64 = 1000;
 const STREAM_BUFFER: usize = 64;
 /// How long one event may wait for a client that does not read before the stream is ended.
 const WRITE_STALL: Duration = Duration::from_secs(30);
-/// Topics one stream may carry (the WebSocket's limit per connection).
-pub const MAX_TOPICS: usize = 100;
 
 #[derive(Debug, Deserialize)]
 pub struct EventsQuery {
@@ -75,6 +73,7 @@ impl From<FeedError> for Refusal {
                 reason,
                 "the cursor is older than the log keeps: take a snapshot, then resume".into(),
             ),
+            FeedError::TooLarge(m) => Refusal(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_) | FeedError::Gone) => {
                 tracing::error!(error = %e, "feed unavailable");
                 Refusal(
@@ -87,32 +86,47 @@ impl From<FeedError> for Refusal {
     }
 }
 
-/// The topics of a request, split, checked against the feed (PROTOCOL §3) and against what the
-/// caller may read (PROTOCOL §8), without repeats.
-pub async fn checked_topics(feed: &Feed, topics: Option<&str>, access: &Access) -> Result<Vec<String>, Refusal> {
-    let mut out: Vec<String> = Vec::new();
-    for topic in topics
+/// A request's `topics=a,b` as a list, the same on every stream transport (WebSocket, SSE,
+/// long-poll): names trimmed, empty ones skipped, repeats dropped. More than `max` names
+/// (`--max-subscriptions`, repeats counted) is refused while splitting, before anything else is
+/// done for them, so an oversized list costs its length and no more.
+pub fn topic_list(topics: Option<&str>, max: usize) -> Result<Vec<String>, Refusal> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let names = topics
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        if !out.iter().any(|t| t == topic) {
+        .filter(|t| !t.is_empty());
+    for (n, topic) in names.enumerate() {
+        if n >= max {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "too_many_subscriptions",
+                format!("at most {max} topics per connection"),
+            ));
+        }
+        if seen.insert(topic) {
             out.push(topic.to_owned());
         }
     }
+    Ok(out)
+}
+
+/// The topics of a request ([`topic_list`]), checked against the feed (PROTOCOL §3) and against
+/// what the caller may read (PROTOCOL §8).
+pub async fn checked_topics(
+    feed: &Feed,
+    topics: Option<&str>,
+    max: usize,
+    access: &Access,
+) -> Result<Vec<String>, Refusal> {
+    let out = topic_list(topics, max)?;
     if out.is_empty() {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "topics=a,b is required".into(),
-        ));
-    }
-    if out.len() > MAX_TOPICS {
-        return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "too_many_subscriptions",
-            format!("at most {MAX_TOPICS} topics"),
         ));
     }
     for topic in &out {
@@ -129,11 +143,11 @@ pub async fn handler(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (access, permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
+    let (access, expires, permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
         Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
-    match open(state, q, headers, access, permit).await {
+    match open(state, q, headers, (access, expires), permit).await {
         Ok(sse) => sse,
         Err(refusal) => refusal.into_response(),
     }
@@ -143,11 +157,11 @@ async fn open(
     state: AppState,
     q: EventsQuery,
     headers: HeaderMap,
-    access: Access,
+    (access, expires): (Access, Option<u64>),
     permit: ConnPermit,
 ) -> Result<Response, Refusal> {
     let feed = state.feed.clone();
-    let topics = checked_topics(&feed, q.topics.as_deref(), &access).await?;
+    let topics = checked_topics(&feed, q.topics.as_deref(), state.session.max_subscriptions, &access).await?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -176,6 +190,7 @@ async fn open(
         refresh,
         events_tx,
         token.clone(),
+        expires,
         (state.metrics.connection(Transport::Sse), permit),
     ));
     let stream = ReceiverStream::new(events_rx)
@@ -191,8 +206,9 @@ async fn open(
     Ok(response)
 }
 
-/// Feeds one SSE stream until the client leaves, falls behind, or the server shuts down. The
-/// connection's gauge and its slot in the connection limits are held for as long as it runs.
+/// Feeds one SSE stream until the client leaves, falls behind, its token expires, or the server
+/// shuts down. The connection's gauge and its slot in the connection limits are held for as long
+/// as it runs; the response ends with it.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     feed: Feed,
@@ -202,8 +218,13 @@ async fn run(
     refresh: Option<&'static str>,
     events_tx: mpsc::Sender<SseEvent>,
     shutdown: CancellationToken,
+    expires: Option<u64>,
     (mut metrics, _permit): (ConnectionGuard, ConnPermit),
 ) {
+    // PROTOCOL §8: the stream ends when its token expires, so its rights end with the token; the
+    // client reconnects with a fresh token and its last id (`Last-Event-ID`), losing nothing.
+    let expiry = crate::auth::expiry(expires);
+    tokio::pin!(expiry);
     let (outbox, mut inbox) = Outbox::new(CONNECTION_QUEUE);
     let mut subs = Subscriptions::new(feed.clone(), outbox.clone()).with_access(access);
     let mut writer = Writer {
@@ -249,6 +270,7 @@ async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            _ = &mut expiry => return,
             // The queue overflowed: end the stream; the client reconnects with Last-Event-ID and
             // re-reads what it missed from the log (the WebSocket's 4008).
             _ = outbox.overflowed_wait() => {
@@ -272,7 +294,21 @@ async fn run(
 fn event_of(feed: &Feed, d: &Delivery) -> SseEvent {
     // Frames are compact JSON (serde_json, jsonb text): no raw line breaks, as `data` requires.
     let data = d.frame().as_str();
-    SseEvent::default().id(feed.cursor(d.at())).event(d.kind()).data(data)
+    SseEvent::default()
+        .id(feed.cursor(d.at()))
+        .event(event_name(d.kind()))
+        .data(data)
+}
+
+/// An event type as an SSE `event:` field. A type is `<table>_created` etc., and a tracked table's
+/// name may hold any character: a line break would end the field (axum panics on one), and NUL
+/// is dropped by browsers. Those become `_`; the exact type is in the `data:` JSON.
+fn event_name(kind: &str) -> std::borrow::Cow<'_, str> {
+    if kind.contains(['\n', '\r', '\0']) {
+        kind.replace(['\n', '\r', '\0'], "_").into()
+    } else {
+        kind.into()
+    }
 }
 
 /// Sends what precedes the live stream, and the live events, to the response body.

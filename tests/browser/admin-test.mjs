@@ -3,7 +3,8 @@
 //   node admin-test.mjs SERVER_URL DATABASE_URL SCENARIO SCREENSHOT_DIR
 //
 // SCENARIO: "table" (two pages on the studies table: psql writes, edits, a conflict, a server
-// restart) or "room" (two pages in one study's room: messages and files).
+// restart), "room" (two pages in one study's room: messages and files), "refresh", "member", or
+// "expiry" (a member's token expires while the page is open: a fresh one resumes the feed).
 // Writes with psql itself (a writer outside pgfeed). Talks to the Rust test in JSON lines:
 //   stdout {"log": "..."}            something worth printing (observed delays)
 //   stdout {"need": "stop"|"start"}  stop the server / start it again on the same port; the test
@@ -415,8 +416,35 @@ async function memberScenario() {
   return { rows: 2 };
 }
 
+// ---- a token that expires while the page is open (PROTOCOL §8) --------------------------------
+
+async function expiryScenario() {
+  const shortToken = process.env.ADMIN_TEST_SHORT_TOKEN;
+  const freshToken = process.env.ADMIN_TEST_MEMBER_TOKEN;
+  psql(`insert into studies (id, label, title) overriding system value values
+          (1, 'mine-1', 'Member study one'), (2, 'theirs-2', 'Not the member''s')`);
+  const a = await openPage("expiry", "", { width: 1280, height: 800 }, false);
+  await a.locator("#login-view").waitFor({ timeout: LIVE_MS });
+  await a.fill("#login-token", shortToken);
+  await a.press("#login-token", "Enter");
+  await a.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
+  await a.locator(`${row(1)} td.title`, { hasText: "Member study one" }).waitFor({ timeout: LIVE_MS });
+  // At `exp` the server closes the feed (4001); the page asks for a fresh token.
+  await a.locator("#login-token-error", { hasText: "expired" }).waitFor({ timeout: PATIENCE_MS });
+  psql("update studies set title = 'Renamed while signed out' where id = 1");
+  await a.fill("#login-token", freshToken);
+  await a.press("#login-token", "Enter");
+  // Back in the same view, resumed from its cursor: the change made meanwhile shows, live goes on.
+  await a.locator(`${row(1)} td.title`, { hasText: "Renamed while signed out" }).waitFor({ timeout: PATIENCE_MS });
+  assert(await a.locator("#login-view").isHidden(), "the prompt is gone");
+  psql("update studies set title = 'And live again' where id = 1");
+  await a.locator(`${row(1)} td.title`, { hasText: "And live again" }).waitFor({ timeout: LIVE_MS });
+  assert(!(await a.locator(row(2)).count()), "study 2 never shows");
+  return { rows: 1 };
+}
+
 try {
-  const scenarios = { table: tableScenario, room: roomScenario, refresh: refreshScenario, member: memberScenario };
+  const scenarios = { table: tableScenario, room: roomScenario, refresh: refreshScenario, member: memberScenario, expiry: expiryScenario };
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
   const summary = await scenarios[scenario]();
   out({ done: { ...summary, delays, slowest_ms: Math.max(0, ...delays.map((d) => d.ms)) } });

@@ -28,7 +28,7 @@ async fn run(app: TestApp, scenario: &str) -> Value {
     run_with(app, scenario, &[]).await
 }
 
-async fn run_with(app: TestApp, scenario: &str, env: &[(&str, String)]) -> Value {
+pub async fn run_with(app: TestApp, scenario: &str, env: &[(&str, String)]) -> Value {
     let mut child = node_driver("admin-test.mjs")
         .arg(app.url(""))
         .arg(&app.db.url)

@@ -7,6 +7,7 @@ mod attack_capture;
 mod attack_conn;
 mod attack_edge;
 mod attack_files;
+mod attack_streams;
 mod auth;
 mod browser;
 mod cli;
