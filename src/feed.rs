@@ -348,6 +348,14 @@ impl Subscriptions {
         self.sent.contains_key(topic)
     }
 
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
     }

@@ -120,11 +120,9 @@ where
     let (outbox, inbox) = Outbox::new(CONNECTION_QUEUE);
     let session = Session {
         socket,
-        subs: Subscriptions::new(feed.clone(), outbox).with_access(access.clone()),
-        feed,
+        subs: Subscriptions::new(feed, outbox).with_access(access),
         rate: RateLimit::new(config.max_frames_per_second),
         config,
-        access,
         metrics,
         errors: (Instant::now(), 0),
         _held: held,
@@ -136,11 +134,11 @@ where
 
 struct Session<S, H> {
     socket: S,
+    /// The connection's subscriptions, with the feed and who the client is (PROTOCOL §8), which
+    /// decides what it may subscribe to: held once, there, as every idle connection pays for
+    /// each field (PERF: `idle`).
     subs: Subscriptions,
-    feed: Feed,
     config: SessionConfig,
-    /// Who the client is (PROTOCOL §8): decides which topics it may subscribe to.
-    access: Access,
     rate: RateLimit,
     /// This connection in the server's gauges; dropping it (session end) takes it out.
     metrics: ConnectionGuard,
@@ -187,8 +185,8 @@ where
         mut inbox: mpsc::Receiver<Delivery>,
         shutdown: CancellationToken,
     ) -> Result<(), End> {
-        let expiry = crate::auth::expiry(initial.expires);
-        tokio::pin!(expiry);
+        // Boxed, and only with a token: every idle connection's future would hold the timer.
+        let mut expiry = initial.expires.map(|exp| Box::pin(crate::auth::expiry(Some(exp))));
         for topic in &initial.topics {
             // Errors count against the connection's budget like frames do: one that closed the
             // connection ends the list too.
@@ -217,7 +215,12 @@ where
                 _ = shutdown.cancelled() => return self.close(close::GOING_AWAY, "server shutting down").await,
                 // PROTOCOL §8: rights end with the token; the client reconnects with a fresh one
                 // and its last cursor.
-                _ = &mut expiry => return self.close(close::TOKEN_EXPIRED, "token expired").await,
+                _ = async {
+                    match expiry.as_mut() {
+                        Some(at) => at.await,
+                        None => std::future::pending().await,
+                    }
+                } => return self.close(close::TOKEN_EXPIRED, "token expired").await,
                 _ = overflow.overflowed_wait() => {
                     self.metrics.slow_consumer();
                     return self.close(close::SLOW_CONSUMER, "slow consumer: resume from your last cursor").await;
@@ -349,21 +352,22 @@ where
             return self.snapshot_refused(id).await;
         }
         let outcome = async {
-            let table = self.feed.check_topic(topic).await?;
-            self.feed.authorize(&self.access, topic, &table).await?;
+            let feed = self.subs.feed().clone();
+            let table = feed.check_topic(topic).await?;
+            feed.authorize(self.subs.access(), topic, &table).await?;
             let start = match (&frame.since, frame.snapshot) {
                 (_, true) => Start::Snapshot,
-                (Some(c), false) => Start::After(self.feed.parse_cursor(c).await?),
+                (Some(c), false) => Start::After(feed.parse_cursor(c).await?),
                 (None, false) => Start::Live,
             };
-            let Session { socket, subs, feed, .. } = self;
+            let Session { socket, subs, .. } = self;
             subs.add(
                 topic,
                 &table,
                 start,
                 &mut Writer {
                     socket,
-                    feed,
+                    feed: &feed,
                     topic,
                     id,
                 },
@@ -389,10 +393,12 @@ where
             return self.snapshot_refused(id).await;
         }
         let outcome = async {
-            let table = self.feed.check_topic(topic).await?;
-            let (at, data) = self.feed.snapshot(topic, &table).await?;
+            let feed = self.subs.feed();
+            let table = feed.check_topic(topic).await?;
+            let (at, data) = feed.snapshot(topic, &table).await?;
+            let cursor = feed.cursor(at);
             self.subs.advance(topic, at);
-            let msg = snapshot_text(topic, &self.feed.cursor(at), data, id);
+            let msg = snapshot_text(topic, &cursor, data, id);
             match stall(self.socket.send(Message::Text(msg))).await {
                 Ok(Ok(())) => Ok(()),
                 _ => Err(FeedError::Gone),

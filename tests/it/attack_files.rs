@@ -346,18 +346,6 @@ async fn an_upload_over_the_limit_without_a_length_is_refused_and_leaves_nothing
 
 // ---- pgfeed tail ----
 
-/// `pgfeed tail ARGS` with a clean environment.
-fn tail(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("tail").args(args).stdin(Stdio::null()).kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PGFEED_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
 #[tokio::test]
 async fn tail_sends_its_token_in_a_header_never_in_the_url() {
     // A stand-in server that writes down the upgrade request, then refuses it.
@@ -380,7 +368,7 @@ async fn tail_sends_its_token_in_a_header_never_in_the_url() {
     });
     let out = tokio::time::timeout(
         PATIENCE,
-        tail(&["studies", "--url", &url, "--token", "eyJ.secret-token.sig"]).output(),
+        crate::tail::command(&["studies", "--url", &url, "--token", "eyJ.secret-token.sig"]).output(),
     )
     .await
     .expect("tail did not exit")
@@ -406,7 +394,7 @@ async fn tail_sends_its_token_in_a_header_never_in_the_url() {
 async fn tail_follows_a_secured_server_with_its_token_in_the_header() {
     let app = crate::auth::secured().await;
     let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
-    let mut child = tail(&["studies", "--url", &app.url(""), "--token", &admin])
+    let mut child = crate::tail::command(&["studies", "--url", &app.url(""), "--token", &admin])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -17,7 +17,8 @@ struct Tail {
     lines: Lines<BufReader<ChildStdout>>,
 }
 
-fn command(args: &[&str]) -> Command {
+/// `pgfeed tail ARGS` with a clean environment.
+pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("tail").args(args).stdin(Stdio::null()).kill_on_drop(true);
     for (k, _) in std::env::vars() {
