@@ -76,6 +76,9 @@ async fn snapshots_of_a_table_a_row_and_refresh() {
     assert_eq!(again["data"].as_array().unwrap().len(), 3);
 }
 
+// A commit stamped early and held open (`TestDb::stamped_open`) has its seq drawn but not yet
+// visible: a snapshot must not take a cursor past it (see ordering.rs).
+
 #[tokio::test]
 async fn a_snapshot_waits_for_a_commit_in_flight_and_the_stream_after_it_neither_misses_nor_repeats() {
     let app = TestApp::spawn().await;
