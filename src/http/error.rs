@@ -229,3 +229,47 @@ pub async fn no_route(uri: axum::http::Uri) -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ApiError) -> (u16, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_feed_failure_reads_like_a_rest_database_failure() {
+        let rest = body(ApiError::Db(sqlx::Error::PoolTimedOut)).await;
+        let stream = body(FeedError::Db(sqlx::Error::PoolTimedOut).into()).await;
+        let internal = body(FeedError::Internal("a snapshot on SSE".into()).into()).await;
+        assert_eq!(rest.0, 503);
+        assert_eq!(rest, stream);
+        assert_eq!(rest, internal);
+        assert_eq!(rest.1["error"]["code"], "unavailable");
+    }
+
+    #[tokio::test]
+    async fn stream_refusals_keep_their_statuses_and_codes() {
+        let cases = [
+            (ApiError::from(FeedError::BadRequest("x".into())), 400, "bad_request"),
+            (FeedError::UnknownTopic("nope".into()).into(), 404, "unknown_topic"),
+            (FeedError::Forbidden("studies:2".into()).into(), 403, "forbidden"),
+            (FeedError::Refresh("cursor_expired").into(), 410, "cursor_expired"),
+            (FeedError::TooLarge("big".into()).into(), 413, "too_large"),
+            (ApiError::TooManySubscriptions(3), 400, "too_many_subscriptions"),
+            (
+                ApiError::TooManyConnections(Refused::PerIp(2)),
+                429,
+                "too_many_connections",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let (s, v) = body(e).await;
+            assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{v}");
+        }
+    }
+}
