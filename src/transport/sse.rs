@@ -42,13 +42,11 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// `cursor` (`Last-Event-ID` or `since`), or live without one. A cursor the feed cannot parse is
 /// the error, before anything is sent. `permit` is whatever the caller holds for the stream's
 /// lifetime (its connection-limit slot); it is dropped when the stream ends.
-#[allow(clippy::too_many_arguments)]
 pub async fn open<H: Send + 'static>(
     feed: Feed,
     topics: Vec<String>,
     cursor: Option<&str>,
-    access: Access,
-    expires: Option<u64>,
+    (access, expires): (Access, Option<u64>),
     metrics: &std::sync::Arc<Metrics>,
     permit: H,
     shutdown: &Shutdown,
