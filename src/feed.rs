@@ -43,6 +43,12 @@ pub enum FeedError {
     TooLarge(String),
 }
 
+impl FeedError {
+    /// What a client is told when the feed's database fails: the same words on every transport
+    /// and in REST, and nothing of the cause, which is logged instead.
+    pub const UNAVAILABLE: &'static str = "the database is unavailable or failed; try again later";
+}
+
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Start {

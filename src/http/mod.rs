@@ -13,6 +13,7 @@ pub mod observe;
 pub mod openapi;
 pub mod rate;
 pub mod serve;
+pub mod streams;
 pub mod studies;
 pub mod web;
 
@@ -34,7 +35,7 @@ use crate::feed::Feed;
 use crate::listener::ListenerStatus;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::transport::{poll, session::SessionConfig, sse, ws};
+use crate::transport::session::SessionConfig;
 use limits::ConnLimits;
 
 /// The browser client library (web/client.js), built into the binary: no build step, no files to ship.
@@ -161,9 +162,9 @@ pub fn router(state: AppState) -> Router {
         doc.to_json().unwrap_or_else(|e| panic!("OpenAPI document: {e}")),
     ));
     Router::new()
-        .route("/ws", get(ws::handler))
-        .route("/events", get(sse::handler))
-        .route("/api/changes", get(poll::handler))
+        .route("/ws", get(streams::ws))
+        .route("/events", get(streams::events))
+        .route("/api/changes", get(streams::changes))
         .route("/client.js", get(client_js))
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(observe::metrics).route_layer(admin_only.clone()))

@@ -46,7 +46,7 @@ async fn document(Extension(Document(json)): Extension<Document>) -> impl IntoRe
     ([(header::CONTENT_TYPE, "application/json")], json.as_str().to_owned())
 }
 
-/// PROTOCOL §5: the WebSocket endpoint (served by `transport::ws`; described here).
+/// PROTOCOL §5: the WebSocket endpoint (served by `http::streams` and `transport::session`; described here).
 #[utoipa::path(get, path = "/ws", tag = "feed",
     params(
         ("topics" = Option<String>, Query, description = "Comma-separated topics to subscribe to on connect"),
@@ -69,7 +69,7 @@ fn ws() {}
 #[allow(dead_code)]
 fn healthz() {}
 
-/// PROTOCOL §6: Server-Sent Events (served by `transport::sse`; described here).
+/// PROTOCOL §6: Server-Sent Events (served by `http::streams` and `transport::sse`; described here).
 #[utoipa::path(get, path = "/events", tag = "feed",
     params(
         ("topics" = String, Query, description = "Comma-separated topics"),
@@ -87,7 +87,7 @@ fn healthz() {}
 #[allow(dead_code)]
 fn events() {}
 
-/// PROTOCOL §6: long-polling (served by `transport::poll`; described here).
+/// PROTOCOL §6: long-polling (served by `http::streams` and `transport::poll`; described here).
 #[utoipa::path(get, path = "/api/changes", tag = "feed",
     params(
         ("topics" = String, Query, description = "Comma-separated topics"),

@@ -6,22 +6,17 @@
 //! An event published on several of the requested topics appears once, on the first of its topics
 //! that was asked for (as on SSE; [`crate::feed::first_delivery`]), because one cursor covers them all.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::sse::{checked_topics, Refusal};
-use super::ws::admit;
 use crate::auth::Access;
-use crate::http::AppState;
+use crate::feed::{Feed, FeedError};
 use crate::hub::{Hub, Outbox};
-use crate::metrics::Transport;
 
 /// Events per answer unless `limit` says otherwise, and the most it may ask for.
 pub const DEFAULT_LIMIT: i64 = 500;
@@ -32,38 +27,26 @@ pub const MAX_WAIT: u64 = 60;
 /// Wake-ups a waiting poll may have queued. It only needs one: it re-reads the log on waking.
 const WAKE_QUEUE: usize = 16;
 
-#[derive(Debug, Deserialize)]
-pub struct ChangesQuery {
-    topics: Option<String>,
-    since: Option<String>,
-    limit: Option<String>,
-    wait: Option<String>,
-    /// PROTOCOL §8: the JWT, when not sent as `Authorization: Bearer`.
-    token: Option<String>,
+/// How much one poll answers and how long it waits for a change: the request's `limit` and
+/// `wait`, defaulted and capped.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    limit: i64,
+    wait: Duration,
 }
 
-// PROTOCOL §6: `GET /api/changes?topics=…&since=C&limit=500&wait=25`.
-pub async fn handler(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<ChangesQuery>,
-    headers: HeaderMap,
-) -> Response {
-    // A waiting poll holds a connection like a stream does, so it counts against the same limits.
-    let (access, expires, _permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return *refusal,
-    };
-    let _open = state.metrics.connection(Transport::Poll);
-    match changes(state, q, access, expires).await {
-        Ok(answer) => answer.into_response(),
-        Err(refusal) => refusal.into_response(),
+impl Window {
+    pub fn new(limit: Option<u64>, wait: Option<u64>) -> Window {
+        Window {
+            limit: limit.unwrap_or(DEFAULT_LIMIT as u64).clamp(1, MAX_LIMIT as u64) as i64,
+            wait: Duration::from_secs(wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT)),
+        }
     }
 }
 
 /// `{"events":[…],"cursor":"…"}`; each event is its pre-serialized frame, byte for byte the
 /// same as on the WebSocket and SSE.
-struct Answer {
+pub struct Answer {
     events: Vec<Utf8Bytes>,
     cursor: String,
 }
@@ -89,25 +72,19 @@ impl IntoResponse for Answer {
     }
 }
 
-fn number(name: &str, value: Option<&str>, default: u64) -> Result<u64, Refusal> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("{name} must be a whole number, not {v:?}"),
-            )
-        }),
-    }
-}
-
-async fn changes(state: AppState, q: ChangesQuery, access: Access, expires: Option<u64>) -> Result<Answer, Refusal> {
-    let feed = &state.feed;
-    let topics = checked_topics(feed, q.topics.as_deref(), state.session.max_subscriptions, &access).await?;
-    let limit = number("limit", q.limit.as_deref(), DEFAULT_LIMIT as u64)?.clamp(1, MAX_LIMIT as u64) as i64;
-    let wait = Duration::from_secs(number("wait", q.wait.as_deref(), DEFAULT_WAIT)?.min(MAX_WAIT));
-    let Some(since) = q.since.as_deref().filter(|s| !s.is_empty()) else {
+/// The changes on `topics` (checked already: they exist and `access` may read them) after
+/// `since`, waiting up to the window's `wait` for one; without `since`, the cursor to start from.
+/// A wait ends early, with the cursor so far, at the token's `exp` or on shutdown.
+pub async fn changes(
+    feed: &Feed,
+    topics: &[String],
+    since: Option<&str>,
+    window: Window,
+    (access, expires): (&Access, Option<u64>),
+    shutdown: &CancellationToken,
+) -> Result<Answer, FeedError> {
+    let Window { limit, wait } = window;
+    let Some(since) = since.filter(|s| !s.is_empty()) else {
         // Without `since`: where to start from, at once.
         return Ok(Answer {
             events: Vec::new(),
@@ -116,7 +93,6 @@ async fn changes(state: AppState, q: ChangesQuery, access: Access, expires: Opti
     };
     let mut since = feed.parse_cursor(since).await?;
     let deadline = Instant::now() + wait;
-    let shutdown = &state.shutdown.token;
     // PROTOCOL §8: a wait never outlasts the token; the answer at `exp` is the cursor so far.
     let expiry = crate::auth::expiry(expires);
     tokio::pin!(expiry);
@@ -124,11 +100,11 @@ async fn changes(state: AppState, q: ChangesQuery, access: Access, expires: Opti
         // Register for wake-ups *before* reading: a change committed after the read is then
         // published to this outbox, and one committed before it is in the read.
         let (outbox, mut wake_rx) = Outbox::new(WAKE_QUEUE);
-        let _registered = Registered::new(&feed.hub, &topics, &outbox);
-        let (mut events, next, more) = feed.changes(&topics, since, limit).await?;
+        let _registered = Registered::new(&feed.hub, topics, &outbox);
+        let (mut events, next, more) = feed.changes(topics, since, limit).await?;
         let read_some = !events.is_empty();
         // Rights follow the row: a member's row topics see a row leave its studies as an exit.
-        events.retain_mut(|d| crate::rights::admit(&access, d));
+        events.retain_mut(|d| crate::rights::admit(access, d));
         if events.is_empty() && (more || read_some) && Instant::now() < deadline && !shutdown.is_cancelled() {
             // The read stopped at its scan bound, or found only what this token may not see:
             // read on from there at once (each read is bounded, and the task yields at each one).

@@ -452,7 +452,7 @@ where
                     }
                     e => {
                         tracing::error!(error = %e, topic, "subscription failed");
-                        "the database is unavailable; try again"
+                        FeedError::UNAVAILABLE
                     }
                 };
                 self.send_json(&with_id(

@@ -4,34 +4,29 @@
 //!
 //! One stream carries several topics with one cursor, so it is joined with
 //! [`Subscriptions::add_merged`]: events go out in commit order across the topics, each event once
-//! (an event published on two of the stream's topics is sent on the first of them). A topic or
-//! cursor the client got wrong is answered with a 400/404 JSON error before the stream starts,
-//! while the status line is still ours. An expired cursor becomes `event: refresh_needed` for each
-//! topic, and the stream goes on live from the current cursor.
+//! (an event published on two of the stream's topics is sent on the first of them). A cursor the
+//! client got wrong is an error before the stream starts, while the status line is still ours
+//! (the handler, in `http::streams`, answers it, as it checked origin, token and topics). An
+//! expired cursor becomes `event: refresh_needed` for each topic, and the stream goes on live from
+//! the current cursor.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::ws::admit;
 use crate::auth::Access;
 use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
-use crate::http::limits::ConnPermit;
-use crate::http::AppState;
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
-use crate::metrics::{ConnectionGuard, Transport};
+use crate::metrics::{ConnectionGuard, Metrics, Transport};
+use crate::shutdown::Shutdown;
 
 /// PROTOCOL §6: a comment line this often, so proxies and the client see the stream is alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -43,146 +38,34 @@ const STREAM_BUFFER: usize = 64;
 /// How long one event may wait for a client that does not read before the stream is ended.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Deserialize)]
-pub struct EventsQuery {
-    /// Comma-separated topics.
-    topics: Option<String>,
-    since: Option<String>,
-    /// PROTOCOL §8: the JWT, when not sent as `Authorization: Bearer`.
-    token: Option<String>,
-}
-
-/// A client error answered before a stream or a poll starts: `{"error":{"code","message"}}`.
-pub struct Refusal(pub StatusCode, pub &'static str, pub String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let Refusal(status, code, message) = self;
-        (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
-    }
-}
-
-impl From<FeedError> for Refusal {
-    fn from(e: FeedError) -> Self {
-        match e {
-            FeedError::BadRequest(m) => Refusal(StatusCode::BAD_REQUEST, "bad_request", m),
-            e @ FeedError::UnknownTopic(_) => Refusal(StatusCode::NOT_FOUND, "unknown_topic", e.to_string()),
-            e @ FeedError::Forbidden(_) => Refusal(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
-            FeedError::Refresh(reason) => Refusal(
-                StatusCode::GONE,
-                reason,
-                "the cursor is older than the log keeps: take a snapshot, then resume".into(),
-            ),
-            FeedError::TooLarge(m) => Refusal(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
-            e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_) | FeedError::Gone) => {
-                tracing::error!(error = %e, "feed unavailable");
-                Refusal(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; try again".into(),
-                )
-            }
-        }
-    }
-}
-
-/// A request's `topics=a,b` as a list, the same on every stream transport (WebSocket, SSE,
-/// long-poll): names trimmed, empty ones skipped, repeats dropped. More than `max` names
-/// (`--max-subscriptions`, repeats counted) is refused while splitting, before anything else is
-/// done for them, so an oversized list costs its length and no more.
-pub fn topic_list(topics: Option<&str>, max: usize) -> Result<Vec<String>, Refusal> {
-    let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let names = topics
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
-    for (n, topic) in names.enumerate() {
-        if n >= max {
-            return Err(Refusal(
-                StatusCode::BAD_REQUEST,
-                "too_many_subscriptions",
-                format!("at most {max} topics per connection"),
-            ));
-        }
-        if seen.insert(topic) {
-            out.push(topic.to_owned());
-        }
-    }
-    Ok(out)
-}
-
-/// The topics of a request ([`topic_list`]), checked against the feed (PROTOCOL §3) and against
-/// what the caller may read (PROTOCOL §8).
-pub async fn checked_topics(
-    feed: &Feed,
-    topics: Option<&str>,
-    max: usize,
-    access: &Access,
-) -> Result<Vec<String>, Refusal> {
-    let out = topic_list(topics, max)?;
-    if out.is_empty() {
-        return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "topics=a,b is required".into(),
-        ));
-    }
-    for topic in &out {
-        let table = feed.check_topic(topic).await?;
-        feed.authorize(access, topic, &table).await?;
-    }
-    Ok(out)
-}
-
-// PROTOCOL §6: `GET /events?topics=a,b&since=C`, `Last-Event-ID` winning over `since`.
-pub async fn handler(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(q): Query<EventsQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let (access, expires, permit) = match admit(&state, &headers, peer, q.token.as_deref()) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return *refusal,
-    };
-    match open(state, q, headers, (access, expires), permit).await {
-        Ok(sse) => sse,
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
-async fn open(
-    state: AppState,
-    q: EventsQuery,
-    headers: HeaderMap,
+/// Starts the stream of `topics` (checked already: they exist and `access` may read them) after
+/// `cursor` (`Last-Event-ID` or `since`), or live without one. A cursor the feed cannot parse is
+/// the error, before anything is sent. `permit` is whatever the caller holds for the stream's
+/// lifetime (its connection-limit slot); it is dropped when the stream ends.
+pub async fn open<H: Send + 'static>(
+    feed: Feed,
+    topics: Vec<String>,
+    cursor: Option<&str>,
     (access, expires): (Access, Option<u64>),
-    permit: ConnPermit,
-) -> Result<Response, Refusal> {
-    let feed = state.feed.clone();
-    let topics = checked_topics(&feed, q.topics.as_deref(), state.session.max_subscriptions, &access).await?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let cursor = last_event_id.or(q.since.as_deref().filter(|s| !s.is_empty()));
+    metrics: &std::sync::Arc<Metrics>,
+    permit: H,
+    shutdown: &Shutdown,
+) -> Result<Response, FeedError> {
     let (start, refresh) = match cursor {
         None => (Start::Live, None),
         Some(c) => match feed.parse_cursor(c).await {
             Ok(at) => (Start::After(at), None),
             Err(FeedError::Refresh(reason)) => (Start::Live, Some(reason)),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         },
     };
 
-    let token = state.shutdown.token.clone();
+    let token = shutdown.token.clone();
     let (events_tx, events_rx) = mpsc::channel(STREAM_BUFFER);
     // The stream task is tracked so that shutdown waits for it; it ends on the token, and the
     // response body ends with it (and on the token too: axum#2673, an open SSE response would
     // otherwise hold graceful shutdown forever).
-    state.shutdown.tracker.spawn(run(
+    shutdown.tracker.spawn(run(
         feed,
         access,
         topics,
@@ -191,7 +74,7 @@ async fn open(
         events_tx,
         token.clone(),
         expires,
-        (state.metrics.connection(Transport::Sse), permit),
+        (metrics.connection(Transport::Sse), permit),
     ));
     let stream = ReceiverStream::new(events_rx)
         .map(Ok::<_, Infallible>)
@@ -210,7 +93,7 @@ async fn open(
 /// shuts down. The connection's gauge and its slot in the connection limits are held for as long
 /// as it runs; the response ends with it.
 #[allow(clippy::too_many_arguments)]
-async fn run(
+async fn run<H>(
     feed: Feed,
     access: Access,
     topics: Vec<String>,
@@ -219,7 +102,7 @@ async fn run(
     events_tx: mpsc::Sender<SseEvent>,
     shutdown: CancellationToken,
     expires: Option<u64>,
-    (mut metrics, _permit): (ConnectionGuard, ConnPermit),
+    (mut metrics, _permit): (ConnectionGuard, H),
 ) {
     // PROTOCOL §8: the stream ends when its token expires, so its rights end with the token; the
     // client reconnects with a fresh token and its last id (`Last-Event-ID`), losing nothing.
@@ -257,8 +140,7 @@ async fn run(
         Err(FeedError::Gone) => return,
         Err(e) => {
             tracing::error!(error = %e, "SSE subscription failed");
-            let data =
-                json!({"type": "error", "code": "unavailable", "message": "the database is unavailable; try again"});
+            let data = json!({"type": "error", "code": "unavailable", "message": FeedError::UNAVAILABLE});
             let _ = writer
                 .send(SseEvent::default().event("error").data(data.to_string()))
                 .await;
