@@ -12,11 +12,12 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::config::{DbConfig, ServeConfig};
+use crate::db::log;
 use crate::embedded::Cluster;
 use crate::feed::Feed;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
-use crate::listener::{self, log, ListenerStatus};
+use crate::listener::{self, ListenerStatus};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::transport::session::SessionConfig;
 

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::auth::Access;
+use crate::db::log::{self, Page, Standing};
 use crate::db::{snapshot, tracked::Tracked};
 use crate::event::{CursorCheck, Event, Position, Topic};
 use crate::hub::{Backlog, Delivery, Hub, Outbox};
-use crate::listener::log::{self, Page, Standing};
 
 /// Why a subscription could not be made. Every variant but `Db` is the client's doing.
 #[derive(Debug, thiserror::Error)]

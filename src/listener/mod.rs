@@ -3,7 +3,7 @@
 //! One dedicated tokio-postgres session per server runs `LISTEN pgfeed`. A notification is only a
 //! wake-up: on every wake-up that announces a commit not yet relayed, on every (re)connect and on
 //! a slow safety tick, the listener reads every event after the last position it relayed, page by
-//! page (`log::read_after`), and publishes them. A notification missed while disconnected, or
+//! page (`log::read_all`), and publishes them. A notification missed while disconnected, or
 //! folded by PostgreSQL, therefore costs latency and never data; rows of any size arrive whole
 //! because NOTIFY carries none.
 //!
@@ -11,7 +11,7 @@
 //! relays no seq before every smaller one is final: when a read finds a seq missing below the
 //! newest commit, it *settles* it (`log::settle`: waits for its writer, or marks it as never to
 //! commit) before it reads on. Its position is therefore final, and other readers bound their
-//! reads by it (see `log`).
+//! reads by it (see `db::log`).
 //!
 //! Under load (above `--poll-above` commits per second) a wake-up per commit costs more than it
 //! brings, to writers most of all: so the listener then leaves the *idle set* and polls, reading
@@ -21,8 +21,6 @@
 //! the key at once when it succeeds; sql/capture.sql). A listener joining the set then waits for
 //! every commit in flight, since those may have found the set empty, and reads once more before
 //! it waits for wake-ups: nothing committed without a NOTIFY is left unread.
-
-pub mod log;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -37,6 +35,7 @@ use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::log;
 use crate::event::{Event, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
