@@ -170,18 +170,18 @@ impl App {
             state,
         } = self;
         let shutdown = state.shutdown.clone();
-        shutdown.tracker.spawn(listener::run(
-            config
+        let relay = listener::Listener {
+            url: config
                 .listen_database_url
                 .clone()
                 .unwrap_or_else(|| database.url.clone()),
-            pool.clone(),
-            state.feed.hub.clone(),
-            state.listener.clone(),
-            state.metrics.clone(),
-            config.poll_above,
-            shutdown.token.clone(),
-        ));
+            pool: pool.clone(),
+            hub: state.feed.hub.clone(),
+            status: state.listener.clone(),
+            metrics: state.metrics.clone(),
+            poll_above: config.poll_above,
+        };
+        shutdown.tracker.spawn(listener::run(relay, shutdown.token.clone()));
         shutdown
             .tracker
             .spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));

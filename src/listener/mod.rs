@@ -79,21 +79,29 @@ impl ListenerStatus {
     }
 }
 
+/// What one listener works with: its settings, and the handles it reads from and publishes to.
+pub struct Listener {
+    /// Where the LISTEN session connects: `--listen-database-url`, else the pool's database.
+    pub url: String,
+    /// Opens the listener's own log reader, with the pool's connect options (see `listen_and_relay`).
+    pub pool: PgPool,
+    /// Where the events go, and whose last position the listener reads on from.
+    pub hub: Arc<Hub>,
+    /// Up while the LISTEN session is, for `/healthz` (held by the HTTP state too).
+    pub status: Arc<ListenerStatus>,
+    pub metrics: Arc<Metrics>,
+    /// `--poll-above`: the commit rate above which it polls rather than waits for wake-ups.
+    pub poll_above: u32,
+}
+
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
-pub async fn run(
-    url: String,
-    pool: PgPool,
-    hub: Arc<Hub>,
-    status: Arc<ListenerStatus>,
-    metrics: Arc<Metrics>,
-    poll_above: u32,
-    shutdown: CancellationToken,
-) {
+pub async fn run(listener: Listener, shutdown: CancellationToken) {
+    let Listener { status, metrics, .. } = &listener;
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listen_and_relay(&url, &pool, &hub, &status, &metrics, poll_above) => r,
+            r = listen_and_relay(&listener) => r,
         };
         metrics.listener_polling.set(0);
         if status.is_up() {
@@ -184,14 +192,16 @@ impl Rate {
 }
 
 /// One connection's life: returns when the connection or a log read fails.
-async fn listen_and_relay(
-    url: &str,
-    pool: &PgPool,
-    hub: &Hub,
-    status: &ListenerStatus,
-    metrics: &Metrics,
-    poll_above: u32,
-) -> anyhow::Result<()> {
+async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
+    let Listener {
+        url,
+        pool,
+        hub,
+        status,
+        metrics,
+        poll_above,
+    } = listener;
+    let poll_above = *poll_above;
     let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
     config.application_name(APPLICATION_NAME);
     let (client, mut connection) = config
