@@ -100,7 +100,7 @@ impl App {
         crate::db::migrate(&pool).await?;
 
         let epoch = log::epoch(&pool).await.context("reading the log's epoch")?;
-        let head = log::settled_head(&mut *pool.acquire().await?)
+        let head = log::held_head(&mut *pool.acquire().await?)
             .await
             .context("reading the log's head")?;
         let hub = Arc::new(Hub::new(epoch, head));

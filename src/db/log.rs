@@ -60,15 +60,16 @@ pub const HOLD_TRY: Duration = Duration::from_millis(100);
 /// How long [`while_commits_held`] keeps trying before it gives up.
 pub const HOLD_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Just after the newest commit the log holds (or has pruned), with every seq up to it final:
-/// where a listener starts. Waits for the commits in flight ([`while_commits_held`]).
-pub async fn settled_head(db: &mut PgConnection) -> Result<Position, sqlx::Error> {
+/// Just after the newest commit the log holds (or has pruned), read while commits are held back
+/// ([`while_commits_held`]), so every seq up to it is final: where a listener starts, knowing
+/// nothing yet. Waits for the commits in flight; [`final_head`] never waits.
+pub async fn held_head(db: &mut PgConnection) -> Result<Position, sqlx::Error> {
     let seq = while_commits_held(db, async |held: &mut PgConnection| newest_seq(held).await).await?;
     Ok(Position::end_of(seq))
 }
 
-/// The newest commit seq the log holds or has pruned (0 for none), as `db` sees it now; final
-/// only while no commit is in flight ([`while_commits_held`]).
+/// The newest commit seq the log holds or has pruned (0 for none), as `db` sees it now: a seq,
+/// not a position, and final only while no commit is in flight ([`while_commits_held`]).
 pub async fn newest_seq(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
@@ -122,9 +123,10 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
-/// Just after the newest commit that is final, `known` being a seq up to which all are: where a
-/// new subscriber starts.
-pub async fn head<'e>(db: impl PgExecutor<'e>, known: i64) -> Result<Position, sqlx::Error> {
+/// Just after the newest commit that is final, reading on from `known`, a seq up to which all
+/// are (see [Bounds](#bounds)): where a new subscriber starts. Never waits; it may stop before a
+/// commit in flight that [`held_head`] would wait for.
+pub async fn final_head<'e>(db: impl PgExecutor<'e>, known: i64) -> Result<Position, sqlx::Error> {
     let seq: i64 = sqlx::query_scalar(
         r#"select greatest(pgfeed.contiguous(greatest($1, m.pruned_upto)), m.pruned_upto, 0) from pgfeed.meta m"#,
     )

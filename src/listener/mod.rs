@@ -383,7 +383,7 @@ pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> a
                 // Only when this server was cut off from the database for longer than the
                 // retention: its subscribers may have missed pruned events, so they must resume
                 // (and will be told to refresh).
-                let head = log::settled_head(&mut *reader).await.context("reading the log head")?;
+                let head = log::held_head(&mut *reader).await.context("reading the log head")?;
                 tracing::error!(
                     ?after,
                     ?head,
