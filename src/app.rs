@@ -12,11 +12,12 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use crate::config::{DbConfig, ServeConfig};
+use crate::db::log;
 use crate::embedded::Cluster;
 use crate::feed::Feed;
 use crate::http::{self, AppState};
 use crate::hub::Hub;
-use crate::listener::{self, log, ListenerStatus};
+use crate::listener::{self, ListenerStatus};
 use crate::shutdown::{Shutdown, GRACE};
 use crate::transport::session::SessionConfig;
 
@@ -99,7 +100,7 @@ impl App {
         crate::db::migrate(&pool).await?;
 
         let epoch = log::epoch(&pool).await.context("reading the log's epoch")?;
-        let head = log::settled_head(&mut *pool.acquire().await?)
+        let head = log::held_head(&mut *pool.acquire().await?)
             .await
             .context("reading the log's head")?;
         let hub = Arc::new(Hub::new(epoch, head));
@@ -169,18 +170,18 @@ impl App {
             state,
         } = self;
         let shutdown = state.shutdown.clone();
-        shutdown.tracker.spawn(listener::run(
-            config
+        let relay = listener::Listener {
+            url: config
                 .listen_database_url
                 .clone()
                 .unwrap_or_else(|| database.url.clone()),
-            pool.clone(),
-            state.feed.hub.clone(),
-            state.listener.clone(),
-            state.metrics.clone(),
-            config.poll_above,
-            shutdown.token.clone(),
-        ));
+            pool: pool.clone(),
+            hub: state.feed.hub.clone(),
+            status: state.listener.clone(),
+            metrics: state.metrics.clone(),
+            poll_above: config.poll_above,
+        };
+        shutdown.tracker.spawn(listener::run(relay, shutdown.token.clone()));
         shutdown
             .tracker
             .spawn(prune(pool.clone(), config.retention, shutdown.token.clone()));

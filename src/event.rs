@@ -117,7 +117,7 @@ impl<'a> Topic<'a> {
 #[error("malformed topic")]
 pub struct TopicError;
 
-/// One change as read from the log (`listener::log`).
+/// One change as read from the log (`db::log`).
 #[derive(Debug, Clone)]
 pub struct LogRow {
     pub seq: i64,

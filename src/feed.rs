@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use crate::auth::Access;
+use crate::db::log::{self, Page, Standing};
 use crate::db::{snapshot, tracked::Tracked};
 use crate::event::{CursorCheck, Event, Position, Topic};
 use crate::hub::{Backlog, Delivery, Hub, Outbox};
-use crate::listener::log::{self, Page, Standing};
 
 /// Why a subscription could not be made. Every variant but `Db` is the client's doing.
 #[derive(Debug, thiserror::Error)]
@@ -196,10 +196,11 @@ impl Feed {
         self.hub.epoch().cursor(at)
     }
 
-    /// The current position: just after the newest final commit, as the database sees it now.
+    /// The current position: just after the newest final commit, as the database sees it now
+    /// (never before what the hub relayed). Where a live subscription starts.
     pub async fn head(&self) -> Result<Position, FeedError> {
         let last = self.hub.last();
-        Ok(log::head(&self.pool, last.seq).await?.max(last))
+        Ok(log::final_head(&self.pool, last.seq).await?.max(last))
     }
 
     /// Up to `limit` events after `after` on any of the checked `topics`, in commit order, each
@@ -386,12 +387,12 @@ impl Subscriptions {
                 // "Now" is the database's now: a commit made before this subscribe is not sent,
                 // even if the listener has not relayed it yet. Registering first, then reading
                 // the head, means everything after the head arrives through the queue.
-                let (last, _) = hub.subscribe(topic, &self.outbox, None);
-                let now = match log::head(&self.feed.pool, last.seq).await {
-                    Ok(head) => head.max(last),
+                hub.subscribe(topic, &self.outbox, None);
+                let now = match self.feed.head().await {
+                    Ok(now) => now,
                     Err(e) => {
                         hub.unsubscribe(topic, &self.outbox);
-                        return Err(e.into());
+                        return Err(e);
                     }
                 };
                 self.sent.insert(topic.to_owned(), now);

@@ -181,7 +181,8 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest relayed position: the cursor of a live subscription.
+    /// The newest position the listener has relayed (published or advanced past): every seq up to
+    /// it is final. The log may already hold newer commits.
     pub fn last(&self) -> Position {
         self.lock().last
     }

@@ -8,9 +8,9 @@
 
 use sqlx::PgPool;
 
+use super::log;
 use super::tracked::Tracked;
 use crate::event::Position;
-use crate::listener::log;
 
 /// What to take a snapshot of.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +45,7 @@ pub async fn take(pool: &PgPool, of: Of<'_>, max_bytes: usize) -> Result<(Positi
             .execute(&mut *tx)
             .await?;
         sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
-        log::newest_seq(&mut tx).await
+        log::newest_seq(&mut *tx).await
     })
     .await?;
     drop((barrier, one_at_a_time));

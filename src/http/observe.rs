@@ -11,19 +11,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use crate::db::log;
 use crate::metrics::HttpLabels;
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    // The log's size and age are read at scrape time: a cheap estimate and an index lookup.
-    let log = sqlx::query_as::<_, (i64, Option<f64>)>(
-        r#"select (select greatest(reltuples, 0)::bigint from pg_class where oid = 'pgfeed.events'::regclass),
-                  (select extract(epoch from clock_timestamp() - min(committed_at))::float8 from pgfeed.commits)"#,
-    )
-    .fetch_one(&state.feed.pool)
-    .await;
-    if let Ok((events, age)) = log {
-        state.metrics.log_events.set(events);
-        state.metrics.oldest_event_age.set(age.unwrap_or(0.0));
+    // The log's size and age are read at scrape time; a failed read leaves the last values.
+    if let Ok(size) = log::size(&state.feed.pool).await {
+        state.metrics.log_events.set(size.events);
+        state.metrics.oldest_event_age.set(size.oldest_age.unwrap_or(0.0));
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

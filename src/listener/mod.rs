@@ -3,7 +3,7 @@
 //! One dedicated tokio-postgres session per server runs `LISTEN pgfeed`. A notification is only a
 //! wake-up: on every wake-up that announces a commit not yet relayed, on every (re)connect and on
 //! a slow safety tick, the listener reads every event after the last position it relayed, page by
-//! page (`log::read_after`), and publishes them. A notification missed while disconnected, or
+//! page (`log::read_all`), and publishes them. A notification missed while disconnected, or
 //! folded by PostgreSQL, therefore costs latency and never data; rows of any size arrive whole
 //! because NOTIFY carries none.
 //!
@@ -11,7 +11,7 @@
 //! relays no seq before every smaller one is final: when a read finds a seq missing below the
 //! newest commit, it *settles* it (`log::settle`: waits for its writer, or marks it as never to
 //! commit) before it reads on. Its position is therefore final, and other readers bound their
-//! reads by it (see `log`).
+//! reads by it (see `db::log`).
 //!
 //! Under load (above `--poll-above` commits per second) a wake-up per commit costs more than it
 //! brings, to writers most of all: so the listener then leaves the *idle set* and polls, reading
@@ -21,8 +21,6 @@
 //! the key at once when it succeeds; sql/capture.sql). A listener joining the set then waits for
 //! every commit in flight, since those may have found the set empty, and reads once more before
 //! it waits for wake-ups: nothing committed without a NOTIFY is left unread.
-
-pub mod log;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -37,6 +35,7 @@ use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::log;
 use crate::event::{Event, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -80,21 +79,29 @@ impl ListenerStatus {
     }
 }
 
+/// What one listener works with: its settings, and the handles it reads from and publishes to.
+pub struct Listener {
+    /// Where the LISTEN session connects: `--listen-database-url`, else the pool's database.
+    pub url: String,
+    /// Opens the listener's own log reader, with the pool's connect options (see `listen_and_relay`).
+    pub pool: PgPool,
+    /// Where the events go, and whose last position the listener reads on from.
+    pub hub: Arc<Hub>,
+    /// Up while the LISTEN session is, for `/healthz` (held by the HTTP state too).
+    pub status: Arc<ListenerStatus>,
+    pub metrics: Arc<Metrics>,
+    /// `--poll-above`: the commit rate above which it polls rather than waits for wake-ups.
+    pub poll_above: u32,
+}
+
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
-pub async fn run(
-    url: String,
-    pool: PgPool,
-    hub: Arc<Hub>,
-    status: Arc<ListenerStatus>,
-    metrics: Arc<Metrics>,
-    poll_above: u32,
-    shutdown: CancellationToken,
-) {
+pub async fn run(listener: Listener, shutdown: CancellationToken) {
+    let Listener { status, metrics, .. } = &listener;
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = listen_and_relay(&url, &pool, &hub, &status, &metrics, poll_above) => r,
+            r = listen_and_relay(&listener) => r,
         };
         metrics.listener_polling.set(0);
         if status.is_up() {
@@ -185,14 +192,16 @@ impl Rate {
 }
 
 /// One connection's life: returns when the connection or a log read fails.
-async fn listen_and_relay(
-    url: &str,
-    pool: &PgPool,
-    hub: &Hub,
-    status: &ListenerStatus,
-    metrics: &Metrics,
-    poll_above: u32,
-) -> anyhow::Result<()> {
+async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
+    let Listener {
+        url,
+        pool,
+        hub,
+        status,
+        metrics,
+        poll_above,
+    } = listener;
+    let poll_above = *poll_above;
     let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
     config.application_name(APPLICATION_NAME);
     let (client, mut connection) = config
@@ -374,7 +383,7 @@ pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> a
                 // Only when this server was cut off from the database for longer than the
                 // retention: its subscribers may have missed pruned events, so they must resume
                 // (and will be told to refresh).
-                let head = log::settled_head(&mut *reader).await.context("reading the log head")?;
+                let head = log::held_head(&mut *reader).await.context("reading the log head")?;
                 tracing::error!(
                     ?after,
                     ?head,

@@ -139,10 +139,7 @@ async fn a_snapshot_behind_a_commit_in_flight_for_too_long_fails_and_writers_go_
     );
 
     // It gives up after `log::HOLD_PATIENCE`, with an error, and the connection stays usable.
-    let answer = match ws
-        .next_seen_within(pgfeed::listener::log::HOLD_PATIENCE + PATIENCE)
-        .await
-    {
+    let answer = match ws.next_seen_within(pgfeed::db::log::HOLD_PATIENCE + PATIENCE).await {
         Some(Seen::Frame(v)) => v,
         other => panic!("expected an error frame, got {other:?}"),
     };
@@ -153,7 +150,7 @@ async fn a_snapshot_behind_a_commit_in_flight_for_too_long_fails_and_writers_go_
     );
     assert!(answer["message"].as_str().unwrap().contains("in flight"), "{answer}");
     assert!(
-        asked.elapsed() >= pgfeed::listener::log::HOLD_PATIENCE,
+        asked.elapsed() >= pgfeed::db::log::HOLD_PATIENCE,
         "{:?}",
         asked.elapsed()
     );

@@ -1,4 +1,6 @@
-//! Reading the change log: the listener's relay and every client's resume use these queries.
+//! The change log (`pgfeed.*`, sql/capture.sql): every statement pgfeed runs on it, one async fn
+//! per statement. The listener's relay and settling, every client's resume, snapshots' barrier,
+//! retention and `/metrics` read or write the log only through these.
 //!
 //! Readers ask for events after a [`Position`], ordered by (commit seq, pos). Each transaction
 //! draws its seq at its commit (sql/capture.sql), and transactions committing at the same moment
@@ -41,9 +43,10 @@ pub enum Standing {
     Unknown,
 }
 
-pub async fn epoch(pool: &PgPool) -> Result<Epoch, sqlx::Error> {
+/// The log's epoch: stamped into every cursor, so that a cursor from another log is recognised.
+pub async fn epoch(db: impl PgExecutor<'_>) -> Result<Epoch, sqlx::Error> {
     let epoch: String = sqlx::query_scalar("select epoch from pgfeed.meta")
-        .fetch_one(pool)
+        .fetch_one(db)
         .await?;
     Ok(Epoch::new(&epoch))
 }
@@ -57,16 +60,17 @@ pub const HOLD_TRY: Duration = Duration::from_millis(100);
 /// How long [`while_commits_held`] keeps trying before it gives up.
 pub const HOLD_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Just after the newest commit the log holds (or has pruned), with every seq up to it final:
-/// where a listener starts. Waits for the commits in flight ([`while_commits_held`]).
-pub async fn settled_head(db: &mut PgConnection) -> Result<Position, sqlx::Error> {
+/// Just after the newest commit the log holds (or has pruned), read while commits are held back
+/// ([`while_commits_held`]), so every seq up to it is final: where a listener starts, knowing
+/// nothing yet. Waits for the commits in flight; [`final_head`] never waits.
+pub async fn held_head(db: &mut PgConnection) -> Result<Position, sqlx::Error> {
     let seq = while_commits_held(db, async |held: &mut PgConnection| newest_seq(held).await).await?;
     Ok(Position::end_of(seq))
 }
 
-/// The newest commit seq the log holds or has pruned (0 for none), as `db` sees it now; final
-/// only while no commit is in flight ([`while_commits_held`]).
-pub async fn newest_seq(db: &mut PgConnection) -> Result<i64, sqlx::Error> {
+/// The newest commit seq the log holds or has pruned (0 for none), as `db` sees it now: a seq,
+/// not a position, and final only while no commit is in flight ([`while_commits_held`]).
+pub async fn newest_seq(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         r#"select greatest((select max(seq) from pgfeed.commits), (select pruned_upto from pgfeed.meta), 0)"#,
     )
@@ -119,9 +123,10 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
-/// Just after the newest commit that is final, `known` being a seq up to which all are: where a
-/// new subscriber starts.
-pub async fn head<'e>(db: impl PgExecutor<'e>, known: i64) -> Result<Position, sqlx::Error> {
+/// Just after the newest commit that is final, reading on from `known`, a seq up to which all
+/// are (see [Bounds](#bounds)): where a new subscriber starts. Never waits; it may stop before a
+/// commit in flight that [`held_head`] would wait for.
+pub async fn final_head<'e>(db: impl PgExecutor<'e>, known: i64) -> Result<Position, sqlx::Error> {
     let seq: i64 = sqlx::query_scalar(
         r#"select greatest(pgfeed.contiguous(greatest($1, m.pruned_upto)), m.pruned_upto, 0) from pgfeed.meta m"#,
     )
@@ -134,7 +139,7 @@ pub async fn head<'e>(db: impl PgExecutor<'e>, known: i64) -> Result<Position, s
 /// The listener's step when a read found a seq missing below the newest commit: from `after`
 /// (up to which every seq is final), the highest seq up to which every seq is final now. Waits a
 /// little for commits in flight, and marks seqs that will never commit (`pgfeed.settle`).
-pub async fn settle(db: &mut PgConnection, after: i64) -> Result<i64, sqlx::Error> {
+pub async fn settle(db: impl PgExecutor<'_>, after: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select pgfeed.settle($1, $2)")
         .bind(after)
         .bind(SETTLE_WAIT_MS)
@@ -150,12 +155,13 @@ fn expired(after: Position, pruned_upto: i64) -> bool {
     pruned_upto > 0 && after < Position::end_of(pruned_upto)
 }
 
-pub async fn standing(pool: &PgPool, after: Position) -> Result<Standing, sqlx::Error> {
+/// Where `after` stands against what the log holds now ([`Standing`]).
+pub async fn standing(db: impl PgExecutor<'_>, after: Position) -> Result<Standing, sqlx::Error> {
     let row = sqlx::query(
         r#"select (select pruned_upto from pgfeed.meta) as pruned,
                   coalesce((select max(seq) from pgfeed.commits), 0) as newest"#,
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     let (pruned, newest): (i64, i64) = (row.get("pruned"), row.get("newest"));
     Ok(if expired(after, pruned) {
@@ -188,7 +194,7 @@ pub async fn read_after<'e>(
 
 /// The listener's read: up to `limit` events after `after` (every seq up to `after.seq` being
 /// final); see [`Read`].
-pub async fn read_all(db: &mut PgConnection, after: Position, limit: i64) -> Result<Read, sqlx::Error> {
+pub async fn read_all(db: impl PgExecutor<'_>, after: Position, limit: i64) -> Result<Read, sqlx::Error> {
     read(db, after, None, limit, after.seq, None).await
 }
 
@@ -198,14 +204,14 @@ pub async fn read_all(db: &mut PgConnection, after: Position, limit: i64) -> Res
 /// reader has seen every matching event up to that seq, so it may resume after it (long-poll's
 /// next cursor). Walks at most `scan` commits: see [`Read::scanned`].
 pub async fn read_after_any(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     after: Position,
     topics: &[String],
     limit: i64,
     known: i64,
     scan: i64,
 ) -> Result<Read, sqlx::Error> {
-    read(pool, after, Some(topics), limit, known, Some(scan)).await
+    read(db, after, Some(topics), limit, known, Some(scan)).await
 }
 
 /// What one read saw.
@@ -347,17 +353,49 @@ async fn read<'e>(
     })
 }
 
-/// Deletes what is older than `keep`, in small batches; returns the number of commits removed.
-pub async fn prune(pool: &PgPool, keep: std::time::Duration) -> Result<i64, sqlx::Error> {
+/// Commits one [`prune_batch`] deletes at most: each batch is a short transaction, so retention
+/// never holds locks long against the writers.
+const PRUNE_BATCH: i32 = 1000;
+
+/// Deletes what is older than `keep`, in batches of [`PRUNE_BATCH`]; returns the number of
+/// commits removed.
+pub async fn prune(pool: &PgPool, keep: Duration) -> Result<i64, sqlx::Error> {
     let mut total = 0i64;
     loop {
-        let n: i32 = sqlx::query_scalar("select pgfeed.prune(make_interval(secs => $1), 1000)")
-            .bind(keep.as_secs_f64())
-            .fetch_one(pool)
-            .await?;
+        let n = prune_batch(pool, keep, PRUNE_BATCH).await?;
         total += i64::from(n);
         if n == 0 {
             return Ok(total);
         }
     }
+}
+
+/// Deletes up to `batch` commits older than `keep`, with their events (`pgfeed.prune`); returns
+/// how many it deleted.
+pub async fn prune_batch(db: impl PgExecutor<'_>, keep: Duration, batch: i32) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("select pgfeed.prune(make_interval(secs => $1), $2)")
+        .bind(keep.as_secs_f64())
+        .bind(batch)
+        .fetch_one(db)
+        .await
+}
+
+/// The log's size and age, for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    /// Events the log holds: the planner's estimate, cheap at any size.
+    pub events: i64,
+    /// Seconds since the oldest commit the log holds; `None` when it holds none.
+    pub oldest_age: Option<f64>,
+}
+
+/// The log's [`Size`]: an estimate from the catalog and an index lookup, cheap enough for every scrape.
+pub async fn size(db: impl PgExecutor<'_>) -> Result<Size, sqlx::Error> {
+    let (events, oldest_age) = sqlx::query_as::<_, (i64, Option<f64>)>(
+        r#"select (select greatest(reltuples, 0)::bigint from pg_class where oid = 'pgfeed.events'::regclass),
+                  (select extract(epoch from clock_timestamp() - min(committed_at))::float8 from pgfeed.commits)"#,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Size { events, oldest_age })
 }
