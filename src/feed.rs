@@ -96,6 +96,20 @@ impl Feed {
         Ok(feed)
     }
 
+    /// A feed that knows no tracked table yet and loads none: session tests that never
+    /// subscribe use it over a pool that never connects.
+    #[cfg(test)]
+    pub(crate) fn unloaded(pool: PgPool, hub: Arc<Hub>) -> Self {
+        Feed {
+            pool,
+            hub,
+            tracked: Default::default(),
+            reloaded: Default::default(),
+            max_snapshot: MAX_SNAPSHOT,
+            resume_scan: log::RESUME_SCAN,
+        }
+    }
+
     /// Sets the largest snapshot (bytes of JSON) and the commits one resume read may walk.
     pub fn with_limits(mut self, max_snapshot: usize, resume_scan: i64) -> Self {
         self.max_snapshot = max_snapshot;

@@ -23,7 +23,7 @@ use crate::auth::Access;
 use crate::feed::Feed;
 use crate::metrics::Transport;
 use crate::transport::poll::{self, Window};
-use crate::transport::session::{self, Initial, MAX_CLIENT_FRAME};
+use crate::transport::session::{self, Connection, Initial, MAX_CLIENT_FRAME};
 use crate::transport::sse;
 
 /// Read buffer of a connection, and the most one read takes. tungstenite zero-fills the buffer
@@ -188,7 +188,19 @@ pub async fn ws(
             // axum does not track upgraded connections (axum#3003): the tracker does, so shutdown
             // can tell each session to close with 1001 and wait for it.
             tracker.track_future(
-                session::run(socket, feed, initial, config, access, metrics, permit, shutdown).instrument(span),
+                session::run(
+                    socket,
+                    Connection {
+                        feed,
+                        initial,
+                        config,
+                        access,
+                        metrics,
+                        held: permit,
+                    },
+                    shutdown,
+                )
+                .instrument(span),
             )
         }))
 }

@@ -4,6 +4,7 @@
 //! the client is, and a permit it holds without knowing what it is; the HTTP side (upgrade,
 //! admission, topic lists) is `http::streams`.
 
+pub mod frames;
 pub mod poll;
 pub mod session;
 pub mod sse;

@@ -17,7 +17,6 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::shutdown::Shutdown;
+use crate::transport::frames;
 
 /// PROTOCOL §6: a comment line this often, so proxies and the client see the stream is alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -110,7 +110,7 @@ async fn run<H>(
     tokio::pin!(expiry);
     let (outbox, mut inbox) = Outbox::new(CONNECTION_QUEUE);
     let mut subs = Subscriptions::new(feed.clone(), outbox.clone()).with_access(access);
-    let mut writer = Writer {
+    let mut writer = BodyEmitter {
         tx: &events_tx,
         feed: &feed,
         topics: &topics,
@@ -124,9 +124,9 @@ async fn run<H>(
         // PROTOCOL §5/§6: the client needs a snapshot. Tell it per topic, then go on live, with
         // the new cursor as the stream's id so a reconnect does not land on the old one again.
         for topic in &topics {
-            let data = json!({"type": "refresh_needed", "topic": topic, "reason": reason}).to_string();
+            let data = frames::text(&frames::RefreshNeeded::new(topic, reason, None));
             if writer
-                .send(SseEvent::default().event("refresh_needed").data(data))
+                .send(SseEvent::default().event("refresh_needed").data(data.as_str()))
                 .await
                 .is_err()
             {
@@ -140,9 +140,9 @@ async fn run<H>(
         Err(FeedError::Gone) => return,
         Err(e) => {
             tracing::error!(error = %e, "SSE subscription failed");
-            let data = json!({"type": "error", "code": "unavailable", "message": FeedError::UNAVAILABLE});
+            let data = frames::text(&frames::Error::new("unavailable", FeedError::UNAVAILABLE, None));
             let _ = writer
-                .send(SseEvent::default().event("error").data(data.to_string()))
+                .send(SseEvent::default().event("error").data(data.as_str()))
                 .await;
             return;
         }
@@ -194,14 +194,14 @@ fn event_name(kind: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Sends what precedes the live stream, and the live events, to the response body.
-struct Writer<'a> {
+struct BodyEmitter<'a> {
     tx: &'a mpsc::Sender<SseEvent>,
     feed: &'a Feed,
     topics: &'a [String],
     shutdown: &'a CancellationToken,
 }
 
-impl Writer<'_> {
+impl BodyEmitter<'_> {
     async fn send(&mut self, event: SseEvent) -> Result<(), FeedError> {
         tokio::select! {
             sent = tokio::time::timeout(WRITE_STALL, self.tx.send(event)) => match sent {
@@ -213,19 +213,19 @@ impl Writer<'_> {
     }
 }
 
-impl Emit for Writer<'_> {
+impl Emit for BodyEmitter<'_> {
     async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
         let event = match item {
             // The stream's starting cursor as an id of its own, so that an `EventSource` that
             // reconnects before any change arrived resumes from here rather than from "now".
             Item::Subscribed(at) => {
                 let cursor = self.feed.cursor(at);
-                let data = json!({"type": "subscribed", "topics": self.topics, "cursor": cursor});
+                let data = frames::text(&frames::SubscribedAll::new(self.topics, &cursor));
                 SseEvent::default()
                     .id(cursor)
                     .event("subscribed")
                     .retry(Duration::from_millis(RETRY_MS))
-                    .data(data.to_string())
+                    .data(data.as_str())
             }
             Item::Snapshot(..) => return Err(FeedError::Internal("snapshots are not sent on SSE".into())),
             Item::Event(d) => event_of(self.feed, &d),

@@ -1,26 +1,38 @@
-//! One WebSocket connection's protocol (PROTOCOL §5): client frames in, answers and events out.
+//! One WebSocket connection's protocol (README "Subscribing: WebSocket `/ws`"): client frames
+//! in, answers and events out, over any `Sink + Stream` of messages, so tests drive it over
+//! channels without a socket.
 //!
 //! One task runs one `select!` loop per connection: client frames, the connection's queue of
 //! live deliveries, the overflow signal, pings and shutdown. Subscribing (snapshot, resume from
 //! the log) runs inside that loop, so a connection's frames always go out in a defined order.
+//! `limits` holds the connection's budgets, `emit` writes a subscription's opening frames; the
+//! frames themselves are `transport::frames`, shared with SSE.
 
-use std::time::{Duration, Instant};
+mod emit;
+mod limits;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
-use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
+use crate::feed::{Feed, FeedError, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::ConnectionGuard;
+use crate::transport::frames::{self, ClientFrame};
+use emit::SocketEmitter;
+use limits::{ErrorBudget, FrameCheck, FrameLimit, TokenBucket};
 
-/// PROTOCOL §5 close codes.
+/// Close codes (README "Subscribing: WebSocket `/ws`"): each tells the client whether and how to
+/// come back.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
@@ -31,9 +43,6 @@ pub mod close {
 
 /// Largest client frame accepted; a larger one closes the connection with 1009.
 pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
-/// Bad frames tolerated per [`ERROR_WINDOW`]; past that the connection is closed with 1008.
-const ERROR_BUDGET: u32 = 20;
-const ERROR_WINDOW: Duration = Duration::from_secs(10);
 /// How long one write may wait for a client that does not read before the client is dropped.
 /// Its queue overflows long before, so this only bounds how long a stuck socket is kept.
 const WRITE_STALL: Duration = Duration::from_secs(30);
@@ -51,7 +60,7 @@ const SNAPSHOT_BURST: f64 = 5.0;
 pub struct SessionConfig {
     pub ping_interval: Duration,
     pub max_subscriptions: usize,
-    /// Client frames per second (bursts of twice as many); see [`RateLimit`].
+    /// Client frames per second (bursts of twice as many); see [`FrameLimit`].
     pub max_frames_per_second: u32,
 }
 
@@ -70,47 +79,40 @@ impl Default for SessionConfig {
 pub struct Initial {
     pub topics: Vec<String>,
     pub since: Option<String>,
-    /// The token's `exp` (Unix seconds): the connection is closed with 4001 then (PROTOCOL §8).
+    /// The token's `exp` (Unix seconds): the connection is closed with 4001 then, as its rights
+    /// end with the token (README "Security: auth and limits").
     pub expires: Option<u64>,
 }
 
-/// A client frame. Unknown fields are ignored.
-#[derive(Debug, Deserialize)]
-struct ClientFrame {
-    action: String,
-    topic: Option<String>,
-    since: Option<String>,
-    #[serde(default)]
-    snapshot: bool,
-    id: Option<Value>,
-}
-
-#[derive(Serialize)]
-struct SnapshotFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    topic: &'a str,
-    cursor: &'a str,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a Value>,
+/// Everything one connection's session is made of, besides its socket and the shutdown signal.
+pub struct Connection<H> {
+    pub feed: Feed,
+    pub initial: Initial,
+    pub config: SessionConfig,
+    /// Who the client is; decides what it may subscribe to.
+    pub access: Access,
+    /// This connection in the server's gauges; dropped (taken out) when the session ends.
+    pub metrics: ConnectionGuard,
+    /// Whatever the transport holds for the connection's lifetime (its connection-limit permit):
+    /// released when the session's future ends.
+    pub held: H,
 }
 
 /// Runs the session until the client leaves, misbehaves, falls behind, or the server shuts down.
 ///
 /// A plain function that builds the session and returns its loop as the connection's one future:
 /// an `async fn` here would keep its arguments (the socket above all) in the future beside the
-/// session they move into, and every idle connection would pay for both (PERF: `idle`).
-/// `held` (the connection-limit permit) is released when the future ends.
-#[allow(clippy::too_many_arguments)]
+/// session they move into, and every idle connection would pay for both (README "Performance").
 pub fn run<S, H>(
     socket: S,
-    feed: Feed,
-    initial: Initial,
-    config: SessionConfig,
-    access: Access,
-    metrics: ConnectionGuard,
-    held: H,
+    Connection {
+        feed,
+        initial,
+        config,
+        access,
+        metrics,
+        held,
+    }: Connection<H>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -121,12 +123,12 @@ where
     let session = Session {
         socket,
         subs: Subscriptions::new(feed, outbox).with_access(access),
-        rate: RateLimit::new(config.max_frames_per_second),
+        frames: FrameLimit::new(config.max_frames_per_second),
         config,
         metrics,
-        errors: (Instant::now(), 0),
+        errors: ErrorBudget::new(),
         _held: held,
-        snapshots: Bucket::new(SNAPSHOTS_PER_SECOND, SNAPSHOT_BURST),
+        snapshots: TokenBucket::new(SNAPSHOTS_PER_SECOND, SNAPSHOT_BURST),
         closed: false,
     };
     Box::new(session).serve(initial, inbox, shutdown)
@@ -134,20 +136,19 @@ where
 
 struct Session<S, H> {
     socket: S,
-    /// The connection's subscriptions, with the feed and who the client is (PROTOCOL §8), which
-    /// decides what it may subscribe to: held once, there, as every idle connection pays for
-    /// each field (PERF: `idle`).
+    /// The connection's subscriptions, with the feed and who the client is, which decides what
+    /// it may subscribe to: held once, there, as every idle connection pays for each field
+    /// (README "Performance").
     subs: Subscriptions,
     config: SessionConfig,
-    rate: RateLimit,
+    frames: FrameLimit,
     /// This connection in the server's gauges; dropping it (session end) takes it out.
     metrics: ConnectionGuard,
-    /// Start of the current error window and the bad frames seen in it.
-    errors: (Instant, u32),
+    errors: ErrorBudget,
     /// Whatever the transport holds for the connection's lifetime (its connection-limit permit).
     _held: H,
     /// The connection's snapshot budget.
-    snapshots: Bucket,
+    snapshots: TokenBucket,
     /// A Close frame was sent: nothing more is done for the connection.
     closed: bool,
 }
@@ -213,8 +214,8 @@ where
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.close(close::GOING_AWAY, "server shutting down").await,
-                // PROTOCOL §8: rights end with the token; the client reconnects with a fresh one
-                // and its last cursor.
+                // Rights end with the token; the client reconnects with a fresh one and its last
+                // cursor (README "Security: auth and limits").
                 _ = async {
                     match expiry.as_mut() {
                         Some(at) => at.await,
@@ -233,17 +234,17 @@ where
                         if text.len() > MAX_CLIENT_FRAME {
                             return self.close(close::TOO_BIG, "frame over 64 KiB").await;
                         }
-                        match self.rate.take() {
-                            Rate::Ok => {}
-                            Rate::Excess => {
-                                let v = json!({"type": "error", "code": "rate_limited", "message": "too many frames; slow down"});
-                                Box::pin(self.send_json(&v)).await?;
+                        match self.frames.check() {
+                            FrameCheck::Ok => {}
+                            FrameCheck::Excess => {
+                                let refusal = frames::Error::new("rate_limited", "too many frames; slow down", None);
+                                Box::pin(self.send_frame(&refusal)).await?;
                                 continue;
                             }
-                            Rate::Abuse => return self.close(close::POLICY, "persistently over the frame rate limit").await,
+                            FrameCheck::Abuse => return self.close(close::POLICY, "persistently over the frame rate limit").await,
                         }
                         // Boxed: handling a frame (snapshots, catch-up reads) needs a deep future that
-                        // would otherwise sit inside every idle connection's task (PERF: `idle`).
+                        // would otherwise sit inside every idle connection's task (README "Performance").
                         Box::pin(self.handle(text.as_str())).await?;
                         if self.closed {
                             return Ok(());
@@ -320,17 +321,11 @@ where
                         .await;
                 };
                 self.subs.remove(topic);
-                self.send_json(&with_id(
-                    json!({"type": "unsubscribed", "topic": topic}),
-                    frame.id.as_ref(),
-                ))
-                .await
-            }
-            "refresh" => self.refresh(frame).await,
-            "ping" => {
-                self.send_json(&with_id(json!({"type": "pong"}), frame.id.as_ref()))
+                self.send_frame(&frames::Unsubscribed::new(topic, frame.id.as_ref()))
                     .await
             }
+            "refresh" => self.refresh(frame).await,
+            "ping" => self.send_frame(&frames::Pong::new(frame.id.as_ref())).await,
             other => {
                 let message = format!("unknown action {other:?} (subscribe, unsubscribe, refresh, ping)");
                 self.client_error("bad_request", &message, frame.id.as_ref()).await
@@ -338,7 +333,7 @@ where
         }
     }
 
-    // PROTOCOL §5: subscribe live, with `since`, or with `snapshot`.
+    /// Subscribes live, with `since`, or with `snapshot`.
     async fn subscribe(&mut self, frame: ClientFrame) -> Result<(), End> {
         let id = frame.id.as_ref();
         let Some(topic) = frame.topic.as_deref() else {
@@ -365,7 +360,7 @@ where
                 topic,
                 &table,
                 start,
-                &mut Writer {
+                &mut SocketEmitter {
                     socket,
                     feed: &feed,
                     topic,
@@ -378,7 +373,7 @@ where
         self.answer(topic, id, outcome).await
     }
 
-    // PROTOCOL §5: refresh sends a new snapshot; the stream continues after it.
+    /// Sends a new snapshot; the topic's stream continues after it.
     async fn refresh(&mut self, frame: ClientFrame) -> Result<(), End> {
         let id = frame.id.as_ref();
         let Some(topic) = frame.topic.as_deref() else {
@@ -398,7 +393,7 @@ where
             let (at, data) = feed.snapshot(topic, &table).await?;
             let cursor = feed.cursor(at);
             self.subs.advance(topic, at);
-            let msg = snapshot_text(topic, &cursor, data, id);
+            let msg = frames::snapshot_text(topic, &cursor, data, id);
             match stall(self.socket.send(Message::Text(msg))).await {
                 Ok(Ok(())) => Ok(()),
                 _ => Err(FeedError::Gone),
@@ -415,11 +410,7 @@ where
             "at most {SNAPSHOT_BURST} snapshots at once and {SNAPSHOTS_PER_SECOND} per second; \
              subscribe with since to resume instead"
         );
-        self.send_json(&with_id(
-            json!({"type": "error", "code": "rate_limited", "message": message}),
-            id,
-        ))
-        .await
+        self.send_frame(&frames::Error::new("rate_limited", &message, id)).await
     }
 
     /// Turns a failed subscribe/refresh into the frame the client is owed.
@@ -430,20 +421,8 @@ where
             Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
             Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
             Err(e @ FeedError::Forbidden(_)) => self.client_error("forbidden", &e.to_string(), id).await,
-            Err(FeedError::TooLarge(m)) => {
-                self.send_json(&with_id(
-                    json!({"type": "error", "code": "too_large", "message": m}),
-                    id,
-                ))
-                .await
-            }
-            Err(FeedError::Refresh(reason)) => {
-                self.send_json(&with_id(
-                    json!({"type": "refresh_needed", "topic": topic, "reason": reason}),
-                    id,
-                ))
-                .await
-            }
+            Err(FeedError::TooLarge(m)) => self.send_frame(&frames::Error::new("too_large", &m, id)).await,
+            Err(FeedError::Refresh(reason)) => self.send_frame(&frames::RefreshNeeded::new(topic, reason, id)).await,
             Err(e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_))) => {
                 let message = match e {
                     FeedError::Busy(why) => {
@@ -455,31 +434,21 @@ where
                         FeedError::UNAVAILABLE
                     }
                 };
-                self.send_json(&with_id(
-                    json!({"type": "error", "code": "unavailable", "message": message}),
-                    id,
-                ))
-                .await
+                self.send_frame(&frames::Error::new("unavailable", message, id)).await
             }
         }
     }
 
     /// An `error` frame for the client's mistake; too many in a short time close the connection.
     async fn client_error(&mut self, code: &str, message: &str, id: Option<&Value>) -> Result<(), End> {
-        let now = Instant::now();
-        if now.duration_since(self.errors.0) > ERROR_WINDOW {
-            self.errors = (now, 0);
-        }
-        self.errors.1 += 1;
-        if self.errors.1 > ERROR_BUDGET {
+        if !self.errors.spend() {
             return self.close(close::POLICY, "too many bad frames").await;
         }
-        self.send_json(&with_id(json!({"type": "error", "code": code, "message": message}), id))
-            .await
+        self.send_frame(&frames::Error::new(code, message, id)).await
     }
 
-    async fn send_json(&mut self, v: &Value) -> Result<(), End> {
-        self.write(Message::Text(json_text(v))).await
+    async fn send_frame(&mut self, frame: &impl Serialize) -> Result<(), End> {
+        self.write(Message::Text(frames::text(frame))).await
     }
 
     async fn write(&mut self, msg: Message) -> Result<(), End> {
@@ -488,7 +457,7 @@ where
     }
 
     /// Boxed: the closing handshake's future is large, and an unboxed one would be reserved in
-    /// every connection's task for its whole life (PERF: `idle`).
+    /// every connection's task for its whole life (README "Performance").
     fn close(&mut self, code: u16, reason: &'static str) -> futures::future::BoxFuture<'_, Result<(), End>> {
         Box::pin(self.close_handshake(code, reason))
     }
@@ -522,155 +491,7 @@ where
     }
 }
 
-/// A token bucket over client frames: `rate` per second, bursts of `2 × rate`. Frames past it are
-/// refused; more than `5 × rate` refused within [`ERROR_WINDOW`] is abuse.
-#[derive(Debug)]
-struct RateLimit {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-    /// Start of the current window and the frames refused in it.
-    refused: (Instant, u32),
-}
-
-enum Rate {
-    Ok,
-    Excess,
-    Abuse,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        let rate = f64::from(per_second.max(1));
-        RateLimit {
-            rate,
-            tokens: 2.0 * rate,
-            last: Instant::now(),
-            refused: (Instant::now(), 0),
-        }
-    }
-
-    fn take(&mut self) -> Rate {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(2.0 * self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Rate::Ok;
-        }
-        if now.duration_since(self.refused.0) > ERROR_WINDOW {
-            self.refused = (now, 0);
-        }
-        self.refused.1 += 1;
-        if f64::from(self.refused.1) > 5.0 * self.rate {
-            Rate::Abuse
-        } else {
-            Rate::Excess
-        }
-    }
-}
-
-/// A token bucket: `rate` per second, up to `burst` at once.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        Bucket {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one token if there is one.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Sends a subscription's opening frames (PROTOCOL §5) straight to the socket.
-struct Writer<'a, S> {
-    socket: &'a mut S,
-    feed: &'a Feed,
-    topic: &'a str,
-    id: Option<&'a Value>,
-}
-
-impl<S> Emit for Writer<'_, S>
-where
-    S: Sink<Message, Error = axum::Error> + Unpin + Send,
-{
-    async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
-        let msg = match item {
-            Item::Subscribed(at) => {
-                let v = json!({"type": "subscribed", "topic": self.topic, "cursor": self.feed.cursor(at)});
-                json_text(&with_id(v, self.id))
-            }
-            Item::Snapshot(at, data) => snapshot_text(self.topic, &self.feed.cursor(at), data, self.id),
-            Item::Event(d) => {
-                // Backlog events are only buffered; `flush` sends a page of them in one go.
-                let text = d.frame().clone();
-                return match stall(self.socket.feed(Message::Text(text))).await {
-                    Ok(Ok(())) => Ok(()),
-                    _ => Err(FeedError::Gone),
-                };
-            }
-        };
-        match stall(self.socket.send(Message::Text(msg))).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(FeedError::Gone),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), FeedError> {
-        match stall(self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(FeedError::Gone),
-        }
-    }
-}
-
 /// Bounds a write by [`WRITE_STALL`].
 async fn stall<T>(fut: impl std::future::Future<Output = T>) -> Result<T, End> {
     tokio::time::timeout(WRITE_STALL, fut).await.map_err(|_| End::Stalled)
-}
-
-fn with_id(mut v: Value, id: Option<&Value>) -> Value {
-    if let (Some(id), Some(obj)) = (id, v.as_object_mut()) {
-        obj.insert("id".into(), id.clone());
-    }
-    v
-}
-
-fn json_text(v: &Value) -> Utf8Bytes {
-    Utf8Bytes::from(v.to_string())
-}
-
-fn snapshot_text(topic: &str, cursor: &str, data: String, id: Option<&Value>) -> Utf8Bytes {
-    // The database produced `data` as jsonb text; fall back to null rather than fail the client.
-    let data =
-        RawValue::from_string(data).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
-    let frame = SnapshotFrame {
-        kind: "snapshot",
-        topic,
-        cursor,
-        data: &data,
-        id,
-    };
-    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
 }
