@@ -69,7 +69,7 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Option<File>, sqlx:
         .await
 }
 
-/// The metadata row; run [`insert_content`] in the same transaction. Fails with
+/// The metadata row; run [`join_chunks`] in the same transaction. Fails with
 /// `files_study_id_fkey` when the study does not exist.
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewFile<'_>) -> Result<File, sqlx::Error> {
     sqlx::query_as::<_, File>(
