@@ -5,7 +5,7 @@
 -- database with `psql -1 -f sql/capture.sql`. Every statement is idempotent, so applying it again
 -- (a new pgfeed version, several servers starting at once) is safe.
 --
--- How it works (see DESIGN.md, "The commit order problem, and the stamp"):
+-- How it works (for users, README "How it works"):
 --   1. `pgfeed.capture()`, an AFTER ROW trigger on every tracked table, appends the change to
 --      `pgfeed.events`, tagged with its transaction id and its position in the transaction.
 --   2. The transaction's first event queues `pgfeed.stamp()`, a deferred constraint trigger that
@@ -51,9 +51,7 @@ create table if not exists pgfeed.commits (
 -- Only the primary key, which also makes a seq's row the claim on it: a writer whose insert finds
 -- the seq taken draws again, and a reader claiming a missing seq waits for a writer that holds
 -- it. A row of txid 0 marks a seq that never committed. No reader looks commits up by txid or
--- time (retention walks them in seq order).
-drop index if exists pgfeed.commits_committed_at;
-alter table pgfeed.commits drop constraint if exists commits_txid_key;
+-- time (retention walks them in seq order), so no other index costs writers an insert.
 
 -- The log: one row per change, tagged with its transaction and its position in it. Readers order
 -- by (commits.seq, pos). No global id: a `bigserial` here cost writers a sequence draw and a
@@ -70,13 +68,12 @@ create table if not exists pgfeed.events (
     topics text[] not null,
     data   jsonb not null
 );
--- Logs made by earlier versions had one; dropping it is a catalog change (its sequence goes too).
-alter table pgfeed.events drop column if exists id;
 create index if not exists events_txid_pos on pgfeed.events (txid, pos);
 
--- Rights follow the row (PROTOCOL §8): an update that moves a row to another parent (a message to
--- another study) also logs the row as it was (`old`) and the parent topic it left (`moved_from`,
--- also in `topics`), so its old room gets an exit. Both are null for every other change.
+-- Rights follow the row (README "Security: auth and limits"): an update that moves a row to another
+-- parent (a message to another study) also logs the row as it was (`old`) and the parent topic it
+-- left (`moved_from`, also in `topics`), so its old room gets an exit. Both are null for every
+-- other change.
 -- Added only when missing: `alter table` locks the log against writers even when it changes nothing.
 do $$
 begin
@@ -102,8 +99,8 @@ create table if not exists pgfeed.tracked (
 -- Rows become JSON as `pgfeed_capture`, a role that holds no rights at all (NOLOGIN, member of
 -- nothing, no attribute, and not even USAGE on this schema). `to_jsonb` runs code that whoever
 -- owns a column's type may write: a cast to json (`create cast (t as json) with function f(t)`).
--- Run as the capture trigger's owner (usually a superuser), a table owner's cast ran as that
--- owner: one INSERT made an ordinary role SUPERUSER. As `pgfeed_capture`, such code can do
+-- Run as the capture trigger's owner (usually a superuser), a table owner's cast would run as that
+-- owner: one INSERT could make an ordinary role SUPERUSER. As `pgfeed_capture`, such code can do
 -- nothing its author cannot do already (it may not even write the log: `pgfeed.capture` does that
 -- after `pgfeed.serialize` returned). Snapshots render rows through it too (src/db/snapshot.rs).
 -- Creating the role needs CREATEROLE (or a superuser) once; an installer without it is told how.
@@ -148,9 +145,9 @@ $$;
 -- is never inlined and starts an executor per call; this is a simple expression.
 -- Read-only while it runs (the writer's transaction is read-write again after it): code run
 -- here can change nothing, above all not `drop owned by pgfeed_capture`, which would drop this
--- function and fail every tracked write until pgfeed starts again. Measured on 50,000-row
--- inserts into a tracked table: within the noise of the old trigger's time (about 45 µs a row
--- on the test box either way).
+-- function and fail every tracked write until pgfeed starts again. The extra call costs nothing
+-- measurable: 50,000-row inserts into a tracked table take about 45 µs a row on the test box with
+-- it or without it.
 create or replace function pgfeed.serialize(r anyelement) returns jsonb
     language plpgsql
     security definer
@@ -179,12 +176,14 @@ $$;
 --
 -- Every writer runs this for every row, so it is written for cost as much as for safety:
 -- - `security definer` lets writers that cannot touch the pgfeed schema still be captured. It has
---   no `set search_path` clause (whose save and restore ran on every row): every function, type and
---   operator is schema-qualified instead (`operator(pg_catalog.=)`; no `case x when`, `nullif` or
---   other syntax that looks an operator up), so a writer's search_path cannot redirect anything.
--- - Timestamps render in UTC whatever the writer's session uses. A `set timezone` clause cost every
---   row two time zone changes; now a session already in UTC (pgfeed's own, and any server whose
---   `timezone` is UTC) changes nothing, and other sessions switch to UTC around `to_jsonb` only.
+--   no `set search_path` clause (whose save and restore would run on every row): every function,
+--   type and operator is schema-qualified instead (`operator(pg_catalog.=)`; no `case x when`,
+--   `nullif` or other syntax that looks an operator up), so a writer's search_path cannot redirect
+--   anything.
+-- - Timestamps render in UTC whatever the writer's session uses. A `set timezone` clause would cost
+--   every row two time zone changes; this way a session already in UTC (pgfeed's own, and any
+--   server whose `timezone` is UTC) changes nothing, and other sessions switch to UTC around
+--   `to_jsonb` only.
 create or replace function pgfeed.capture() returns trigger
     language plpgsql
     security definer
@@ -218,7 +217,7 @@ begin
         op := 'update';
         kind := '_updated';
         -- Only the `pgfeed_capture_move` trigger passes a sixth argument: its WHEN clause saw the
-        -- parent column change. Every other write renders one row, as before.
+        -- parent column change. Every other write renders one row.
         if tg_argv[5] operator(pg_catalog.=) 'move' then
             was := pgfeed.serialize(old);
         end if;
@@ -482,9 +481,9 @@ begin
             'for each row execute function pgfeed.capture(%L, %L, %L, %L, %L)',
             tbl, topic, type_prefix, array_to_string(pk, ','), '', '');
     else
-        -- Rights follow the row (PROTOCOL §8): an update that changes the parent column is a move,
-        -- logged with the row as it was. The WHEN clauses decide which trigger fires, so an update
-        -- that moves nothing costs what it did (one row rendered) and a move renders both.
+        -- Rights follow the row: an update that changes the parent column is a move, logged with
+        -- the row as it was. The WHEN clauses decide which trigger fires, so an update that moves
+        -- nothing renders one row, and only a move renders both.
         execute format(
             'create trigger pgfeed_capture after insert or delete on %s '
             'for each row execute function pgfeed.capture(%L, %L, %L, %L, %L)',
@@ -520,8 +519,9 @@ begin
 end
 $$;
 
--- PROTOCOL §2: any table with a primary key joins the feed. Its topic is the table name,
--- schema-qualified when not in `public`; its events are `<table>_created|updated|deleted`.
+-- Any table with a primary key joins the feed (README "Writing: any writer, any table"). Its topic
+-- is the table name, schema-qualified when not in `public`; its events are
+-- `<table>_created|updated|deleted`.
 create or replace function pgfeed.track(tbl regclass) returns void
     language plpgsql
     set search_path = pg_catalog, pgfeed
@@ -582,6 +582,6 @@ begin
 end
 $$;
 
--- No pgfeed function is PUBLIC's to call (PROTOCOL §8, README "Security"): the owner (pgfeed's
+-- No pgfeed function is PUBLIC's to call (README "Security: auth and limits"): the owner (pgfeed's
 -- own role) and superusers track tables, prune and read; triggers fire without EXECUTE rights.
 revoke execute on all functions in schema pgfeed from public;

@@ -203,7 +203,8 @@ impl App {
     }
 }
 
-/// Retention (DESIGN "Retention"): deletes commits older than `keep`, in small batches.
+/// Retention (README "Operating it"): deletes commits older than `keep`, in small batches, each its
+/// own short transaction, so pruning never holds back writers or the listener.
 async fn prune(pool: PgPool, keep: Duration, stop: tokio_util::sync::CancellationToken) {
     let every = (keep / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(every);

@@ -1,4 +1,5 @@
-//! Auth (PROTOCOL §8): HS256 JWTs with `exp`, as `Authorization: Bearer` or `?token=`.
+//! Auth (README "Security: auth and limits"): HS256 JWTs with `exp`, as `Authorization: Bearer` or
+//! `?token=`.
 //!
 //! `{"role":"admin"}` may do everything. `{"role":"member","studies":[42]}` may read and subscribe
 //! to those studies' rooms and rows and post messages and files to them, nothing else. Without a
@@ -112,7 +113,7 @@ impl Auth {
     }
 
     /// [`Auth::check`], and the token's `exp` (Unix seconds; `None` when auth is off): a stream
-    /// ends there (PROTOCOL §8), so its rights never outlive the token.
+    /// ends there, so its rights never outlive the token.
     pub fn check_until(
         &self,
         headers: &HeaderMap,
@@ -139,8 +140,9 @@ impl Auth {
     }
 }
 
-/// A timer that fires when a token that expires at `exp` (Unix seconds) has expired, and never
-/// for `None`: what a stream waits on to end at its token's `exp` (PROTOCOL §8).
+/// A timer that fires when a token that expires at `exp` (Unix seconds) has expired, and never for
+/// `None`: what a stream waits on to end at its token's `exp`, so a stream's rights never outlive
+/// its token.
 pub fn expiry(exp: Option<u64>) -> tokio::time::Sleep {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,5 +1,5 @@
-//! Command line and settings (PROTOCOL §1). Every setting is a flag and an environment variable;
-//! the flag wins. `--help` lists each with its variable and default.
+//! Command line and settings (README "Running it"). Every setting is a flag and an environment
+//! variable; the flag wins. `--help` lists each with its variable and default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ pub enum Command {
 /// `pgfeed tail`: a client of a running server.
 #[derive(Debug, Clone, Args)]
 pub struct TailConfig {
-    /// Topics to follow, e.g. `studies` `studies:42` (PROTOCOL §3).
+    /// Topics to follow, e.g. `studies` `studies:42` (README "Subscribing: WebSocket `/ws`").
     #[arg(required = true, value_name = "TOPIC")]
     pub topics: Vec<String>,
 

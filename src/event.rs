@@ -1,4 +1,5 @@
-//! Events, topics and cursors: the only place they are built or parsed (PROTOCOL §3, §4).
+//! Events, topics and cursors: the only place they are built or parsed (README "Subscribing:
+//! WebSocket `/ws`").
 //!
 //! An [`Event`] is one captured change, read from the log. Its wire form differs per topic only in
 //! the `topic` field, so it is serialized once per topic when it is read, and every subscriber of
@@ -129,7 +130,9 @@ pub struct LogRow {
     pub topics: Vec<String>,
     pub data: String,
     pub committed_at: DateTime<Utc>,
-    /// For an update that moved the row to another parent (PROTOCOL §8): the row as it was.
+    /// For an update that moved the row to another parent: the row as it was, so that subscribers
+    /// of the parent it left learn it is gone (README "Security: auth and limits", rights follow
+    /// the row).
     pub old: Option<String>,
     /// With `old`: the parent topic the row left (`studies:1`), also among `topics`.
     pub moved_from: Option<String>,
@@ -149,7 +152,7 @@ pub struct Event {
     /// The parent topic the row is in after this change (`studies:42` for a message), if its
     /// table has parents: what decides who may see the change ([`crate::rights`]).
     pub room: Option<String>,
-    /// Set when the change moved the row to another parent (PROTOCOL §8).
+    /// Set when the change moved the row to another parent (see `old`).
     pub moved: Option<Box<Move>>,
 }
 

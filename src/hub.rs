@@ -33,7 +33,8 @@ pub const RING: usize = 10_000;
 pub struct Delivery {
     pub event: Arc<Event>,
     /// An index into the event's topics; u32, not usize, so that a delivery with its view stays
-    /// 16 bytes: every connection's queue allocates a block of them up front (PERF: `idle`).
+    /// 16 bytes: every connection's queue allocates a block of them up front (README
+    /// "Performance", the `idle` scenario).
     topic: u32,
     /// As published, or (a member's subscription to a row that changed study) as an exit or
     /// entry: see [`crate::rights`].

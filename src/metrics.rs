@@ -1,6 +1,7 @@
-//! `GET /metrics` (PROTOCOL §7): Prometheus text, from `prometheus-client` (the Prometheus
-//! project's own Rust client). Each server has its own registry — no global recorder — and every
-//! histogram is a fixed set of bucket counters, so memory stays bounded however rarely it is scraped.
+//! `GET /metrics` (README "Operating it"): Prometheus text, from `prometheus-client` (the
+//! Prometheus project's own Rust client). Each server has its own registry — no global recorder —
+//! and every histogram is a fixed set of bucket counters, so memory stays bounded however rarely it
+//! is scraped.
 //!
 //! Hot-path rule: sessions count deliveries per socket flush, not per event, and observe the
 //! commit-to-send lag once per flush (of the newest event written).

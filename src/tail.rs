@@ -1,11 +1,11 @@
-//! `pgfeed tail TOPIC... [--since C] [--url U] [--token T]` (PROTOCOL §1): a client of the feed
-//! that prints every event as one JSON line on stdout, like `kubectl get -w`.
+//! `pgfeed tail TOPIC... [--since C] [--url U] [--token T]` (README "Without a WebSocket"): a
+//! client of the feed that prints every event as one JSON line on stdout, like `kubectl get -w`.
 //!
-//! It speaks the WebSocket protocol (PROTOCOL §5) and keeps each topic's cursor as events arrive,
-//! so after a dropped connection or a server restart it subscribes again with `since` and prints
-//! every event once, in order, with nothing missing. It gives up, with one line on stderr and a
-//! non-zero exit, only when it cannot reach the server at the start, when the server refuses
-//! the token, or when a topic is refused.
+//! It speaks the WebSocket protocol (README "Subscribing: WebSocket `/ws`") and keeps each topic's
+//! cursor as events arrive, so after a dropped connection or a server restart it subscribes again
+//! with `since` and prints every event once, in order, with nothing missing. It gives up, with one
+//! line on stderr and a non-zero exit, only when it cannot reach the server at the start, when the
+//! server refuses the token, or when a topic is refused.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -163,7 +163,7 @@ async fn follow(mut socket: Socket, cursors: &mut HashMap<String, Option<String>
                     Some(f) if u16::from(f.code) == 1008 => {
                         End::Fatal(anyhow!("the server closed the connection: {}", f.reason))
                     }
-                    // PROTOCOL §8: the token's `exp` passed; the same token would be refused.
+                    // The token's `exp` passed: the same token would only be refused again.
                     Some(f) if u16::from(f.code) == 4001 => End::Fatal(anyhow!(
                         "the token expired; run again with a fresh --token and --since the last cursor printed"
                     )),

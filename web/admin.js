@@ -107,9 +107,10 @@ function showLogin(message) {
 let tokenWaiters = [];
 
 /**
- * The token for each of the feed's connections. The server ends a stream when its token expires
- * (PROTOCOL §8); the feed then asks here, and an expired token is exchanged for a fresh one from
- * the sign-in form. The page keeps its view meanwhile, and the feed resumes from its cursors.
+ * The token for each of the feed's connections. The server ends a stream when its token expires, so
+ * its rights never outlive it; the feed then asks here, and an expired token is exchanged for a
+ * fresh one from the sign-in form. The page keeps its view meanwhile, and the feed resumes from its
+ * cursors.
  */
 function feedToken() {
   const c = token ? decodeJwt(token) : null;

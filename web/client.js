@@ -24,8 +24,8 @@
 //
 // Tokens: `token` is a JWT string, or a function returning one (or a promise of one). A function
 // is called before every connection, so when the server ends a stream at the token's `exp`
-// (WebSocket close 4001, the SSE stream ends, a long-poll answers 401; PROTOCOL §8) the client
-// asks it for a fresh token and resumes from its cursors, losing nothing.
+// (WebSocket close 4001, the SSE stream ends, a long-poll answers 401; README "Security: auth and
+// limits") the client asks it for a fresh token and resumes from its cursors, losing nothing.
 //
 // Cursors are opaque to applications. This file ships with the server, so it may compare them
 // (`<epoch>-<seq>-<pos>`) to join per-topic positions when it changes transport.
@@ -218,7 +218,7 @@ export function connect(options = {}) {
     return `${wsBase}/ws${tokenNow ? `?token=${encodeURIComponent(tokenNow)}` : ""}`;
   }
 
-  // ---- WebSocket (PROTOCOL §5) -------------------------------------------------------------
+  // ---- WebSocket (README "Subscribing: WebSocket `/ws`") --------------------------------------
 
   function openWs() {
     let ws;
@@ -265,7 +265,8 @@ export function connect(options = {}) {
           settled(frame.topic);
           break;
         case "refresh_needed":
-          // PROTOCOL §5: the cursor is gone; start the topic over from a snapshot (or from now).
+          // The cursor is gone (older than the log's retention, or from another database): start
+          // the topic over from a snapshot (or from now).
           try { onRefreshNeeded(frame.topic, frame.reason); } catch (e) { console.error(e); }
           cursors.set(frame.topic, null);
           if (onSnapshot) needSnapshot.add(frame.topic);
@@ -296,7 +297,7 @@ export function connect(options = {}) {
     };
   }
 
-  // ---- Server-Sent Events, read with fetch (PROTOCOL §6) -------------------------------------
+  // ---- Server-Sent Events, read with fetch (README "Without a WebSocket") ---------------------
   // fetch rather than EventSource: it sees every event type (EventSource only dispatches the
   // types one listens to, and tracked tables add types), and it can send the token as a header.
 
@@ -379,7 +380,7 @@ export function connect(options = {}) {
       });
   }
 
-  // ---- long-polling (PROTOCOL §6) ----------------------------------------------------------
+  // ---- long-polling (README "Without a WebSocket") --------------------------------------------
 
   function openPoll(failed) {
     if (typeof fetch === "undefined") return failed();

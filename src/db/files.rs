@@ -1,4 +1,4 @@
-//! `files` and `file_contents` (PROTOCOL §2): one async fn per statement. Files are immutable
+//! `files` and `file_contents`: one async fn per statement. Files are immutable
 //! (no update, no version column): their ETag is the content's sha256, and a conditional
 //! delete takes the `sha256`s it may delete.
 //!
@@ -12,7 +12,7 @@ use sqlx::PgExecutor;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// A `files` row, with exactly PROTOCOL §2's keys (the bytes are never part of it).
+/// A `files` row, with exactly the table's columns as keys (the bytes are never part of it).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct File {
     pub id: i64,
@@ -69,7 +69,7 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Option<File>, sqlx:
         .await
 }
 
-/// The metadata row; run [`insert_content`] in the same transaction. Fails with
+/// The metadata row; run [`join_chunks`] in the same transaction. Fails with
 /// `files_study_id_fkey` when the study does not exist.
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewFile<'_>) -> Result<File, sqlx::Error> {
     sqlx::query_as::<_, File>(

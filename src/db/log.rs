@@ -322,7 +322,7 @@ async fn read<'e>(
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         // The one row of an empty page carries only `pruned_upto`, `upto` and `newest`. Columns
-        // by index: by name, each one was a lookup (`perf` showed them in a resume).
+        // by index: by name, each one would be a lookup, and a profile of a resume shows them.
         let Some(seq) = row.try_get::<Option<i64>, _>(3)? else {
             continue;
         };

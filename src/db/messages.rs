@@ -1,4 +1,4 @@
-//! `messages` (PROTOCOL §2): one async fn per statement. Conditional writes take `versions`
+//! `messages`: one async fn per statement. Conditional writes take `versions`
 //! exactly as in [`super::studies`].
 
 use chrono::{DateTime, Utc};
@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::PgExecutor;
 use utoipa::ToSchema;
 
-/// A `messages` row, with exactly PROTOCOL §2's keys.
+/// A `messages` row, with exactly the table's columns as keys.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Message {
     pub id: i64,

@@ -1,5 +1,6 @@
-//! Snapshots (PROTOCOL §5): a topic's current rows and the log position they reflect, read in one
-//! REPEATABLE READ transaction, so that streaming from that position neither misses nor repeats.
+//! Snapshots (README "Subscribing: WebSocket `/ws`"): a topic's current rows and the log position
+//! they reflect, read in one REPEATABLE READ transaction, so that streaming from that position
+//! neither misses nor repeats.
 //!
 //! Rows are rendered with `pgfeed.serialize` (`to_jsonb` as the powerless role `pgfeed_capture`)
 //! under UTC, exactly as the capture trigger renders them, so a snapshot row and an event's `data`

@@ -1,4 +1,4 @@
-//! `studies` (PROTOCOL §2): one async fn per statement. Writes go through the tables like any
+//! `studies`: one async fn per statement. Writes go through the tables like any
 //! other writer's, so the capture triggers turn each into an event; nothing here publishes.
 //!
 //! Conditional writes take `versions`: `None` writes whatever the current version is, `Some`
@@ -29,7 +29,7 @@ impl std::str::FromStr for Status {
     }
 }
 
-/// A `studies` row, with exactly PROTOCOL §2's keys.
+/// A `studies` row, with exactly the table's columns as keys.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct Study {
     pub id: i64,

@@ -1,5 +1,6 @@
-//! HTTP errors (PROTOCOL §7): one enum, one `match` for the status and one for the contract's
-//! `code`, written as `{"error":{"code","message"}}` (plus `details`, field → problem, on a 422).
+//! HTTP errors (README "REST API", "Errors"): one enum, one `match` for the status and one for the
+//! contract's `code`, written as `{"error":{"code","message"}}` (plus `details`, field → problem,
+//! on a 422).
 //!
 //! A client's mistake is always a 4xx. Server faults are logged with their chain and never
 //! leak: a database failure answers 503 with a fixed message, anything else 500.
@@ -28,10 +29,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// PROTOCOL §8: no token, a bad signature, an expired token.
+    /// No token, a bad signature, an expired token.
     #[error("{0}")]
     Unauthorized(String),
-    /// PROTOCOL §8: a valid token that may not do this.
+    /// A valid token that may not do this.
     #[error("{0}")]
     Forbidden(String),
     #[error("the request took longer than {0:?}")]

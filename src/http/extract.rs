@@ -1,6 +1,6 @@
-//! Extractors whose rejections speak PROTOCOL §7's error shape instead of axum's plain text:
-//! [`AppJson`], [`AppPath`], [`AppQuery`], and [`IfMatch`]; plus the field checks that turn
-//! a body into a 422 with field-level details.
+//! Extractors whose rejections speak the REST API's error shape (README "REST API") instead of
+//! axum's plain text: [`AppJson`], [`AppPath`], [`AppQuery`], and [`IfMatch`]; plus the field
+//! checks that turn a body into a 422 with field-level details.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};

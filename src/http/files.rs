@@ -1,4 +1,5 @@
-//! PROTOCOL §7 files: a study's list, multipart upload, metadata, download, delete.
+//! The REST API's files (README "REST API"): a study's list, multipart upload, metadata, download,
+//! delete.
 //!
 //! Transfers stream, a [`CHUNK`] at a time, so a transfer holds about one chunk of memory
 //! whatever the file's size. An upload streams the multipart field `file` through SHA-256 into
@@ -121,7 +122,7 @@ fn content_disposition(name: &str) -> String {
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
-// PROTOCOL §7: GET /api/studies/{id}/files
+// GET /api/studies/{id}/files
 /// A study's files (metadata) in id order, one keyset page at a time.
 #[utoipa::path(get, path = "/api/studies/{id}/files", tag = "files", params(("id" = i64, Path), Page),
     responses(
@@ -150,7 +151,7 @@ async fn list(
     }))
 }
 
-// PROTOCOL §7: POST /api/studies/{id}/files (multipart field `file`)
+// POST /api/studies/{id}/files (multipart field `file`)
 /// Upload a file to a study; answers its metadata.
 #[utoipa::path(post, path = "/api/studies/{id}/files", tag = "files", params(("id" = i64, Path)),
     request_body(content = Upload, content_type = "multipart/form-data"),
@@ -312,7 +313,7 @@ impl Drop for Staged {
     }
 }
 
-// PROTOCOL §7: GET /api/files/{id}
+// GET /api/files/{id}
 /// A file's metadata.
 #[utoipa::path(get, path = "/api/files/{id}", tag = "files", params(("id" = i64, Path)),
     responses(
@@ -327,7 +328,7 @@ async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>, access: 
     Ok((etag(&file.sha256), AppJson(file)))
 }
 
-// PROTOCOL §7: GET /api/files/{id}/content
+// GET /api/files/{id}/content
 /// The file's bytes, with its stored content type and its name as `Content-Disposition`.
 #[utoipa::path(get, path = "/api/files/{id}/content", tag = "files", params(("id" = i64, Path)),
     responses(
@@ -451,7 +452,7 @@ fn content_stream(
     })
 }
 
-// PROTOCOL §7: DELETE /api/files/{id}, honouring If-Match (the ETag is the sha256)
+// DELETE /api/files/{id}, honouring If-Match (the ETag is the sha256)
 /// Delete a file and its bytes.
 #[utoipa::path(delete, path = "/api/files/{id}", tag = "files",
     params(("id" = i64, Path), ("If-Match" = Option<String>, Header, description = "The ETag last read: \"<sha256>\"")),

@@ -1,4 +1,5 @@
-//! Who may call which REST route (PROTOCOL §8), in one table, plus the request time limit.
+//! Who may call which REST route (README "Security: auth and limits"), in one table, plus the
+//! request time limit.
 //!
 //! An admin (or anyone, when auth is off) may call everything. A member may read its studies and
 //! their messages and files, and post messages and files to them; a file is judged by the study

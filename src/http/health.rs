@@ -1,4 +1,4 @@
-//! `GET /healthz` (PROTOCOL §7): 200 when the database and the listener are up, else 503.
+//! `GET /healthz` (README "Operating it"): 200 when the database and the listener are up, else 503.
 
 use std::time::Duration;
 

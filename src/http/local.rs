@@ -1,4 +1,5 @@
-//! Without a JWT secret (PROTOCOL §8): only this machine, and none of the web pages it visits.
+//! Without a JWT secret (README "Security: auth and limits"): only this machine, and none of the
+//! web pages it visits.
 //!
 //! With no secret there is no auth, and pgfeed binds only loopback. That alone would still let any
 //! web page the local user visits read and write everything through the user's browser: a

@@ -1,5 +1,5 @@
-//! PROTOCOL §7 messages: a study's list, create, edit body, delete. Plain SQL writes through
-//! [`crate::db::messages`]; the capture triggers make the events.
+//! The REST API's messages (README "REST API"): a study's list, create, edit body, delete. Plain
+//! SQL writes through [`crate::db::messages`]; the capture triggers make the events.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -61,7 +61,7 @@ async fn missed(state: &AppState, id: i64) -> ApiError {
     }
 }
 
-// PROTOCOL §7: GET /api/studies/{id}/messages
+// GET /api/studies/{id}/messages
 /// A study's messages in id order, one keyset page at a time.
 #[utoipa::path(get, path = "/api/studies/{id}/messages", tag = "messages", params(("id" = i64, Path), Page),
     responses(
@@ -89,7 +89,7 @@ async fn list(
     Ok(AppJson(Items { items }))
 }
 
-// PROTOCOL §7: POST /api/studies/{id}/messages
+// POST /api/studies/{id}/messages
 /// Post a message to a study.
 #[utoipa::path(post, path = "/api/studies/{id}/messages", tag = "messages", params(("id" = i64, Path)), request_body = CreateMessage,
     responses(
@@ -117,7 +117,7 @@ async fn create(
     Ok((StatusCode::CREATED, etag(message.version), AppJson(message)))
 }
 
-// PROTOCOL §7: PATCH /api/messages/{id}, honouring If-Match
+// PATCH /api/messages/{id}, honouring If-Match
 /// Edit a message's body. With `If-Match: "<version>"`, only if nobody changed it since.
 #[utoipa::path(patch, path = "/api/messages/{id}", tag = "messages", request_body = UpdateMessage,
     params(("id" = i64, Path), ("If-Match" = Option<String>, Header, description = "The ETag last read: \"<version>\"")),
@@ -145,7 +145,7 @@ async fn update(
     }
 }
 
-// PROTOCOL §7: DELETE /api/messages/{id}, honouring If-Match
+// DELETE /api/messages/{id}, honouring If-Match
 /// Delete a message.
 #[utoipa::path(delete, path = "/api/messages/{id}", tag = "messages",
     params(("id" = i64, Path), ("If-Match" = Option<String>, Header, description = "The ETag last read: \"<version>\"")),

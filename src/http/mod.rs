@@ -90,7 +90,7 @@ impl AppState {
     }
 }
 
-/// The REST routes (PROTOCOL §7) and their OpenAPI document, built from the same annotations.
+/// The REST routes (README "REST API") and their OpenAPI document, built from the same annotations.
 pub fn api(max_upload: u64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let upload_body = usize::try_from(max_upload.saturating_add(files::MULTIPART_OVERHEAD)).unwrap_or(usize::MAX);
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
@@ -156,7 +156,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api(state.max_upload);
-    // PROTOCOL §8 for REST and metrics (the streams check tokens on connect).
+    // Who may call what (README "Security: auth and limits"), for REST and metrics; the streams
+    // check tokens on connect, since a browser cannot send headers with a WebSocket or EventSource.
     let admin_only = axum::middleware::from_fn_with_state(state.clone(), guard::guard);
     let doc = openapi::Document(Arc::new(
         doc.to_json().unwrap_or_else(|e| panic!("OpenAPI document: {e}")),
@@ -173,7 +174,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(Extension(doc))
-        // PROTOCOL §8: without a secret, only loopback names, and no other site's streams or writes.
+        // Without a secret, only loopback names, and no other site's streams or writes: otherwise
+        // any page the local user visits could use pgfeed as a relay (README "Security: auth and
+        // limits").
         .layer(axum::middleware::from_fn_with_state(state.clone(), local::local_only))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

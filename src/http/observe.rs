@@ -1,4 +1,4 @@
-//! `GET /metrics` and the request counter (PROTOCOL §7).
+//! `GET /metrics` and the request counter (README "Operating it").
 //!
 //! Every label of the counter comes from a bounded set, whatever clients send: the method is one
 //! of [`METHODS`] or `other`, the route is a route pattern or `unmatched`, the status one that

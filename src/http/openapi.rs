@@ -1,7 +1,9 @@
-//! `GET /api/openapi.json` (PROTOCOL §7): the OpenAPI 3 document, generated from the handlers'
-//! `#[utoipa::path]` annotations. The REST routes are registered through `utoipa_axum::routes!`,
-//! so a REST route cannot be served without being documented; the routes outside REST (`/ws`,
-//! `/events`, `/api/changes`, `/client.js`, `/healthz`, `/metrics`, and the admin page's `/`, `/admin.js`, `/admin.css`) are described here, and a test checks that the document and the router agree.
+//! `GET /api/openapi.json` (README "REST API"): the OpenAPI 3 document, generated from the
+//! handlers' `#[utoipa::path]` annotations. The REST routes are registered through
+//! `utoipa_axum::routes!`, so a REST route cannot be served without being documented; the routes
+//! outside REST (`/ws`, `/events`, `/api/changes`, `/client.js`, `/healthz`, `/metrics`, and the
+//! admin page's `/`, `/admin.js`, `/admin.css`) are described here, and a test checks that the
+//! document and the router agree.
 
 use std::sync::Arc;
 
@@ -17,7 +19,7 @@ use super::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "pgfeed", description = "PostgreSQL as a live change feed: the REST API (PROTOCOL §7). \
+    info(title = "pgfeed", description = "PostgreSQL as a live change feed: the REST API. \
         Every write goes through the database's capture triggers, so it reaches `/ws` subscribers like any other writer's."),
     paths(ws, events, changes, client_js, healthz, metrics, admin_page, admin_js, admin_css),
     components(schemas(ErrorBody)),
@@ -38,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(document))
 }
 
-// PROTOCOL §7: GET /api/openapi.json
+// GET /api/openapi.json
 /// This document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
     responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json", body = Object)))]
@@ -46,7 +48,7 @@ async fn document(Extension(Document(json)): Extension<Document>) -> impl IntoRe
     ([(header::CONTENT_TYPE, "application/json")], json.as_str().to_owned())
 }
 
-/// PROTOCOL §5: the WebSocket endpoint (served by `http::streams` and `transport::session`; described here).
+/// The WebSocket endpoint (served by `http::streams` and `transport::session`; described here).
 #[utoipa::path(get, path = "/ws", tag = "feed",
     params(
         ("topics" = Option<String>, Query, description = "Comma-separated topics to subscribe to on connect"),
@@ -54,13 +56,13 @@ async fn document(Extension(Document(json)): Extension<Document>) -> impl IntoRe
         ("token" = Option<String>, Query, description = "JWT, when auth is on"),
     ),
     responses(
-        (status = 101, description = "Switching to the WebSocket protocol (PROTOCOL §5)"),
+        (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade request"),
     ))]
 #[allow(dead_code)]
 fn ws() {}
 
-/// PROTOCOL §7: health (served by `http::health`; described here).
+/// Health (served by `http::health`; described here).
 #[utoipa::path(get, path = "/healthz", tag = "feed",
     responses(
         (status = 200, description = "The database and the listener are up", content_type = "application/json", body = Object),
@@ -69,7 +71,7 @@ fn ws() {}
 #[allow(dead_code)]
 fn healthz() {}
 
-/// PROTOCOL §6: Server-Sent Events (served by `http::streams` and `transport::sse`; described here).
+/// Server-Sent Events (served by `http::streams` and `transport::sse`; described here).
 #[utoipa::path(get, path = "/events", tag = "feed",
     params(
         ("topics" = String, Query, description = "Comma-separated topics"),
@@ -87,7 +89,7 @@ fn healthz() {}
 #[allow(dead_code)]
 fn events() {}
 
-/// PROTOCOL §6: long-polling (served by `http::streams` and `transport::poll`; described here).
+/// Long-polling (served by `http::streams` and `transport::poll`; described here).
 #[utoipa::path(get, path = "/api/changes", tag = "feed",
     params(
         ("topics" = String, Query, description = "Comma-separated topics"),
@@ -114,13 +116,13 @@ fn changes() {}
 #[allow(dead_code)]
 fn client_js() {}
 
-/// PROTOCOL §7: Prometheus metrics (served by `http::observe`; described here).
+/// Prometheus metrics (served by `http::observe`; described here).
 #[utoipa::path(get, path = "/metrics", tag = "feed",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 #[allow(dead_code)]
 fn metrics() {}
 
-/// PROTOCOL §7: the live admin page (served by `http::web`; described here).
+/// The live admin page (served by `http::web`; described here).
 #[utoipa::path(get, path = "/", tag = "admin",
     responses((status = 200, description = "The admin page, an HTML document", content_type = "text/html")))]
 #[allow(dead_code)]

@@ -6,7 +6,7 @@
 //!   task. A trusted proxy's connections count in the total only.
 //! - A connection must show within `header_read_timeout` which HTTP it speaks (its first bytes
 //!   for HTTP/1, the whole 24-byte preface for HTTP/2), or it is closed: hyper-util waits for
-//!   those bytes without a timer, so a silent socket was held forever.
+//!   those bytes without a timer, so without this a silent socket would be held forever.
 //! - HTTP/1 then gets hyper's own `header_read_timeout` for each request's headers (slowloris),
 //!   the wait for the next request on a kept-alive connection included. HTTP/2 has no such
 //!   timer, so an HTTP/2 connection with no request open for `header_read_timeout` (its first

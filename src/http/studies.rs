@@ -1,5 +1,5 @@
-//! PROTOCOL §7 studies: list, create, read, partial update, delete. Every write is a plain SQL
-//! write through [`crate::db::studies`]; the capture triggers make the events.
+//! The REST API's studies (README "REST API"): list, create, read, partial update, delete. Every
+//! write is a plain SQL write through [`crate::db::studies`]; the capture triggers make the events.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -84,7 +84,7 @@ async fn missed(state: &AppState, id: i64) -> ApiError {
     }
 }
 
-// PROTOCOL §7: GET /api/studies?status=&q=&limit=&after=
+// GET /api/studies?status=&q=&limit=&after=
 /// List studies in id order, filtered, one keyset page at a time.
 #[utoipa::path(get, path = "/api/studies", tag = "studies", params(ListQuery),
     responses(
@@ -114,7 +114,7 @@ async fn list(State(state): State<AppState>, AppQuery(q): AppQuery<ListQuery>) -
     Ok(AppJson(Items { items }))
 }
 
-// PROTOCOL §7: POST /api/studies
+// POST /api/studies
 /// Create a study.
 #[utoipa::path(post, path = "/api/studies", tag = "studies", request_body = CreateStudy,
     responses(
@@ -143,7 +143,7 @@ async fn create(State(state): State<AppState>, AppJson(body): AppJson<CreateStud
     Ok((StatusCode::CREATED, etag(study.version), AppJson(study)))
 }
 
-// PROTOCOL §7: GET /api/studies/{id}
+// GET /api/studies/{id}
 /// Read one study.
 #[utoipa::path(get, path = "/api/studies/{id}", tag = "studies", params(("id" = i64, Path)),
     responses(
@@ -158,7 +158,7 @@ async fn read(State(state): State<AppState>, AppPath(id): AppPath<i64>, access: 
     Ok((etag(study.version), AppJson(study)))
 }
 
-// PROTOCOL §7: PATCH /api/studies/{id}, honouring If-Match
+// PATCH /api/studies/{id}, honouring If-Match
 /// Change some fields of a study. With `If-Match: "<version>"`, only if nobody changed it since.
 #[utoipa::path(patch, path = "/api/studies/{id}", tag = "studies", request_body = UpdateStudy,
     params(("id" = i64, Path), ("If-Match" = Option<String>, Header, description = "The ETag last read: \"<version>\"")),
@@ -206,7 +206,7 @@ async fn update(
     }
 }
 
-// PROTOCOL §7: DELETE /api/studies/{id}, honouring If-Match; cascades to messages and files
+// DELETE /api/studies/{id}, honouring If-Match; cascades to messages and files
 /// Delete a study with its messages and files (each deletion is an event).
 #[utoipa::path(delete, path = "/api/studies/{id}", tag = "studies",
     params(("id" = i64, Path), ("If-Match" = Option<String>, Header, description = "The ETag last read: \"<version>\"")),

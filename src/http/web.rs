@@ -1,5 +1,5 @@
-//! The admin page (PROTOCOL §7 `GET /`): web/index.html, web/admin.js and web/admin.css, built
-//! into the binary like `/client.js`, so users have nothing to build or ship.
+//! The admin page (README "Admin page: `GET /`"): web/index.html, web/admin.js and web/admin.css,
+//! built into the binary like `/client.js`, so users have nothing to build or ship.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin.css", get(admin_css))
 }
 
-// PROTOCOL §7: GET / — the live admin page.
+// GET / — the live admin page.
 async fn index() -> impl IntoResponse {
     (
         [

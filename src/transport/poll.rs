@@ -1,7 +1,7 @@
-//! `GET /api/changes`: the feed by long-polling (PROTOCOL §6), for scripts and environments that
-//! can only make plain requests. Stateless: each request reads the log after its `since`, and the
-//! answer's `cursor` is the `since` of the next request, so nothing is lost or repeated between
-//! requests, whichever server answers them.
+//! `GET /api/changes`: the feed by long-polling (README "Without a WebSocket"), for scripts and
+//! environments that can only make plain requests. Stateless: each request reads the log after its
+//! `since`, and the answer's `cursor` is the `since` of the next request, so nothing is lost or
+//! repeated between requests, whichever server answers them.
 //!
 //! An event published on several of the requested topics appears once, on the first of its topics
 //! that was asked for (as on SSE; [`crate::feed::first_delivery`]), because one cursor covers them all.
@@ -93,7 +93,8 @@ pub async fn changes(
     };
     let mut since = feed.parse_cursor(since).await?;
     let deadline = Instant::now() + wait;
-    // PROTOCOL §8: a wait never outlasts the token; the answer at `exp` is the cursor so far.
+    // A wait never outlasts the token, so its rights never outlive it; the answer at `exp` is the
+    // cursor so far.
     let expiry = crate::auth::expiry(expires);
     tokio::pin!(expiry);
     loop {
