@@ -14,7 +14,7 @@
 mod client;
 #[path = "pgfeed-bench/report.rs"]
 mod report;
-#[path = "pgfeed-bench/scenarios.rs"]
+#[path = "pgfeed-bench/scenarios/mod.rs"]
 mod scenarios;
 #[path = "pgfeed-bench/setup.rs"]
 mod setup;

@@ -1,5 +1,6 @@
-//! The admin page (README "Admin page: `GET /`"): web/index.html, web/admin.js and web/admin.css,
-//! built into the binary like `/client.js`, so users have nothing to build or ship.
+//! The admin page (README "Admin page: `GET /`"): web/index.html, its ES modules (web/admin.js
+//! and web/admin/, one per screen) and web/admin.css, built into the binary like `/client.js`, so
+//! users have nothing to build or ship.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -9,21 +10,38 @@ use axum::Router;
 use super::AppState;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
-const ADMIN_JS: &str = include_str!("../../web/admin.js");
-const ADMIN_CSS: &str = include_str!("../../web/admin.css");
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The page's assets: path → (content type, body). A new module under web/admin/ is one more row.
+const ASSETS: &[(&str, (&str, &str))] = &[
+    ("/admin.js", (JS, include_str!("../../web/admin.js"))),
+    ("/admin.css", (CSS, include_str!("../../web/admin.css"))),
+    ("/admin/api.js", (JS, include_str!("../../web/admin/api.js"))),
+    ("/admin/common.js", (JS, include_str!("../../web/admin/common.js"))),
+    ("/admin/confirm.js", (JS, include_str!("../../web/admin/confirm.js"))),
+    ("/admin/room.js", (JS, include_str!("../../web/admin/room.js"))),
+    ("/admin/route.js", (JS, include_str!("../../web/admin/route.js"))),
+    ("/admin/signin.js", (JS, include_str!("../../web/admin/signin.js"))),
+    ("/admin/study.js", (JS, include_str!("../../web/admin/study.js"))),
+    ("/admin/table.js", (JS, include_str!("../../web/admin/table.js"))),
+];
 
 /// Only this origin's scripts, styles and connections (WebSocket included); never framed.
 const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; object-src 'none'; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/admin.js", get(admin_js))
-        .route("/admin.css", get(admin_css))
+    ASSETS.iter().fold(
+        Router::new().route("/", get(index)),
+        |router, &(path, (content_type, body))| {
+            router.route(path, get(move || async move { asset(content_type, body) }))
+        },
+    )
 }
 
-// GET / — the live admin page.
+// GET / — the live admin page (README "Admin page: `GET /`").
 async fn index() -> impl IntoResponse {
     (
         [
@@ -35,14 +53,6 @@ async fn index() -> impl IntoResponse {
         ],
         INDEX_HTML,
     )
-}
-
-async fn admin_js() -> impl IntoResponse {
-    asset("text/javascript; charset=utf-8", ADMIN_JS)
-}
-
-async fn admin_css() -> impl IntoResponse {
-    asset("text/css; charset=utf-8", ADMIN_CSS)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
