@@ -51,13 +51,13 @@ impl FeedError {
 
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy)]
-pub enum Start {
+pub enum Start<'a> {
     /// From now on.
     Live,
     /// With every event after this position.
     After(Position),
-    /// With a snapshot, then every event after it.
-    Snapshot,
+    /// With a snapshot of the one topic (of this table), then every event after it.
+    Snapshot(&'a Tracked),
 }
 
 /// The default of `--max-snapshot`: the largest snapshot one frame may carry.
@@ -302,7 +302,7 @@ pub struct Subscriptions {
     feed: Feed,
     outbox: Outbox,
     sent: HashMap<String, Position>,
-    /// Set by [`Subscriptions::add_merged`]: the position of the last event sent on the whole
+    /// Set by [`Subscriptions::add`] for a set of several topics: the position of the last event sent on the whole
     /// connection, which then sends each event once and in commit order across its topics.
     once: Option<Position>,
     /// Who the client is: a member's subscriptions to rows see them leave and enter its studies
@@ -332,17 +332,6 @@ impl Subscriptions {
         crate::rights::admit(&self.access, d)
     }
 
-    /// The deliveries of a backlog page that the client may be sent.
-    fn admitted(&self, events: Vec<Delivery>) -> Vec<Delivery> {
-        if self.access.is_admin() {
-            return events;
-        }
-        events
-            .into_iter()
-            .filter_map(|mut d| self.admit(&mut d).then_some(d))
-            .collect()
-    }
-
     pub fn len(&self) -> usize {
         self.sent.len()
     }
@@ -367,156 +356,30 @@ impl Subscriptions {
         &self.outbox
     }
 
-    /// Subscribes to a checked `topic` from `start`, handing `emit` the `subscribed` answer, the
-    /// snapshot if asked, and the backlog, in order. Afterwards, live deliveries pass [`Self::accept`].
+    /// Subscribes to a set of checked topics from `start`, handing `emit` the `subscribed`
+    /// answer, the snapshot if asked, and the backlog, in commit order, each event once.
+    /// Afterwards, live deliveries pass [`Self::accept`]. Every transport subscribes here: a
+    /// WebSocket subscribe is the set of its one topic, with its own cursor; SSE and long-poll
+    /// ask for a set of several topics, which share one cursor (see [`Self::start`]).
+    ///
+    /// Why several topics are one set rather than one subscribe each: that would send topic A's
+    /// whole backlog, then B's, so positions would go back and forth, and a single resume cursor
+    /// (SSE's `Last-Event-ID`) would skip or repeat events. Read together, every position sent is
+    /// past the previous one, and "everything up to the last id" is true for every topic.
     ///
     /// A long backlog is paged from the log *before* registering with the hub, so the live queue
     /// does not fill while the client catches up; only the last short stretch overlaps, and the
     /// overlap is dropped by position.
-    pub async fn add(
-        &mut self,
-        topic: &str,
-        table: &Tracked,
-        start: Start,
-        emit: &mut impl Emit,
-    ) -> Result<(), FeedError> {
-        self.remove(topic);
-        let hub = self.feed.hub.clone();
-        let mut at = match start {
-            Start::Live => {
-                // "Now" is the database's now: a commit made before this subscribe is not sent,
-                // even if the listener has not relayed it yet. Registering first, then reading
-                // the head, means everything after the head arrives through the queue.
-                hub.subscribe(topic, &self.outbox, None);
-                let now = match self.feed.head().await {
-                    Ok(now) => now,
-                    Err(e) => {
-                        hub.unsubscribe(topic, &self.outbox);
-                        return Err(e);
-                    }
-                };
-                self.sent.insert(topic.to_owned(), now);
-                return emit.emit(Item::Subscribed(now)).await;
-            }
-            Start::After(at) => {
-                emit.emit(Item::Subscribed(at)).await?;
-                at
-            }
-            Start::Snapshot => {
-                let (at, data) = self.feed.snapshot(topic, table).await?;
-                emit.emit(Item::Subscribed(at)).await?;
-                emit.emit(Item::Snapshot(at, data)).await?;
-                at
-            }
-        };
-        if !hub.covers(at) {
-            self.catch_up(topic, &mut at, emit, |at| !hub.covers(at)).await?;
-        }
-        let (_, backlog) = hub.subscribe(topic, &self.outbox, Some(at));
-        let rest = async {
-            match backlog {
-                Backlog::None => {}
-                Backlog::Ring(found) => {
-                    let after = at;
-                    for mut d in found.into_iter().filter(|d| d.at() > after) {
-                        at = d.at();
-                        if self.admit(&mut d) {
-                            emit.emit(Item::Event(d)).await?;
-                        }
-                    }
-                    emit.flush().await?;
-                }
-                Backlog::Log => self.catch_up(topic, &mut at, emit, |_| true).await?,
-            }
-            Ok(())
-        }
-        .await;
-        match rest {
-            Ok(()) => {
-                self.sent.insert(topic.to_owned(), at);
-                Ok(())
-            }
-            Err(e) => {
-                hub.unsubscribe(topic, &self.outbox);
-                Err(e)
-            }
-        }
-    }
-
-    /// Emits the topic's log after `at` page by page, moving `at`, up to the last page or until
-    /// `more(at)` says stop after a full one. While a page is sent the next is read, so the
-    /// database and the socket work at the same time.
-    async fn catch_up(
-        &self,
-        topic: &str,
-        at: &mut Position,
-        emit: &mut impl Emit,
-        more: impl Fn(Position) -> bool,
-    ) -> Result<(), FeedError> {
-        let mut page = self.page(topic, *at).await?;
-        loop {
-            // A page cut short by the scan bound ends where the read stopped walking.
-            let end = page.events.last().map_or(*at, Delivery::at).max(page.walked);
-            let events = self.admitted(page.events);
-            if !(page.more && more(end)) {
-                send(events, emit).await?;
-                *at = end;
-                return Ok(());
-            }
-            let (next, sent) = tokio::join!(self.page(topic, end), send(events, emit));
-            sent?;
-            page = next?;
-            *at = end;
-        }
-    }
-
-    /// One page of the topic's log after `at`. Each event carries only its frame for `topic`:
-    /// its other topics' frames would be serialized for nothing.
-    async fn page(&self, topic: &str, at: Position) -> Result<LogPage, FeedError> {
-        let known = self.feed.hub.last().seq;
-        let read = log::read_after(&self.feed.pool, at, topic, log::PAGE, known, self.feed.resume_scan).await?;
-        let rows = match read.page {
-            Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
-            Page::Rows(rows) => rows,
-        };
-        let full = rows.len() as i64 >= log::PAGE;
-        // Not full but short of the bound: every commit up to `scanned` was walked.
-        let cut = !full && read.scanned < read.upto;
-        let walked = if cut { Position::end_of(read.scanned) } else { at };
-        let epoch = self.feed.hub.epoch();
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some(i) = row.topics.iter().position(|t| t == topic) else {
-                continue;
-            };
-            let event = Event::from_row_on(row, i, epoch);
-            events.push(Delivery::new(Arc::new(event), 0));
-        }
-        Ok(LogPage {
-            events,
-            more: full || cut,
-            walked,
-        })
-    }
-
-    /// Subscribes to several checked topics as one stream in commit order (SSE, long-poll), with
-    /// one cursor for all of them: `Subscribed` first, then every event after the start on any of
-    /// the topics, each event once. Live deliveries then pass [`Self::accept`], which keeps
-    /// sending each event once (under the first of its topics that arrives, see [`first_delivery`]).
-    ///
-    /// Why not [`Self::add`] per topic: that sends topic A's whole backlog, then B's, so the
-    /// positions on the connection go back and forth, and a single resume cursor (SSE's
-    /// `Last-Event-ID`) would skip or repeat events. Here the backlog is read for all topics at
-    /// once, so every position sent is past the previous one, and "everything up to the last id"
-    /// is true for every topic.
-    pub async fn add_merged(&mut self, topics: &[String], start: Start, emit: &mut impl Emit) -> Result<(), FeedError> {
+    pub async fn add(&mut self, topics: &[String], start: Start<'_>, emit: &mut impl Emit) -> Result<(), FeedError> {
         for topic in topics {
             self.remove(topic);
         }
         let hub = self.feed.hub.clone();
         let from = match start {
             Start::Live => {
-                // Register first, then read the head: everything after it arrives through the queue.
+                // "Now" is the database's now: a commit made before this subscribe is not sent,
+                // even if the listener has not relayed it yet. Registering first, then reading
+                // the head, means everything after the head arrives through the queue.
                 for topic in topics {
                     hub.subscribe(topic, &self.outbox, None);
                 }
@@ -527,48 +390,29 @@ impl Subscriptions {
                         return Err(e);
                     }
                 };
-                self.start_merged(topics, now);
+                self.start(topics, now);
                 return emit.emit(Item::Subscribed(now)).await;
             }
-            Start::After(at) => at,
-            Start::Snapshot => {
-                return Err(FeedError::BadRequest(
-                    "a merged stream cannot start with a snapshot".into(),
-                ))
+            Start::After(at) => {
+                emit.emit(Item::Subscribed(at)).await?;
+                at
+            }
+            Start::Snapshot(table) => {
+                // A snapshot is one topic's state at one position; several topics have no
+                // common one to resume from.
+                let [topic] = topics else {
+                    return Err(FeedError::BadRequest(
+                        "a merged stream cannot start with a snapshot".into(),
+                    ));
+                };
+                let (at, data) = self.feed.snapshot(topic, table).await?;
+                emit.emit(Item::Subscribed(at)).await?;
+                emit.emit(Item::Snapshot(at, data)).await?;
+                at
             }
         };
-        self.start_merged(topics, from);
-        let outcome = async {
-            emit.emit(Item::Subscribed(from)).await?;
-            // `read` is how far the log has been read; what was sent is tracked by `accept`.
-            let mut read = from;
-            if !hub.covers(read) {
-                self.catch_up_merged(topics, &mut read, emit, |at| !hub.covers(at))
-                    .await?;
-            }
-            let mut ring = Vec::new();
-            let mut from_log = false;
-            for topic in topics {
-                match hub.subscribe(topic, &self.outbox, Some(read)).1 {
-                    Backlog::Ring(found) => ring.extend(found.into_iter().map(|d| d.event)),
-                    Backlog::Log => from_log = true,
-                    Backlog::None => {}
-                }
-            }
-            if from_log {
-                self.catch_up_merged(topics, &mut read, emit, |_| true).await?;
-            } else {
-                ring.sort_by_key(|e| e.at);
-                ring.dedup_by_key(|e| e.at);
-                for mut d in ring.into_iter().filter_map(|e| first_delivery(e, topics)) {
-                    if self.accept(&mut d) {
-                        emit.emit(Item::Event(d)).await?;
-                    }
-                }
-            }
-            Ok(())
-        }
-        .await;
+        self.start(topics, from);
+        let outcome = self.backlog(topics, from, emit).await;
         if outcome.is_err() {
             for topic in topics {
                 self.remove(topic);
@@ -577,16 +421,53 @@ impl Subscriptions {
         outcome
     }
 
-    fn start_merged(&mut self, topics: &[String], at: Position) {
+    /// Records `topics` as sent up to `at`. A set of several topics also shares one position
+    /// (`once`), so an event on two of them goes out once; a set of one keeps its own, so a
+    /// WebSocket's subscriptions stay independent of each other.
+    fn start(&mut self, topics: &[String], at: Position) {
         for topic in topics {
             self.sent.insert(topic.clone(), at);
         }
-        self.once = Some(at);
+        self.once = (topics.len() > 1).then_some(at);
     }
 
-    /// [`Self::catch_up`] for all `topics` as one stream: emits the log after `read`, moving
-    /// `read`, each event once; what was sent is tracked by [`Self::accept`].
-    async fn catch_up_merged(
+    /// Emits everything after `from` on `topics` up to where the hub's queue takes over, and
+    /// registers with the hub. While the hub's ring does not reach back to the read position the
+    /// log is paged unregistered; then registering returns the ring's part (or says the log must
+    /// be read once more), and what the queue repeats is dropped by position in [`Self::accept`].
+    async fn backlog(&mut self, topics: &[String], from: Position, emit: &mut impl Emit) -> Result<(), FeedError> {
+        let hub = self.feed.hub.clone();
+        // How far the log has been read; what was sent is tracked by `accept`.
+        let mut read = from;
+        if !hub.covers(read) {
+            self.catch_up(topics, &mut read, emit, |at| !hub.covers(at)).await?;
+        }
+        let mut ring = Vec::new();
+        let mut from_log = false;
+        for topic in topics {
+            match hub.subscribe(topic, &self.outbox, Some(read)).1 {
+                Backlog::Ring(found) => ring.extend(found.into_iter().map(|d| d.event)),
+                Backlog::Log => from_log = true,
+                Backlog::None => {}
+            }
+        }
+        if from_log {
+            return self.catch_up(topics, &mut read, emit, |_| true).await;
+        }
+        ring.sort_by_key(|e| e.at);
+        ring.dedup_by_key(|e| e.at);
+        for mut d in ring.into_iter().filter_map(|e| first_delivery(e, topics)) {
+            if self.accept(&mut d) {
+                emit.emit(Item::Event(d)).await?;
+            }
+        }
+        emit.flush().await
+    }
+
+    /// Emits the log after `read` on `topics` page by page ([`Feed::changes`]), moving `read`, up
+    /// to the last page or until `more(read)` says stop after a full one. While a page is sent
+    /// the next is read, so the database and the socket work at the same time.
+    async fn catch_up(
         &mut self,
         topics: &[String],
         read: &mut Position,
@@ -644,15 +525,6 @@ impl Subscriptions {
             *sent = (*sent).max(at);
         }
     }
-}
-
-/// A page of backlog read from the log.
-struct LogPage {
-    events: Vec<Delivery>,
-    /// The read was a full page, or its scan stopped short of the log's end: more may follow.
-    more: bool,
-    /// Where a read cut short by its scan bound stopped walking (else where it started).
-    walked: Position,
 }
 
 /// Emits a page of backlog, then flushes it: one socket write for the page where the transport

@@ -3,7 +3,7 @@
 //! `id:` is its cursor and `Last-Event-ID` resumes after it, reconnects without loss or repeat.
 //!
 //! One stream carries several topics with one cursor, so it is joined with
-//! [`Subscriptions::add_merged`]: events go out in commit order across the topics, each event once
+//! [`Subscriptions::add`]: events go out in commit order across the topics, each event once
 //! (an event published on two of the stream's topics is sent on the first of them). A cursor the
 //! client got wrong is an error before the stream starts, while the status line is still ours
 //! (the handler, in `http::streams`, answers it, as it checked origin, token and topics). An
@@ -97,7 +97,7 @@ async fn run<H>(
     feed: Feed,
     access: Access,
     topics: Vec<String>,
-    start: Start,
+    start: Start<'_>,
     refresh: Option<&'static str>,
     events_tx: mpsc::Sender<SseEvent>,
     shutdown: CancellationToken,
@@ -118,7 +118,7 @@ async fn run<H>(
     };
     let mut outcome = match refresh {
         Some(reason) => Err(FeedError::Refresh(reason)),
-        None => subs.add_merged(&topics, start, &mut writer).await,
+        None => subs.add(&topics, start, &mut writer).await,
     };
     if let Err(FeedError::Refresh(reason)) = outcome {
         // PROTOCOL §5/§6: the client needs a snapshot. Tell it per topic, then go on live, with
@@ -133,7 +133,7 @@ async fn run<H>(
                 return;
             }
         }
-        outcome = subs.add_merged(&topics, Start::Live, &mut writer).await;
+        outcome = subs.add(&topics, Start::Live, &mut writer).await;
     }
     match outcome {
         Ok(()) => {}
