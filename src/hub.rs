@@ -36,7 +36,7 @@ pub struct Delivery {
     /// 16 bytes: every connection's queue allocates a block of them up front (PERF: `idle`).
     topic: u32,
     /// As published, or (a member's subscription to a row that changed study) as an exit or
-    /// entry: see [`crate::rights`].
+    /// entry: see [`crate::feed::access`].
     view: View,
 }
 
