@@ -6,7 +6,7 @@
 pub mod access;
 mod subscriptions;
 
-pub use subscriptions::{first_delivery, Emit, Item, Subscriptions};
+pub use subscriptions::{first_delivery, Emit, Gone, Item, Subscriptions};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -41,7 +41,8 @@ pub enum FeedError {
     /// A server-side mistake (never expected), such as a snapshot handed to SSE.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The client's connection failed while we were sending; nothing more to do for it.
+    /// The client's connection failed while we were sending ([`Gone`] from its writer); nothing
+    /// more to do for it.
     #[error("connection closed")]
     Gone,
     /// What was asked for is larger than one answer may be (a snapshot over the limit).

@@ -23,15 +23,28 @@ pub enum Item {
     Event(Delivery),
 }
 
+/// The client's connection failed while an [`Emit`] was sending: not the feed's error but the
+/// end of the client, so a writer can say nothing else. It becomes [`FeedError::Gone`] only so
+/// that a subscribe's one outcome carries it to the transport, which then just stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection closed")]
+pub struct Gone;
+
+impl From<Gone> for FeedError {
+    fn from(Gone: Gone) -> Self {
+        FeedError::Gone
+    }
+}
+
 /// Where [`Subscriptions::add`] sends what precedes the live stream: the transport's writer.
 pub trait Emit: Send {
-    /// Sends one item to the client; `Err(FeedError::Gone)` when the connection failed. A writer
-    /// may hold backlog events until [`Emit::flush`].
-    fn emit(&mut self, item: Item) -> impl std::future::Future<Output = Result<(), FeedError>> + Send;
+    /// Sends one item to the client; `Err(Gone)` when the connection failed. A writer may hold
+    /// backlog events until [`Emit::flush`].
+    fn emit(&mut self, item: Item) -> impl std::future::Future<Output = Result<(), Gone>> + Send;
 
     /// Sends whatever `emit` held back. Called after each page of backlog, so a resume writes
     /// many events per socket write instead of one.
-    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), FeedError>> + Send {
+    fn flush(&mut self) -> impl std::future::Future<Output = Result<(), Gone>> + Send {
         async { Ok(()) }
     }
 }
@@ -133,7 +146,7 @@ impl Subscriptions {
                     }
                 };
                 self.start(topics, now);
-                return emit.emit(Item::Subscribed(now)).await;
+                return Ok(emit.emit(Item::Subscribed(now)).await?);
             }
             Start::After(at) => {
                 emit.emit(Item::Subscribed(at)).await?;
@@ -203,7 +216,7 @@ impl Subscriptions {
                 emit.emit(Item::Event(d)).await?;
             }
         }
-        emit.flush().await
+        Ok(emit.flush().await?)
     }
 
     /// Emits the log after `read` on `topics` page by page ([`Feed::changes`]), moving `read`, up
@@ -271,7 +284,7 @@ impl Subscriptions {
 
 /// Emits a page of backlog, then flushes it: one socket write for the page where the transport
 /// buffers.
-async fn send(events: Vec<Delivery>, emit: &mut impl Emit) -> Result<(), FeedError> {
+async fn send(events: Vec<Delivery>, emit: &mut impl Emit) -> Result<(), Gone> {
     for d in events {
         emit.emit(Item::Event(d)).await?;
     }

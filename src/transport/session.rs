@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
-use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
+use crate::feed::{Emit, Feed, FeedError, Gone, Item, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::ConnectionGuard;
 
@@ -614,7 +614,7 @@ impl<S> Emit for Writer<'_, S>
 where
     S: Sink<Message, Error = axum::Error> + Unpin + Send,
 {
-    async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
+    async fn emit(&mut self, item: Item) -> Result<(), Gone> {
         let msg = match item {
             Item::Subscribed(at) => {
                 let v = json!({"type": "subscribed", "topic": self.topic, "cursor": self.feed.cursor(at)});
@@ -626,20 +626,20 @@ where
                 let text = d.frame().clone();
                 return match stall(self.socket.feed(Message::Text(text))).await {
                     Ok(Ok(())) => Ok(()),
-                    _ => Err(FeedError::Gone),
+                    _ => Err(Gone),
                 };
             }
         };
         match stall(self.socket.send(Message::Text(msg))).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(FeedError::Gone),
+            _ => Err(Gone),
         }
     }
 
-    async fn flush(&mut self) -> Result<(), FeedError> {
+    async fn flush(&mut self) -> Result<(), Gone> {
         match stall(self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(FeedError::Gone),
+            _ => Err(Gone),
         }
     }
 }

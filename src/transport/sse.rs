@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
-use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
+use crate::feed::{Emit, Feed, FeedError, Gone, Item, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::shutdown::Shutdown;
@@ -202,19 +202,19 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    async fn send(&mut self, event: SseEvent) -> Result<(), FeedError> {
+    async fn send(&mut self, event: SseEvent) -> Result<(), Gone> {
         tokio::select! {
             sent = tokio::time::timeout(WRITE_STALL, self.tx.send(event)) => match sent {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(FeedError::Gone),
+                _ => Err(Gone),
             },
-            _ = self.shutdown.cancelled() => Err(FeedError::Gone),
+            _ = self.shutdown.cancelled() => Err(Gone),
         }
     }
 }
 
 impl Emit for Writer<'_> {
-    async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
+    async fn emit(&mut self, item: Item) -> Result<(), Gone> {
         let event = match item {
             // The stream's starting cursor as an id of its own, so that an `EventSource` that
             // reconnects before any change arrived resumes from here rather than from "now".
@@ -227,7 +227,13 @@ impl Emit for Writer<'_> {
                     .retry(Duration::from_millis(RETRY_MS))
                     .data(data.to_string())
             }
-            Item::Snapshot(..) => return Err(FeedError::Internal("snapshots are not sent on SSE".into())),
+            // Never happens: this stream only starts live or after a cursor. Were it to, the
+            // stream ends (the client reconnects with its last id) rather than send a frame
+            // SSE clients do not know.
+            Item::Snapshot(..) => {
+                tracing::error!("a snapshot was handed to an SSE stream");
+                return Err(Gone);
+            }
             Item::Event(d) => event_of(self.feed, &d),
         };
         self.send(event).await
