@@ -57,8 +57,9 @@ pub struct Subscriptions {
     feed: Feed,
     outbox: Outbox,
     sent: HashMap<String, Position>,
-    /// Set by [`Subscriptions::add`] for a set of several topics: the position of the last event sent on the whole
-    /// connection, which then sends each event once and in commit order across its topics.
+    /// Set by [`Subscriptions::add`] for a set of several topics: the position of the last event
+    /// sent on the whole connection, which then sends each event once and in commit order across
+    /// its topics, as its one cursor promises.
     once: Option<Position>,
     /// Who the client is: a member's subscriptions to rows see them leave and enter its studies
     /// ([`super::access`]). Admin unless [`Subscriptions::with_access`] says otherwise.
