@@ -150,7 +150,7 @@ pub struct Event {
     pub frames: Vec<Utf8Bytes>,
     pub committed_at: DateTime<Utc>,
     /// The parent topic the row is in after this change (`studies:42` for a message), if its
-    /// table has parents: what decides who may see the change ([`crate::rights`]).
+    /// table has parents: what decides who may see the change ([`crate::feed::access`]).
     pub room: Option<String>,
     /// Set when the change moved the row to another parent (see `old`).
     pub moved: Option<Box<Move>>,

@@ -37,7 +37,7 @@ pub struct Delivery {
     /// "Performance", the `idle` scenario).
     topic: u32,
     /// As published, or (a member's subscription to a row that changed study) as an exit or
-    /// entry: see [`crate::rights`].
+    /// entry: see [`crate::feed::access`].
     view: View,
 }
 

@@ -23,7 +23,6 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
-pub mod rights;
 pub mod shutdown;
 pub mod tail;
 pub mod telemetry;

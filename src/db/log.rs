@@ -179,19 +179,6 @@ pub async fn standing(db: impl PgExecutor<'_>, after: Position) -> Result<Standi
 /// [`Read::scanned`] with the next read.
 pub const RESUME_SCAN: i64 = 10_000;
 
-/// Up to `limit` events after `after` published on `topic`, in commit order, walking at most
-/// `scan` commits ([`Read::scanned`]). `known`: see [Bounds](#bounds).
-pub async fn read_after<'e>(
-    db: impl PgExecutor<'e>,
-    after: Position,
-    topic: &str,
-    limit: i64,
-    known: i64,
-    scan: i64,
-) -> Result<Read, sqlx::Error> {
-    read(db, after, Some(&[topic.to_owned()][..]), limit, known, Some(scan)).await
-}
-
 /// The listener's read: up to `limit` events after `after` (every seq up to `after.seq` being
 /// final); see [`Read`].
 pub async fn read_all(db: impl PgExecutor<'_>, after: Position, limit: i64) -> Result<Read, sqlx::Error> {

@@ -12,6 +12,9 @@
 //! extractor and check again against the id they read.
 //!
 //! A member's posts (messages and files) are also rate limited here, per token ([`super::rate`]).
+//!
+//! Which study an id concerns and whether a member may see it is [`crate::feed::access`]'s to
+//! say, for the streams and REST alike, so the two cannot disagree.
 
 use axum::extract::{FromRequestParts, MatchedPath, Path, Request, State};
 use axum::http::request::Parts;
@@ -22,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{query_token, Access};
+use crate::feed::access::{may_see, study_of, Concerns};
 
 /// What a member may do: (method, route pattern, what the `{id}` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +63,7 @@ impl Decision {
     pub fn check(&self, id: i64) -> Result<(), ApiError> {
         match &self.access {
             Access::Admin => Ok(()),
-            Access::Member(_)
-                if self.id == Some(id) && self.study.is_some_and(|study| self.access.may_study(study)) =>
-            {
-                Ok(())
-            }
+            Access::Member(_) if self.id == Some(id) && may_see(&self.access, self.study) => Ok(()),
             Access::Member(_) => Err(forbidden()),
         }
     }
@@ -174,18 +174,19 @@ async fn allow(state: &AppState, req: &Asked) -> Result<Option<Decision>, ApiErr
         Some(Err(e)) => return Err(ApiError::BadRequest(e.clone())),
         None => return Err(forbidden()),
     };
-    let study = match scope {
-        Scope::Study => Some(id),
-        Scope::File => crate::db::rows::study_of(&state.feed.pool, "files", id).await?,
+    let concerns = match scope {
+        Scope::Study => Concerns::Study(id),
+        Scope::File => Concerns::Row("files", id),
     };
-    match study {
-        Some(study) if access.may_study(study) => Ok(Some(Decision {
-            access,
-            id: Some(id),
-            study: Some(study),
-        })),
-        _ => Err(forbidden()),
+    let study = study_of(&state.feed.pool, concerns).await?;
+    if !may_see(&access, study) {
+        return Err(forbidden());
     }
+    Ok(Some(Decision {
+        access,
+        id: Some(id),
+        study,
+    }))
 }
 
 /// The token a request presents, chosen as [`crate::auth::Auth::check`] chooses it.

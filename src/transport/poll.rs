@@ -105,7 +105,7 @@ pub async fn changes(
         let (mut events, next, more) = feed.changes(topics, since, limit).await?;
         let read_some = !events.is_empty();
         // Rights follow the row: a member's row topics see a row leave its studies as an exit.
-        events.retain_mut(|d| crate::rights::admit(access, d));
+        events.retain_mut(|d| crate::feed::access::admit(access, d));
         if events.is_empty() && (more || read_some) && Instant::now() < deadline && !shutdown.is_cancelled() {
             // The read stopped at its scan bound, or found only what this token may not see:
             // read on from there at once (each read is bounded, and the task yields at each one).

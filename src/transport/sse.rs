@@ -3,7 +3,7 @@
 //! `id:` is its cursor and `Last-Event-ID` resumes after it, reconnects without loss or repeat.
 //!
 //! One stream carries several topics with one cursor, so it is joined with
-//! [`Subscriptions::add_merged`]: events go out in commit order across the topics, each event once
+//! [`Subscriptions::add`]: events go out in commit order across the topics, each event once
 //! (an event published on two of the stream's topics is sent on the first of them). A cursor the
 //! client got wrong is an error before the stream starts, while the status line is still ours
 //! (the handler, in `http::streams`, answers it, as it checked origin, token and topics). An
@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
-use crate::feed::{Emit, Feed, FeedError, Item, Start, Subscriptions};
+use crate::feed::{Emit, Feed, FeedError, Gone, Item, Start, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::shutdown::Shutdown;
@@ -97,7 +97,7 @@ async fn run<H>(
     feed: Feed,
     access: Access,
     topics: Vec<String>,
-    start: Start,
+    start: Start<'_>,
     refresh: Option<&'static str>,
     events_tx: mpsc::Sender<SseEvent>,
     shutdown: CancellationToken,
@@ -118,7 +118,7 @@ async fn run<H>(
     };
     let mut outcome = match refresh {
         Some(reason) => Err(FeedError::Refresh(reason)),
-        None => subs.add_merged(&topics, start, &mut writer).await,
+        None => subs.add(&topics, start, &mut writer).await,
     };
     if let Err(FeedError::Refresh(reason)) = outcome {
         // PROTOCOL §5/§6: the client needs a snapshot. Tell it per topic, then go on live, with
@@ -133,7 +133,7 @@ async fn run<H>(
                 return;
             }
         }
-        outcome = subs.add_merged(&topics, Start::Live, &mut writer).await;
+        outcome = subs.add(&topics, Start::Live, &mut writer).await;
     }
     match outcome {
         Ok(()) => {}
@@ -202,19 +202,19 @@ struct BodyEmitter<'a> {
 }
 
 impl BodyEmitter<'_> {
-    async fn send(&mut self, event: SseEvent) -> Result<(), FeedError> {
+    async fn send(&mut self, event: SseEvent) -> Result<(), Gone> {
         tokio::select! {
             sent = tokio::time::timeout(WRITE_STALL, self.tx.send(event)) => match sent {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(FeedError::Gone),
+                _ => Err(Gone),
             },
-            _ = self.shutdown.cancelled() => Err(FeedError::Gone),
+            _ = self.shutdown.cancelled() => Err(Gone),
         }
     }
 }
 
 impl Emit for BodyEmitter<'_> {
-    async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
+    async fn emit(&mut self, item: Item) -> Result<(), Gone> {
         let event = match item {
             // The stream's starting cursor as an id of its own, so that an `EventSource` that
             // reconnects before any change arrived resumes from here rather than from "now".
@@ -227,7 +227,13 @@ impl Emit for BodyEmitter<'_> {
                     .retry(Duration::from_millis(RETRY_MS))
                     .data(data.as_str())
             }
-            Item::Snapshot(..) => return Err(FeedError::Internal("snapshots are not sent on SSE".into())),
+            // Never happens: this stream only starts live or after a cursor. Were it to, the
+            // stream ends (the client reconnects with its last id) rather than send a frame
+            // SSE clients do not know.
+            Item::Snapshot(..) => {
+                tracing::error!("a snapshot was handed to an SSE stream");
+                return Err(Gone);
+            }
             Item::Event(d) => event_of(self.feed, &d),
         };
         self.send(event).await

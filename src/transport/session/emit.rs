@@ -7,7 +7,7 @@ use futures::{Sink, SinkExt};
 use serde_json::Value;
 
 use super::stall;
-use crate::feed::{Emit, Feed, FeedError, Item};
+use crate::feed::{Emit, Feed, Gone, Item};
 use crate::transport::frames;
 
 /// Writes one subscribe's opening frames to the socket the session owns, borrowed for the call.
@@ -23,7 +23,7 @@ impl<S> Emit for SocketEmitter<'_, S>
 where
     S: Sink<Message, Error = axum::Error> + Unpin + Send,
 {
-    async fn emit(&mut self, item: Item) -> Result<(), FeedError> {
+    async fn emit(&mut self, item: Item) -> Result<(), Gone> {
         let msg = match item {
             Item::Subscribed(at) => {
                 let cursor = self.feed.cursor(at);
@@ -35,20 +35,20 @@ where
                 let text = d.frame().clone();
                 return match stall(self.socket.feed(Message::Text(text))).await {
                     Ok(Ok(())) => Ok(()),
-                    _ => Err(FeedError::Gone),
+                    _ => Err(Gone),
                 };
             }
         };
         match stall(self.socket.send(Message::Text(msg))).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(FeedError::Gone),
+            _ => Err(Gone),
         }
     }
 
-    async fn flush(&mut self) -> Result<(), FeedError> {
+    async fn flush(&mut self) -> Result<(), Gone> {
         match stall(self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(FeedError::Gone),
+            _ => Err(Gone),
         }
     }
 }

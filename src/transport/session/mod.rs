@@ -351,14 +351,13 @@ where
             let table = feed.check_topic(topic).await?;
             feed.authorize(self.subs.access(), topic, &table).await?;
             let start = match (&frame.since, frame.snapshot) {
-                (_, true) => Start::Snapshot,
+                (_, true) => Start::Snapshot(&table),
                 (Some(c), false) => Start::After(feed.parse_cursor(c).await?),
                 (None, false) => Start::Live,
             };
             let Session { socket, subs, .. } = self;
             subs.add(
-                topic,
-                &table,
+                &[topic.to_owned()],
                 start,
                 &mut SocketEmitter {
                     socket,
