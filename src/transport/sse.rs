@@ -1,4 +1,4 @@
-//! `GET /events`: the feed as Server-Sent Events (PROTOCOL §6), for clients that cannot hold a
+//! `GET /events`: the feed as Server-Sent Events (README "Without a WebSocket"), for clients that cannot hold a
 //! WebSocket. A plain browser `EventSource` gets every change in order and, because each event's
 //! `id:` is its cursor and `Last-Event-ID` resumes after it, reconnects without loss or repeat.
 //!
@@ -28,7 +28,7 @@ use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::shutdown::Shutdown;
 use crate::transport::frames;
 
-/// PROTOCOL §6: a comment line this often, so proxies and the client see the stream is alive.
+/// README "Without a WebSocket": a comment line this often, so proxies and the client see the stream is alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How soon (ms) an `EventSource` should reconnect after the stream ends (shutdown, slow consumer).
 const RETRY_MS: u64 = 1000;
@@ -104,8 +104,9 @@ async fn run<H>(
     expires: Option<u64>,
     (mut metrics, _permit): (ConnectionGuard, H),
 ) {
-    // PROTOCOL §8: the stream ends when its token expires, so its rights end with the token; the
-    // client reconnects with a fresh token and its last id (`Last-Event-ID`), losing nothing.
+    // The stream ends when its token expires, so its rights end with the token (README "Security:
+    // auth and limits"); the client reconnects with a fresh token and its last id
+    // (`Last-Event-ID`), losing nothing.
     let expiry = crate::auth::expiry(expires);
     tokio::pin!(expiry);
     let (outbox, mut inbox) = Outbox::new(CONNECTION_QUEUE);
@@ -121,8 +122,8 @@ async fn run<H>(
         None => subs.add(&topics, start, &mut writer).await,
     };
     if let Err(FeedError::Refresh(reason)) = outcome {
-        // PROTOCOL §5/§6: the client needs a snapshot. Tell it per topic, then go on live, with
-        // the new cursor as the stream's id so a reconnect does not land on the old one again.
+        // The client needs a snapshot (README "Without a WebSocket"). Tell it per topic, then go on
+        // live, with the new cursor as the stream's id so a reconnect does not land on the old one.
         for topic in &topics {
             let data = frames::text(&frames::RefreshNeeded::new(topic, reason, None));
             if writer

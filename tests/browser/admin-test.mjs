@@ -416,7 +416,7 @@ async function memberScenario() {
   return { rows: 2 };
 }
 
-// ---- a token that expires while the page is open (PROTOCOL §8) --------------------------------
+// ---- a token that expires while the page is open (README "Security: auth and limits") --------------------------------
 
 async function expiryScenario() {
   const shortToken = process.env.ADMIN_TEST_SHORT_TOKEN;

@@ -17,7 +17,7 @@ use crate::auth::{in_an_hour, token, SECRET};
 use crate::support::process::BIN;
 use crate::support::{TestApp, TestDb, PATIENCE};
 
-// ---- the JWT secret (PROTOCOL §8) ----
+// ---- the JWT secret (README "Security: auth and limits") ----
 
 /// `pgfeed ARGS` with a clean environment plus `env`, run to its exit: (success, stderr).
 /// Panics if it starts serving instead of exiting.

@@ -1,4 +1,4 @@
-//! PROTOCOL §8 and the limits: nobody gets in where they don't belong, no client hurts others.
+//! README "Security: auth and limits" and the limits: nobody gets in where they don't belong, no client hurts others.
 
 use std::time::Duration;
 
@@ -305,7 +305,7 @@ async fn tokens_are_also_accepted_as_a_bearer_header() {
     ws.subscribe("studies").await;
 }
 
-// ---- REST (PROTOCOL §8: 401 without a valid token, 403 for what a member may not do) ----
+// ---- REST (README "Security: auth and limits": 401 without a valid token, 403 for what a member may not do) ----
 
 async fn as_token(app: &TestApp, method: reqwest::Method, path: &str, token: Option<&str>) -> u16 {
     app.request(method, path, |r| match token {

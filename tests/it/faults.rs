@@ -1,4 +1,4 @@
-//! Faults the feed must ride out (DESIGN "Failure behaviour"), and capture installed by hand.
+//! Faults the feed must ride out (README "How it works"), and capture installed by hand.
 
 use std::time::Duration;
 

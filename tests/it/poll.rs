@@ -1,4 +1,4 @@
-//! `GET /api/changes` (PROTOCOL §6): long-polling with psql as the writer.
+//! `GET /api/changes` (README "Without a WebSocket"): long-polling with psql as the writer.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! `GET /events` (PROTOCOL §6): Server-Sent Events with psql as the writer.
+//! `GET /events` (README "Without a WebSocket"): Server-Sent Events with psql as the writer.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `pgfeed tail` (PROTOCOL §1): the real binary against a real server, psql as the writer.
+//! `pgfeed tail` (README "Without a WebSocket"): the real binary against a real server, psql as the writer.
 
 use std::process::Stdio;
 use std::time::Duration;

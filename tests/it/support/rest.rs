@@ -35,7 +35,7 @@ impl Reply {
             .unwrap_or_else(|| panic!("no ETag on {} {}", self.status, String::from_utf8_lossy(&self.bytes)))
     }
 
-    /// Asserts the status and, for an error, PROTOCOL §7's shape with this `code`.
+    /// Asserts the status and, for an error, the error shape of README "REST API" with this `code`.
     pub fn assert_error(&self, status: u16, code: &str) -> Value {
         assert_eq!(
             self.status.as_u16(),
