@@ -27,10 +27,10 @@ pub enum FeedError {
     BadRequest(String),
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
-    /// The cursor can no longer (or never could) be served from this log: take a snapshot.
-    /// Carries the `reason` of `refresh_needed`.
     #[error("not allowed: {0}")]
     Forbidden(String),
+    /// The cursor can no longer (or never could) be served from this log: take a snapshot.
+    /// Carries the `reason` of `refresh_needed`.
     #[error("cursor cannot be resumed: {0}")]
     Refresh(&'static str),
     #[error(transparent)]
