@@ -65,17 +65,17 @@ pub async fn open<H: Send + 'static>(
     // The stream task is tracked so that shutdown waits for it; it ends on the token, and the
     // response body ends with it (and on the token too: axum#2673, an open SSE response would
     // otherwise hold graceful shutdown forever).
-    shutdown.tracker.spawn(run(
+    let stream = SseStream {
         feed,
-        access,
         topics,
-        start,
-        refresh,
-        events_tx,
-        token.clone(),
+        access,
         expires,
-        (metrics.connection(Transport::Sse), permit),
-    ));
+        metrics: metrics.connection(Transport::Sse),
+        _permit: permit,
+    };
+    shutdown
+        .tracker
+        .spawn(run(stream, start, refresh, events_tx, token.clone()));
     let stream = ReceiverStream::new(events_rx)
         .map(Ok::<_, Infallible>)
         .take_until(token.cancelled_owned());
@@ -89,21 +89,37 @@ pub async fn open<H: Send + 'static>(
     Ok(response)
 }
 
-/// Feeds one SSE stream until the client leaves, falls behind, its token expires, or the server
-/// shuts down. The connection's gauge and its slot in the connection limits are held for as long
-/// as it runs; the response ends with it.
-#[allow(clippy::too_many_arguments)]
-async fn run<H>(
+/// One SSE stream: what it reads, for whom, and what it holds for as long as it runs.
+struct SseStream<H> {
     feed: Feed,
-    access: Access,
     topics: Vec<String>,
+    access: Access,
+    /// The token's `exp`: the stream ends then.
+    expires: Option<u64>,
+    /// The connection in the server's gauges.
+    metrics: ConnectionGuard,
+    /// The connection's slot in the connection limits, freed when the stream ends.
+    _permit: H,
+}
+
+/// Feeds one SSE stream from `start` (after a `refresh_needed` for each topic when `refresh` says
+/// why) until the client leaves, falls behind, its token expires, or the server shuts down; the
+/// response ends with it.
+async fn run<H>(
+    stream: SseStream<H>,
     start: Start<'_>,
     refresh: Option<&'static str>,
     events_tx: mpsc::Sender<SseEvent>,
     shutdown: CancellationToken,
-    expires: Option<u64>,
-    (mut metrics, _permit): (ConnectionGuard, H),
 ) {
+    let SseStream {
+        feed,
+        topics,
+        access,
+        expires,
+        mut metrics,
+        _permit,
+    } = stream;
     // The stream ends when its token expires, so its rights end with the token (README "Security:
     // auth and limits"); the client reconnects with a fresh token and its last id
     // (`Last-Event-ID`), losing nothing.
