@@ -6,7 +6,7 @@
 pub mod access;
 mod subscriptions;
 
-pub use subscriptions::{first_delivery, Emit, Gone, Item, Subscriptions};
+pub use subscriptions::{first_delivery, Emit, Gone, Item, Stopped, Subscriptions};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +20,10 @@ use crate::db::{snapshot, tracked::Tracked};
 use crate::event::{CursorCheck, Event, Position, Topic};
 use crate::hub::{Delivery, Hub};
 
-/// Why a subscription could not be made. Every variant but `Db` is the client's doing.
+/// Why the feed refused or failed a request: the client's mistakes (`BadRequest`, `UnknownTopic`,
+/// `Forbidden`, `Refresh`, `TooLarge`) or the database's faults (`Db`, `Busy`, `Internal`), each
+/// turned once into what the client is told (`http::error`, the session's `answer`). A client
+/// whose connection went away is no error of the feed's: see [`Stopped`].
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
     #[error("{0}")]
@@ -41,10 +44,6 @@ pub enum FeedError {
     /// A server-side mistake (never expected), such as a snapshot handed to SSE.
     #[error("internal error: {0}")]
     Internal(String),
-    /// The client's connection failed while we were sending ([`Gone`] from its writer); nothing
-    /// more to do for it.
-    #[error("connection closed")]
-    Gone,
     /// What was asked for is larger than one answer may be (a snapshot over the limit).
     #[error("{0}")]
     TooLarge(String),

@@ -24,15 +24,24 @@ pub enum Item {
 }
 
 /// The client's connection failed while an [`Emit`] was sending: not the feed's error but the
-/// end of the client, so a writer can say nothing else. It becomes [`FeedError::Gone`] only so
-/// that a subscribe's one outcome carries it to the transport, which then just stops.
+/// end of the client, so a writer can say nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("connection closed")]
 pub struct Gone;
 
-impl From<Gone> for FeedError {
-    fn from(Gone: Gone) -> Self {
-        FeedError::Gone
+/// Why a subscribe stopped: the feed refused or failed it (the client is told why), or the
+/// client's connection went while it was being sent (nothing more to do for it).
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    #[error(transparent)]
+    Gone(#[from] Gone),
+}
+
+impl From<sqlx::Error> for Stopped {
+    fn from(e: sqlx::Error) -> Self {
+        Stopped::Feed(e.into())
     }
 }
 
@@ -126,7 +135,7 @@ impl Subscriptions {
     /// A long backlog is paged from the log *before* registering with the hub, so the live queue
     /// does not fill while the client catches up; only the last short stretch overlaps, and the
     /// overlap is dropped by position.
-    pub async fn add(&mut self, topics: &[String], start: Start<'_>, emit: &mut impl Emit) -> Result<(), FeedError> {
+    pub async fn add(&mut self, topics: &[String], start: Start<'_>, emit: &mut impl Emit) -> Result<(), Stopped> {
         for topic in topics {
             self.remove(topic);
         }
@@ -143,7 +152,7 @@ impl Subscriptions {
                     Ok(now) => now,
                     Err(e) => {
                         topics.iter().for_each(|t| hub.unsubscribe(t, &self.outbox));
-                        return Err(e);
+                        return Err(e.into());
                     }
                 };
                 self.start(topics, now);
@@ -157,9 +166,7 @@ impl Subscriptions {
                 // A snapshot is one topic's state at one position; several topics have no
                 // common one to resume from.
                 let [topic] = topics else {
-                    return Err(FeedError::BadRequest(
-                        "a merged stream cannot start with a snapshot".into(),
-                    ));
+                    return Err(FeedError::BadRequest("a merged stream cannot start with a snapshot".into()).into());
                 };
                 let (at, data) = self.feed.snapshot(topic, table).await?;
                 emit.emit(Item::Subscribed(at)).await?;
@@ -191,7 +198,7 @@ impl Subscriptions {
     /// registers with the hub. While the hub's ring does not reach back to the read position the
     /// log is paged unregistered; then registering returns the ring's part (or says the log must
     /// be read once more), and what the queue repeats is dropped by position in [`Self::accept`].
-    async fn backlog(&mut self, topics: &[String], from: Position, emit: &mut impl Emit) -> Result<(), FeedError> {
+    async fn backlog(&mut self, topics: &[String], from: Position, emit: &mut impl Emit) -> Result<(), Stopped> {
         let hub = self.feed.hub.clone();
         // How far the log has been read; what was sent is tracked by `accept`.
         let mut read = from;
@@ -229,7 +236,7 @@ impl Subscriptions {
         read: &mut Position,
         emit: &mut impl Emit,
         more: impl Fn(Position) -> bool,
-    ) -> Result<(), FeedError> {
+    ) -> Result<(), Stopped> {
         let (mut page, mut end, mut go_on) = self.feed.changes(topics, *read, log::PAGE).await?;
         loop {
             let fresh: Vec<Delivery> = page

@@ -86,9 +86,7 @@ impl From<FeedError> for ApiError {
             e @ FeedError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
             FeedError::Refresh(reason) => ApiError::Refresh(reason),
             FeedError::TooLarge(m) => ApiError::SnapshotTooLarge(m),
-            e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_) | FeedError::Gone) => {
-                ApiError::Unavailable(e)
-            }
+            e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_)) => ApiError::Unavailable(e),
         }
     }
 }

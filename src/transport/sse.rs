@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
-use crate::feed::{Emit, Feed, FeedError, Gone, Item, Start, Subscriptions};
+use crate::feed::{Emit, Feed, FeedError, Gone, Item, Start, Stopped, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::{ConnectionGuard, Metrics, Transport};
 use crate::shutdown::Shutdown;
@@ -134,10 +134,10 @@ async fn run<H>(
         shutdown: &shutdown,
     };
     let mut outcome = match refresh {
-        Some(reason) => Err(FeedError::Refresh(reason)),
+        Some(reason) => Err(Stopped::Feed(FeedError::Refresh(reason))),
         None => subs.add(&topics, start, &mut writer).await,
     };
-    if let Err(FeedError::Refresh(reason)) = outcome {
+    if let Err(Stopped::Feed(FeedError::Refresh(reason))) = outcome {
         // The client needs a snapshot (README "Without a WebSocket"). Tell it per topic, then go on
         // live, with the new cursor as the stream's id so a reconnect does not land on the old one.
         for topic in &topics {
@@ -154,7 +154,7 @@ async fn run<H>(
     }
     match outcome {
         Ok(()) => {}
-        Err(FeedError::Gone) => return,
+        Err(Stopped::Gone(_)) => return,
         Err(e) => {
             tracing::error!(error = %e, "SSE subscription failed");
             let data = frames::text(&frames::Error::new("unavailable", FeedError::UNAVAILABLE, None));

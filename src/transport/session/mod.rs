@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
-use crate::feed::{Feed, FeedError, Start, Subscriptions};
+use crate::feed::{Feed, FeedError, Gone, Start, Stopped, Subscriptions};
 use crate::hub::{Delivery, Outbox, CONNECTION_QUEUE};
 use crate::metrics::ConnectionGuard;
 use crate::transport::frames::{self, ClientFrame};
@@ -395,7 +395,7 @@ where
             let msg = frames::snapshot_text(topic, &cursor, data, id);
             match stall(self.socket.send(Message::Text(msg))).await {
                 Ok(Ok(())) => Ok(()),
-                _ => Err(FeedError::Gone),
+                _ => Err(Stopped::Gone(Gone)),
             }
         }
         .await;
@@ -413,16 +413,19 @@ where
     }
 
     /// Turns a failed subscribe/refresh into the frame the client is owed.
-    async fn answer(&mut self, topic: &str, id: Option<&Value>, outcome: Result<(), FeedError>) -> Result<(), End> {
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(FeedError::Gone) => Err(End::Stalled),
-            Err(FeedError::BadRequest(m)) => self.client_error("bad_request", &m, id).await,
-            Err(e @ FeedError::UnknownTopic(_)) => self.client_error("unknown_topic", &e.to_string(), id).await,
-            Err(e @ FeedError::Forbidden(_)) => self.client_error("forbidden", &e.to_string(), id).await,
-            Err(FeedError::TooLarge(m)) => self.send_frame(&frames::Error::new("too_large", &m, id)).await,
-            Err(FeedError::Refresh(reason)) => self.send_frame(&frames::RefreshNeeded::new(topic, reason, id)).await,
-            Err(e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_))) => {
+    async fn answer(&mut self, topic: &str, id: Option<&Value>, outcome: Result<(), Stopped>) -> Result<(), End> {
+        let e = match outcome {
+            Ok(()) => return Ok(()),
+            Err(Stopped::Gone(_)) => return Err(End::Stalled),
+            Err(Stopped::Feed(e)) => e,
+        };
+        match e {
+            FeedError::BadRequest(m) => self.client_error("bad_request", &m, id).await,
+            e @ FeedError::UnknownTopic(_) => self.client_error("unknown_topic", &e.to_string(), id).await,
+            e @ FeedError::Forbidden(_) => self.client_error("forbidden", &e.to_string(), id).await,
+            FeedError::TooLarge(m) => self.send_frame(&frames::Error::new("too_large", &m, id)).await,
+            FeedError::Refresh(reason) => self.send_frame(&frames::RefreshNeeded::new(topic, reason, id)).await,
+            e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_)) => {
                 let message = match e {
                     FeedError::Busy(why) => {
                         tracing::warn!(topic, why, "subscription failed");
