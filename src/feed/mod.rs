@@ -90,21 +90,13 @@ pub struct Feed {
 
 impl Feed {
     pub async fn new(pool: PgPool, hub: Arc<Hub>) -> Result<Self, sqlx::Error> {
-        let feed = Feed {
-            pool,
-            hub,
-            tracked: Default::default(),
-            reloaded: Default::default(),
-            max_snapshot: MAX_SNAPSHOT,
-            resume_scan: log::RESUME_SCAN,
-        };
+        let feed = Feed::unloaded(pool, hub);
         feed.reload_tracked().await?;
         Ok(feed)
     }
 
-    /// A feed that knows no tracked table yet and loads none: session tests that never
-    /// subscribe use it over a pool that never connects.
-    #[cfg(test)]
+    /// A feed that knows no tracked table yet (a miss loads them): what [`Feed::new`] starts
+    /// from, and what session tests that never subscribe use over a pool that never connects.
     pub(crate) fn unloaded(pool: PgPool, hub: Arc<Hub>) -> Self {
         Feed {
             pool,
