@@ -220,36 +220,10 @@ impl Event {
         if let Some(old) = row.old.take() {
             return Self::moved(row, old, room, carries_row_topic, epoch);
         }
+        let cursor = epoch.cursor(at);
         let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let mut head = String::with_capacity(16 + row.kind.len());
-        head.push_str(r#"{"type":"#);
-        push_json_str(&mut head, &row.kind);
-        head.push_str(r#","topic":"#);
-        let mut tail = String::with_capacity(96 + row.tbl.len() + row.row_id.len() + row.data.len());
-        tail.push_str(r#","cursor":"#);
-        push_json_str(&mut tail, &epoch.cursor(at));
-        tail.push_str(r#","table":"#);
-        push_json_str(&mut tail, &row.tbl);
-        tail.push_str(r#","op":"#);
-        push_json_str(&mut tail, &row.op);
-        tail.push_str(r#","id":"#);
-        tail.push_str(&row.row_id);
-        tail.push_str(r#","data":"#);
-        tail.push_str(&row.data);
-        tail.push_str(r#","committed_at":"#);
-        push_json_str(&mut tail, &committed_at);
-        tail.push('}');
-        let frames = row
-            .topics
-            .iter()
-            .map(|topic| {
-                let mut frame = String::with_capacity(head.len() + topic.len() + 2 + tail.len());
-                frame.push_str(&head);
-                push_json_str(&mut frame, topic);
-                frame.push_str(&tail);
-                Utf8Bytes::from(frame)
-            })
-            .collect();
+        let parts = FrameParts::new(&row, &row.kind, &row.op, &row.data, &cursor, &committed_at);
+        let frames = row.topics.iter().map(|topic| parts.on(topic)).collect();
         Event {
             at,
             kind: row.kind,
@@ -261,8 +235,7 @@ impl Event {
         }
     }
 
-    /// The event of a move (rare: no shared head and tail, each frame written whole). The row's
-    /// own topic is the first of `row.topics` when `only` kept it, else the second.
+    /// The event of a move: each topic sees it as an update, an exit or an entry. The row's own topic is the first of `row.topics` when `only` kept it, else the second.
     fn moved(row: LogRow, old: String, room: Option<String>, carries_row_topic: bool, epoch: &Epoch) -> Self {
         let at = Position {
             seq: row.seq,
@@ -273,37 +246,19 @@ impl Event {
         let entry_kind = format!("{prefix}_created");
         let cursor = epoch.cursor(at);
         let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-        let frame = |kind: &str, topic: &str, op: &str, data: &str| {
-            let mut f = String::with_capacity(128 + topic.len() + row.tbl.len() + row.row_id.len() + data.len());
-            f.push_str(r#"{"type":"#);
-            push_json_str(&mut f, kind);
-            f.push_str(r#","topic":"#);
-            push_json_str(&mut f, topic);
-            f.push_str(r#","cursor":"#);
-            push_json_str(&mut f, &cursor);
-            f.push_str(r#","table":"#);
-            push_json_str(&mut f, &row.tbl);
-            f.push_str(r#","op":"#);
-            push_json_str(&mut f, op);
-            f.push_str(r#","id":"#);
-            f.push_str(&row.row_id);
-            f.push_str(r#","data":"#);
-            f.push_str(data);
-            f.push_str(r#","committed_at":"#);
-            push_json_str(&mut f, &committed_at);
-            f.push('}');
-            Utf8Bytes::from(f)
-        };
+        let update = FrameParts::new(&row, &row.kind, &row.op, &row.data, &cursor, &committed_at);
+        let exit = FrameParts::new(&row, &exit_kind, "delete", &old, &cursor, &committed_at);
+        let entry = FrameParts::new(&row, &entry_kind, "insert", &row.data, &cursor, &committed_at);
         let frames = row
             .topics
             .iter()
             .map(|topic| {
                 if Some(topic) == row.moved_from.as_ref() {
-                    frame(&exit_kind, topic, "delete", &old)
+                    exit.on(topic)
                 } else if Some(topic) == room.as_ref() {
-                    frame(&entry_kind, topic, "insert", &row.data)
+                    entry.on(topic)
                 } else {
-                    frame(&row.kind, topic, &row.op, &row.data)
+                    update.on(topic)
                 }
             })
             .collect();
@@ -312,8 +267,8 @@ impl Event {
         } else {
             None
         };
-        let row_exit = row_topic.map(|t| frame(&exit_kind, t, "delete", &old));
-        let row_entry = row_topic.map(|t| frame(&entry_kind, t, "insert", &row.data));
+        let row_exit = row_topic.map(|t| exit.on(t));
+        let row_entry = row_topic.map(|t| entry.on(t));
         Event {
             at,
             kind: row.kind,
@@ -348,6 +303,46 @@ impl Event {
     /// Index of `topic` in this event's topics, if it is published there.
     pub fn topic_index(&self, topic: &str) -> Option<usize> {
         self.topics.iter().position(|t| t == topic)
+    }
+}
+
+/// One event's frame without its topic: `{"type":…,"topic":` and `,"cursor":…}`, written once per
+/// event and spliced around each topic, so fan-out to N topics serializes the event once.
+struct FrameParts {
+    head: String,
+    tail: String,
+}
+
+impl FrameParts {
+    fn new(row: &LogRow, kind: &str, op: &str, data: &str, cursor: &str, committed_at: &str) -> Self {
+        let mut head = String::with_capacity(16 + kind.len());
+        head.push_str(r#"{"type":"#);
+        push_json_str(&mut head, kind);
+        head.push_str(r#","topic":"#);
+        let mut tail = String::with_capacity(96 + row.tbl.len() + row.row_id.len() + data.len());
+        tail.push_str(r#","cursor":"#);
+        push_json_str(&mut tail, cursor);
+        tail.push_str(r#","table":"#);
+        push_json_str(&mut tail, &row.tbl);
+        tail.push_str(r#","op":"#);
+        push_json_str(&mut tail, op);
+        tail.push_str(r#","id":"#);
+        tail.push_str(&row.row_id);
+        tail.push_str(r#","data":"#);
+        tail.push_str(data);
+        tail.push_str(r#","committed_at":"#);
+        push_json_str(&mut tail, committed_at);
+        tail.push('}');
+        FrameParts { head, tail }
+    }
+
+    /// The frame as published on `topic`.
+    fn on(&self, topic: &str) -> Utf8Bytes {
+        let mut frame = String::with_capacity(self.head.len() + topic.len() + 2 + self.tail.len());
+        frame.push_str(&self.head);
+        push_json_str(&mut frame, topic);
+        frame.push_str(&self.tail);
+        Utf8Bytes::from(frame)
     }
 }
 
