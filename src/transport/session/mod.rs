@@ -424,6 +424,10 @@ where
             e @ FeedError::UnknownTopic(_) => self.client_error("unknown_topic", &e.to_string(), id).await,
             e @ FeedError::Forbidden(_) => self.client_error("forbidden", &e.to_string(), id).await,
             FeedError::TooLarge(m) => self.send_frame(&frames::Error::new("too_large", &m, id)).await,
+            FeedError::Full(m) => {
+                self.send_frame(&frames::Error::new("too_many_subscriptions", &m, id))
+                    .await
+            }
             FeedError::Refresh(reason) => self.send_frame(&frames::RefreshNeeded::new(topic, reason, id)).await,
             e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_)) => {
                 let message = match e {
