@@ -528,6 +528,7 @@ mod tests {
             data: r#"{"id": 5, "study_id": 2}"#.into(),
             committed_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             old: Some(r#"{"id": 5, "study_id": 1}"#.into()),
+            before: None,
             moved_from: Some("studies:1".into()),
         }
     }
@@ -637,6 +638,7 @@ mod fuzz {
                 committed_at: DateTime::from_timestamp(0, 0).unwrap(),
                 old: Some(serde_json::json!({"body": "before"}).to_string()),
                 moved_from: from.clone(),
+                before: None,
             };
             let epoch = Epoch::new("e");
             let all = Event::from_row(row(), &epoch);
