@@ -423,6 +423,12 @@ export function connect(options = {}) {
     }
   }
 
+  /**
+   * Whether an HTTP status refuses a view's definition (400, 403, 404): that fails the view
+   * alone (`onError`), and as the server did answer, the transport works for the others.
+   */
+  const refused = (status) => status >= 400 && status < 500 && status !== 401 && status !== 408 && status !== 429;
+
   /** Runs one SSE stream for a group: aborted on stop, silence or the group's end. */
   function sseStream(group, path, onEvent, onRefused) {
     const abort = new AbortController();
@@ -435,9 +441,9 @@ export function connect(options = {}) {
     };
     readSse(path(), abort.signal, () => { quiet(); group.works(); }, onEvent)
       .then(() => true, (e) => {
-        // A definition the server refuses (400, 403, 404) fails that view alone.
-        if (onRefused && e.status >= 400 && e.status < 500 && e.status !== 401 && e.status !== 429) return onRefused(e), false;
-        return true;
+        if (!onRefused || !refused(e.status)) return true;
+        onRefused(e);
+        return false;
       })
       .then((end) => {
         clearTimeout(idle);
@@ -466,7 +472,7 @@ export function connect(options = {}) {
         let frame;
         try { frame = JSON.parse(data); } catch { return; }
         if (type === "view" || type === "view_delta" || type === "refresh_needed") v.receive({ ...frame, type });
-      }, (e) => v.fail(errorOf(e))),
+      }, (e) => { v.fail(errorOf(e)); group.works(); }),
     );
   }
 
@@ -500,11 +506,12 @@ export function connect(options = {}) {
           const old = tokenNow;
           if ((await freshToken()) !== old) continue;
         }
-        if (onRefused && res.status >= 400 && res.status < 500 && res.status !== 401 && res.status !== 429) {
+        if (onRefused && refused(res.status)) {
           const err = new Error(`GET /api/changes: HTTP ${res.status}`);
           err.status = res.status;
           err.body = await res.json().catch(() => null);
           onRefused(err);
+          group.works();
           return false;
         }
         if (!res.ok) throw new Error(`GET /api/changes: HTTP ${res.status}`);

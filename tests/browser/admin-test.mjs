@@ -344,6 +344,9 @@ async function viewsScenario() {
   await within("filter: active", t, () => showsLabels(a, pageLabels("status = 'active'", byLabel), "active only"));
   await showsText(a, "#study-count", "(60)", "the total of active studies");
   await a.fill("#search", "s01");
+  await a.waitForTimeout(500); // the search waits for typing to pause; a refusal comes at once
+  assert((await a.getAttribute("#search", "placeholder")) === "Search label or title",
+    "the server takes the search's two-column filter key \"title|label\" (it refused it, so the page fell back to titles only)");
   await showsLabels(a, pageLabels("status = 'active' and (label ilike '%s01%' or title ilike '%s01%')", byLabel), "active, searching s01");
   await a.fill("#search", "");
   await showsLabels(a, pageLabels("status = 'active'", byLabel), "active, search cleared");

@@ -21,6 +21,13 @@ let after = null;
 let studies = null;
 /** A new definition was asked for: its first window replaces the rows without highlights. */
 let quiet = true;
+/**
+ * The filter key of the search: label or title. A server that knows no such two-column selector
+ * refuses it (`bad_request`); the search then looks at titles only, and says so.
+ */
+let searchKey = "title|label";
+/** The server's refusal of the current definition, shown in place of the rows. */
+let refused = null;
 
 const list = new LiveList(document.querySelector("#studies tbody"), { create: studyRow, fill: fillRow, fade: true });
 
@@ -48,7 +55,7 @@ function definition() {
   if (filter.status) f.status = `eq.${filter.status}`;
   // Filters are ANDed; one selector over two columns searches either (`*` is the wildcard, so a
   // typed one is dropped rather than widened).
-  if (filter.q) f["title|label"] = `ilike.*${filter.q.replace(/\*/g, "")}*`;
+  if (filter.q) f[searchKey] = `ilike.*${filter.q.replace(/\*/g, "")}*`;
   return { topic: "studies", filter: f, order: `${sort.key}.${sort.dir === 1 ? "asc" : "desc"}`, limit: PAGE, after, count: true };
 }
 
@@ -67,8 +74,18 @@ export function openTable() {
   if (studies && !studies.stale) return;
   quiet = true;
   studies = openView(definition(), (rows, change) => {
+    refused = null;
     list.apply(rows, change, !quiet);
     quiet = false;
+    render();
+  }, (error) => {
+    if (error.code === "bad_request" && searchKey !== "title" && error.message.includes(searchKey)) {
+      searchKey = "title";
+      $("search").placeholder = "Search title";
+      $("search").closest("label").querySelector(".visually-hidden").textContent = "Search by title";
+      return redefine();
+    }
+    refused = error;
     render();
   });
   render();
@@ -139,7 +156,8 @@ function render() {
   $("pager").hidden = !loaded || (!pagesBefore.length && !(studies && studies.next));
   const shown = list.order.length;
   const empty = $("table-empty");
-  empty.hidden = !loaded || shown > 0;
+  empty.hidden = !refused && (!loaded || shown > 0);
+  if (refused) return setText(empty, `The server refused this table view: ${refused.message}`);
   const narrowed = filter.status || filter.q;
   setText(empty, narrowed ? "No study matches the search and filter."
     : pagesBefore.length ? "No more studies: go back a page."
