@@ -15,7 +15,11 @@ pub async fn read(db: &sqlx::PgPool, items: &[(ColType, &str)]) -> Result<Vec<St
             ty.sql()
         );
         let mut tx = db.begin().await.map_err(LiteralError::Db)?;
-        match sqlx::query_scalar::<_, String>(&sql).bind(text).fetch_one(&mut *tx).await {
+        match sqlx::query_scalar::<_, String>(&sql)
+            .bind(text)
+            .fetch_one(&mut *tx)
+            .await
+        {
             Ok(j) => out.push(j),
             Err(sqlx::Error::Database(d)) if d.code().is_some_and(|c| c.starts_with("22")) => {
                 return Err(LiteralError::Bad {

@@ -145,7 +145,11 @@ impl Op {
     }
 
     pub fn to_sql(&self, column: &str, ty: ColType, binds: &mut Vec<String>) -> String {
-        let collate = if matches!(ty, ColType::Text | ColType::Varchar) { r#" collate "C""# } else { "" };
+        let collate = if matches!(ty, ColType::Text | ColType::Varchar) {
+            r#" collate "C""#
+        } else {
+            ""
+        };
         let mut lit = |l: &Lit| {
             binds.push(l.json.clone());
             format!("(${}::jsonb #>> '{{}}')::{}", binds.len(), ty.sql())
@@ -157,7 +161,10 @@ impl Op {
             Op::Lte(l) => format!("{column}{collate} <= {}", lit(l)),
             Op::Gt(l) => format!("{column}{collate} > {}", lit(l)),
             Op::Gte(l) => format!("{column}{collate} >= {}", lit(l)),
-            Op::In(ls) => format!("{column}{collate} in ({})", ls.iter().map(lit).collect::<Vec<_>>().join(", ")),
+            Op::In(ls) => format!(
+                "{column}{collate} in ({})",
+                ls.iter().map(lit).collect::<Vec<_>>().join(", ")
+            ),
             Op::IsNull => format!("{column} is null"),
             Op::NotNull => format!("{column} is not null"),
             Op::IsTrue => format!("{column} is true"),
@@ -181,7 +188,10 @@ impl Op {
 
 fn glob(text: &str, pattern: &str, fold: bool) -> bool {
     let (t, p): (Vec<char>, Vec<char>) = if fold {
-        (text.to_ascii_lowercase().chars().collect(), pattern.to_ascii_lowercase().chars().collect())
+        (
+            text.to_ascii_lowercase().chars().collect(),
+            pattern.to_ascii_lowercase().chars().collect(),
+        )
     } else {
         (text.chars().collect(), pattern.chars().collect())
     };
