@@ -27,3 +27,4 @@ pub mod shutdown;
 pub mod tail;
 pub mod telemetry;
 pub mod transport;
+pub mod views;

@@ -2,6 +2,7 @@
 //! Nothing here knows about HTTP or sockets.
 
 pub mod files;
+pub mod literals;
 pub mod log;
 pub mod messages;
 pub mod rows;
