@@ -28,3 +28,4 @@ mod resume;
 mod snapshot;
 mod sse;
 mod tail;
+mod views_values;
