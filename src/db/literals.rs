@@ -17,8 +17,8 @@ pub enum LiteralError {
 }
 
 /// Reads filter literals as PostgreSQL reads them: each `(ty, text)` cast from text to its type
-/// and rendered back with `to_jsonb` under TimeZone UTC (one statement, one round trip). The
-/// error names the index of the first literal PostgreSQL would not read as its type, with its
+/// and rendered back with `to_jsonb` under TimeZone UTC (one statement, in a transaction that sets
+/// the zone: four round trips, once per subscribe). The error names the index of the first literal PostgreSQL would not read as its type, with its
 /// message (e.g. invalid input syntax for type bigint: "x"). Other database errors pass through.
 pub async fn read(db: &PgPool, items: &[(ColType, &str)]) -> Result<Vec<String>, LiteralError> {
     if items.is_empty() {
