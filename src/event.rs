@@ -156,7 +156,7 @@ pub struct Event {
     pub room: Option<String>,
     /// Set when the change moved the row to another parent (see `old`).
     pub moved: Option<Box<Move>>,
-    /// The row before and after the change, for live views (`crate::views`); empty on events
+    /// The row before and after the change, for live views (`crate::feed::views`); empty on events
     /// built for one stream's backlog ([`Event::from_row_on`]), which views never see.
     pub change: Change,
 }
