@@ -156,7 +156,7 @@ pub struct Event {
     pub room: Option<String>,
     /// Set when the change moved the row to another parent (see `old`).
     pub moved: Option<Box<Move>>,
-    /// The row before and after the change, for live views (`crate::views`); empty on events
+    /// The row before and after the change, for live views (`crate::feed::views`); empty on events
     /// built for one stream's backlog ([`Event::from_row_on`]), which views never see.
     pub change: Change,
 }
@@ -173,10 +173,20 @@ impl Change {
     fn of(row: &mut LogRow, old: Option<&str>) -> Change {
         let data = std::mem::take(&mut row.data).into_boxed_str();
         match row.op.as_str() {
-            "insert" => Change { before: None, after: Some(data) },
-            "delete" => Change { before: Some(data), after: None },
+            "insert" => Change {
+                before: None,
+                after: Some(data),
+            },
+            "delete" => Change {
+                before: Some(data),
+                after: None,
+            },
             _ => Change {
-                before: row.before.take().map(String::into_boxed_str).or_else(|| old.map(Into::into)),
+                before: row
+                    .before
+                    .take()
+                    .map(String::into_boxed_str)
+                    .or_else(|| old.map(Into::into)),
                 after: Some(data),
             },
         }
@@ -252,7 +262,11 @@ impl Event {
         let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let parts = FrameParts::new(&row, &row.kind, &row.op, &row.data, &cursor, &committed_at);
         let frames = row.topics.iter().map(|topic| parts.on(topic)).collect();
-        let change = if for_views { Change::of(&mut row, None) } else { Change::default() };
+        let change = if for_views {
+            Change::of(&mut row, None)
+        } else {
+            Change::default()
+        };
         Event {
             at,
             kind: row.kind,

@@ -29,3 +29,4 @@ mod snapshot;
 mod sse;
 mod tail;
 mod views;
+mod views_values;

@@ -42,7 +42,11 @@ async fn a_window_opens_with_its_rows_and_count_and_follows_an_external_writer_e
     app.psql("insert into studies (id, label, title, status) values (100, 'x', 'zzz', 'active')");
     let d = delta(&mut ws, &mut v, "main").await;
     let ops = d["ops"].as_array().unwrap();
-    assert!(ops.iter().any(|o| o["op"] == "enter" && o["why"] == "insert" && o["to"] == 0), "{d}");
+    assert!(
+        ops.iter()
+            .any(|o| o["op"] == "enter" && o["why"] == "insert" && o["to"] == 0),
+        "{d}"
+    );
     assert!(ops.iter().any(|o| o["op"] == "exit" && o["why"] == "overflow"), "{d}");
     assert_eq!(v.count, Some(21));
     assert_rows(&v, &app.oracle("studies", filter, order, 5), "after the insert");
@@ -51,7 +55,11 @@ async fn a_window_opens_with_its_rows_and_count_and_follows_an_external_writer_e
     app.psql("update studies set status = 'closed' where id = 100");
     let d = delta(&mut ws, &mut v, "main").await;
     let ops = d["ops"].as_array().unwrap();
-    assert!(ops.iter().any(|o| o["op"] == "exit" && o["why"] == "unmatch" && o["key"] == "100"), "{d}");
+    assert!(
+        ops.iter()
+            .any(|o| o["op"] == "exit" && o["why"] == "unmatch" && o["key"] == "100"),
+        "{d}"
+    );
     assert!(ops.iter().any(|o| o["op"] == "enter" && o["why"] == "fill"), "{d}");
     assert_rows(&v, &app.oracle("studies", filter, order, 5), "after the unmatch");
     assert_eq!(v.count, Some(20));
@@ -84,7 +92,13 @@ async fn deleting_past_the_buffer_reads_the_window_again_and_a_bulk_update_is_on
     seed(&app, 300);
     let mut ws = app.ws().await;
     let mut v = ViewRows::default();
-    v.apply(&ws.open_view("w", json!({"topic": "studies", "order": "id", "limit": 10, "count": true})).await);
+    v.apply(
+        &ws.open_view(
+            "w",
+            json!({"topic": "studies", "order": "id", "limit": 10, "count": true}),
+        )
+        .await,
+    );
     assert_eq!(v.ids(), (1..=10).collect::<Vec<_>>());
 
     // One commit deletes the window and its whole buffer: the window is read again.
@@ -113,15 +127,27 @@ async fn pages_follow_their_next_token_and_nulls_and_ties_order_as_postgresql_or
     let mut ws = app.ws().await;
     for (order, sql) in [
         ("score.desc", "score desc nulls first, id"),
-        ("score.asc.nullsfirst,tag.desc", r#"score asc nulls first, tag collate "C" desc nulls first, id"#),
+        (
+            "score.asc.nullsfirst,tag.desc",
+            r#"score asc nulls first, tag collate "C" desc nulls first, id"#,
+        ),
         ("tag", r#"tag collate "C" nulls last, id"#),
     ] {
         let mut first = ViewRows::default();
-        first.apply(&ws.open_view("p1", json!({"topic": "items", "order": order, "limit": 7})).await);
+        first.apply(
+            &ws.open_view("p1", json!({"topic": "items", "order": order, "limit": 7}))
+                .await,
+        );
         assert_rows(&first, &app.oracle("items", "true", sql, 7), order);
         let next = first.next.clone().expect("a next page");
         let mut second = ViewRows::default();
-        second.apply(&ws.open_view("p2", json!({"topic": "items", "order": order, "limit": 7, "after": next})).await);
+        second.apply(
+            &ws.open_view(
+                "p2",
+                json!({"topic": "items", "order": order, "limit": 7, "after": next}),
+            )
+            .await,
+        );
         let both = app.oracle("items", "true", sql, 14);
         assert_rows(&second, &both[7..], &format!("{order}, second page"));
     }
@@ -165,7 +191,9 @@ async fn drain(conns: &mut [(WsClient, Vec<(String, ViewRows)>)], quiet: Duratio
         let mut any = false;
         for (ws, views) in conns.iter_mut() {
             while let Some(seen) = ws.next_seen_within(quiet).await {
-                let crate::support::Seen::Frame(frame) = seen else { panic!("closed: {seen:?}") };
+                let crate::support::Seen::Frame(frame) = seen else {
+                    panic!("closed: {seen:?}")
+                };
                 let name = frame["view"].as_str().expect("a view frame").to_owned();
                 let (_, v) = views.iter_mut().find(|(n, _)| *n == name).expect("a known view");
                 v.apply(&frame);
@@ -199,15 +227,36 @@ async fn every_subscriber_of_every_window_ends_equal_to_postgresqls_select_under
          from generate_series(1, 300) i",
     );
     let defs: Vec<(Value, &str, &str, usize)> = vec![
-        (json!({"topic": "studies", "filter": {"status": "eq.active"}, "order": "updated_at.desc", "limit": 10, "count": true}),
-         "status = 'active'", "updated_at desc, id", 10),
-        (json!({"topic": "studies", "filter": {"status": "in.(draft,closed)"}, "order": "title", "limit": 8}),
-         "status in ('draft','closed')", r#"title collate "C", id"#, 8),
-        (json!({"topic": "studies", "order": "label.desc", "limit": 12, "count": true}), "true", r#"label collate "C" desc, id"#, 12),
-        (json!({"topic": "studies", "filter": {"title": "ilike.*3*"}, "order": "id", "limit": 5, "count": true}),
-         "title ilike '%3%'", "id", 5),
-        (json!({"topic": "studies", "filter": {"status": "neq.archived", "version": "gte.2"}, "order": "version.desc,title", "limit": 6}),
-         "status <> 'archived' and version >= 2", r#"version desc, title collate "C", id"#, 6),
+        (
+            json!({"topic": "studies", "filter": {"status": "eq.active"}, "order": "updated_at.desc", "limit": 10, "count": true}),
+            "status = 'active'",
+            "updated_at desc, id",
+            10,
+        ),
+        (
+            json!({"topic": "studies", "filter": {"status": "in.(draft,closed)"}, "order": "title", "limit": 8}),
+            "status in ('draft','closed')",
+            r#"title collate "C", id"#,
+            8,
+        ),
+        (
+            json!({"topic": "studies", "order": "label.desc", "limit": 12, "count": true}),
+            "true",
+            r#"label collate "C" desc, id"#,
+            12,
+        ),
+        (
+            json!({"topic": "studies", "filter": {"title": "ilike.*3*"}, "order": "id", "limit": 5, "count": true}),
+            "title ilike '%3%'",
+            "id",
+            5,
+        ),
+        (
+            json!({"topic": "studies", "filter": {"status": "neq.archived", "version": "gte.2"}, "order": "version.desc,title", "limit": 6}),
+            "status <> 'archived' and version >= 2",
+            r#"version desc, title collate "C", id"#,
+            6,
+        ),
     ];
     // Three connections; each opens every definition (shared windows) under its own names.
     let mut conns = Vec::new();
@@ -249,7 +298,11 @@ async fn every_subscriber_of_every_window_ends_equal_to_postgresqls_select_under
     drain(&mut conns, Duration::from_millis(700)).await;
     for (_, views) in &conns {
         for ((name, v), (_, filter, order, limit)) in views.iter().zip(&defs) {
-            assert_rows(v, &app.oracle("studies", filter, order, *limit), &format!("{name} (seed {seed})"));
+            assert_rows(
+                v,
+                &app.oracle("studies", filter, order, *limit),
+                &format!("{name} (seed {seed})"),
+            );
             if let Some(count) = v.count {
                 assert_eq!(count, app.count("studies", filter), "{name}'s count (seed {seed})");
             }
@@ -273,7 +326,11 @@ async fn a_view_resumed_with_its_cursor_after_a_disconnect_and_a_restart_is_exac
     let mut resumed = def.clone();
     resumed["since"] = json!(v.cursor);
     v.apply(&ws.open_view("main", resumed).await);
-    assert_rows(&v, &app.oracle("studies", filter, order, 5), "resumed after a disconnect");
+    assert_rows(
+        &v,
+        &app.oracle("studies", filter, order, 5),
+        "resumed after a disconnect",
+    );
     assert_eq!(v.count, Some(app.count("studies", filter)));
 
     let app = app.restart().await;
@@ -326,17 +383,91 @@ async fn a_member_views_only_windows_confined_to_its_studies_and_a_row_moved_awa
         assert_eq!(answer["code"], "forbidden", "{def}: {answer}");
     }
     let mut studies = ViewRows::default();
-    studies.apply(&ws.open_view("s", json!({"topic": "studies", "filter": {"id": "in.(1,2)"}})).await);
+    studies.apply(
+        &ws.open_view("s", json!({"topic": "studies", "filter": {"id": "in.(1,2)"}}))
+            .await,
+    );
     assert_eq!(studies.ids(), [1, 2]);
     let mut msgs = ViewRows::default();
-    msgs.apply(&ws.open_view("m", json!({"topic": "messages", "filter": {"study_id": "eq.1"}, "order": "id.desc"})).await);
+    msgs.apply(
+        &ws.open_view(
+            "m",
+            json!({"topic": "messages", "filter": {"study_id": "eq.1"}, "order": "id.desc"}),
+        )
+        .await,
+    );
     assert_eq!(msgs.ids(), [11, 10]);
 
     app.psql("update messages set study_id = 3 where id = 11");
     let d = delta(&mut ws, &mut msgs, "m").await;
-    assert_eq!(d["ops"], json!([{"op": "exit", "key": "11", "from": 0, "why": "unmatch"}]));
+    assert_eq!(
+        d["ops"],
+        json!([{"op": "exit", "key": "11", "from": 0, "why": "unmatch"}])
+    );
     app.psql("update messages set body = 'still secret' where id = 11; update messages set study_id = 1 where id = 12");
     let d = delta(&mut ws, &mut msgs, "m").await;
     assert_eq!(d["ops"][0]["op"], "enter", "{d}");
     assert_eq!(msgs.ids(), [12, 10]);
+}
+
+#[tokio::test]
+async fn views_over_sse_and_long_poll_carry_the_same_frames_and_resume_whole() {
+    let app = TestApp::spawn().await;
+    seed(&app, 30);
+    let (filter, order) = ("status = 'active'", r#"title collate "C" desc, id"#);
+    let query = "view=main&topic=studies&filter.status=eq.active&order=title.desc&limit=4&count=true";
+
+    // SSE: the view, then a delta, each with its cursor as the event id.
+    let mut sse = app.sse(query, None).await;
+    let first = sse.next().await.expect("a view");
+    assert_eq!(first.event, "view");
+    let mut v = ViewRows::default();
+    v.apply(&first.json());
+    assert_eq!(first.id.as_deref(), Some(v.cursor.as_str()));
+    app.psql("update studies set status = 'draft' where id = 30");
+    let d = sse.next().await.expect("a delta");
+    assert_eq!(d.event, "view_delta");
+    v.apply(&d.json());
+    assert_rows(&v, &app.oracle("studies", filter, order, 4), "over SSE");
+    // A reconnect with Last-Event-ID gets the view whole.
+    drop(sse);
+    app.psql("update studies set status = 'active' where id = 29");
+    let mut sse = app.sse(query, Some(&v.cursor)).await;
+    let again = sse.next().await.expect("a view");
+    assert_eq!(again.event, "view");
+    v.apply(&again.json());
+    assert_rows(&v, &app.oracle("studies", filter, order, 4), "SSE resumed");
+
+    // Long-poll: without since, the view at once; with it, what changed after it.
+    let (status, body) = app.get_json(&format!("/api/changes?{query}")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut p = ViewRows::default();
+    for f in body["events"].as_array().unwrap() {
+        p.apply(f);
+    }
+    assert_eq!(body["cursor"], json!(p.cursor));
+    let poller = {
+        let url = format!("/api/changes?{query}&since={}&wait=10", p.cursor);
+        let app_url = app.url(&url);
+        tokio::spawn(async move { reqwest::get(app_url).await.unwrap().json::<Value>().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.psql("update studies set title = 'zzz' where id = 2");
+    let body = poller.await.unwrap();
+    let frames = body["events"].as_array().unwrap();
+    assert!(!frames.is_empty(), "{body}");
+    for f in frames {
+        p.apply(f);
+    }
+    assert_rows(&p, &app.oracle("studies", filter, order, 4), "over long-poll");
+    // Nothing new: an empty answer with the same cursor after `wait`.
+    let (_, quiet) = app
+        .get_json(&format!("/api/changes?{query}&since={}&wait=1", p.cursor))
+        .await;
+    assert_eq!(quiet, json!({"events": [], "cursor": p.cursor}));
+    // Mistakes are 400s before anything waits.
+    let (status, _) = app.get_json("/api/changes?view=x&topic=studies&filter.nope=eq.1").await;
+    assert_eq!(status, 400);
+    let (status, _) = app.get_json("/api/changes?view=x&topic=studies&bogus=1").await;
+    assert_eq!(status, 400);
 }

@@ -84,7 +84,9 @@ impl Table {
             .collect::<Option<Vec<_>>>()
             .filter(|pk| pk.iter().all(|&i| cols[i].ty.is_some()))
             .ok_or_else(|| {
-                FeedError::BadRequest(format!("{topic:?} cannot be viewed: its primary key is of a type views cannot sort"))
+                FeedError::BadRequest(format!(
+                    "{topic:?} cannot be viewed: its primary key is of a type views cannot sort"
+                ))
             })?;
         Ok(Table {
             topic: topic.to_owned(),
@@ -199,7 +201,10 @@ impl Def {
         if let Some(vals) = &after_texts {
             for (k, v) in keys.iter().zip(vals) {
                 if let Some(text) = v {
-                    texts.push((table.cols[k.col].ty.expect("keys are of supported types"), text.as_str()));
+                    texts.push((
+                        table.cols[k.col].ty.expect("keys are of supported types"),
+                        text.as_str(),
+                    ));
                 }
             }
         }
@@ -560,7 +565,10 @@ fn op_id(op: &Op) -> String {
         Op::Lte(l) => format!("lte {}", l.json),
         Op::Gt(l) => format!("gt {}", l.json),
         Op::Gte(l) => format!("gte {}", l.json),
-        Op::In(ls) => format!("in {}", ls.iter().map(|l| l.json.as_str()).collect::<Vec<_>>().join(",")),
+        Op::In(ls) => format!(
+            "in {}",
+            ls.iter().map(|l| l.json.as_str()).collect::<Vec<_>>().join(",")
+        ),
         Op::IsNull => "is.null".into(),
         Op::NotNull => "not.is.null".into(),
         Op::IsTrue => "is.true".into(),

@@ -285,7 +285,12 @@ impl Views {
     pub fn counts(&self) -> (usize, usize, usize) {
         let state = self.lock();
         let subs = state.windows.values().map(|s| s.subs.len()).sum();
-        let rows = state.windows.values().filter_map(|s| s.window.as_ref()).map(Window::held).sum();
+        let rows = state
+            .windows
+            .values()
+            .filter_map(|s| s.window.as_ref())
+            .map(Window::held)
+            .sum();
         (state.windows.len(), subs, rows)
     }
 }
@@ -446,7 +451,9 @@ impl State {
         hit.sort();
         hit.dedup();
         for id in hit {
-            let Some(slot) = self.windows.get_mut(&id) else { continue };
+            let Some(slot) = self.windows.get_mut(&id) else {
+                continue;
+            };
             if let Some(waiting) = &mut slot.waiting {
                 if waiting.len() < MAX_WAITING {
                     waiting.push(ev.clone());
@@ -477,7 +484,9 @@ impl State {
         self.relayed = self.relayed.max(at);
         let dirty: Vec<Arc<str>> = self.dirty.drain().collect();
         for id in dirty {
-            let Some(slot) = self.windows.get_mut(&id) else { continue };
+            let Some(slot) = self.windows.get_mut(&id) else {
+                continue;
+            };
             if slot.waiting.is_some() {
                 continue;
             }

@@ -269,7 +269,13 @@ impl Window {
 
     /// Makes the window's rows what subscribers have, as of `self.at`, and returns their `view`.
     pub fn show(&mut self, epoch: &Epoch) -> Frame {
-        self.shown = self.visible().map(|e| Shown { key: e.row.key.clone(), json: e.json.clone() }).collect();
+        self.shown = self
+            .visible()
+            .map(|e| Shown {
+                key: e.row.key.clone(),
+                json: e.json.clone(),
+            })
+            .collect();
         self.shown_count = self.count;
         self.shown_next = self.next();
         self.shown_at = self.at;
@@ -335,7 +341,12 @@ impl Window {
             sep(&mut ops);
             op_exit(&mut ops, &s.key, i, why);
         }
-        cur.extend(self.shown.iter().filter(|s| wanted.contains(&*s.key)).map(|s| s.key.clone()));
+        cur.extend(
+            self.shown
+                .iter()
+                .filter(|s| wanted.contains(&*s.key))
+                .map(|s| s.key.clone()),
+        );
         for (i, t) in target.iter().enumerate() {
             let changed = had.get(&*t.key).is_none_or(|s| s.json != t.json);
             if cur.get(i).is_some_and(|k| *k == t.key) {

@@ -101,7 +101,10 @@ where
             after: frame.after,
             count: frame.count,
         };
-        match engine.subscribe(&req, frame.since.as_deref(), self.subs.access(), sink).await {
+        match engine
+            .subscribe(&req, frame.since.as_deref(), self.subs.access(), sink)
+            .await
+        {
             Ok(sub) => {
                 let views = self.views.as_mut().expect("made above");
                 views.names.insert(name.clone(), sub);
@@ -130,13 +133,17 @@ where
         let Some(views) = &mut self.views else { return Ok(()) };
         match item {
             ViewItem::Frame(sub, frame) => {
-                let Some(name) = views.by_id.get(&sub) else { return Ok(()) };
+                let Some(name) = views.by_id.get(&sub) else {
+                    return Ok(());
+                };
                 let text = frame.text(name);
                 stall(futures::SinkExt::send(&mut self.socket, Message::Text(text.into()))).await??;
                 Ok(())
             }
             ViewItem::Failed(sub, message) => {
-                let Some(name) = views.by_id.remove(&sub) else { return Ok(()) };
+                let Some(name) = views.by_id.remove(&sub) else {
+                    return Ok(());
+                };
                 views.names.remove(&name);
                 let msg = format!("view {name:?}: {message}");
                 self.send_frame(&frames::Error::new("unavailable", &msg, None)).await

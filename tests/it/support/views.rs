@@ -42,7 +42,10 @@ impl ViewRows {
                         Some("enter") => {
                             let to = op["to"].as_u64().expect("to") as usize;
                             assert!(to <= self.rows.len(), "enter {op} past the end");
-                            assert!(!self.rows.iter().any(|r| r.0 == key), "enter of a row already there: {op}");
+                            assert!(
+                                !self.rows.iter().any(|r| r.0 == key),
+                                "enter of a row already there: {op}"
+                            );
                             self.rows.insert(to, (key, op["row"].clone()));
                         }
                         Some("update") => {
@@ -119,5 +122,8 @@ impl TestApp {
 pub fn assert_rows(got: &ViewRows, want: &[Value], what: &str) {
     let got_rows: Vec<&Value> = got.rows.iter().map(|r| &r.1).collect();
     let want_rows: Vec<&Value> = want.iter().collect();
-    assert_eq!(got_rows, want_rows, "{what}: the client's rows differ from PostgreSQL's SELECT");
+    assert_eq!(
+        got_rows, want_rows,
+        "{what}: the client's rows differ from PostgreSQL's SELECT"
+    );
 }
