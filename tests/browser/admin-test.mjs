@@ -6,8 +6,8 @@
 // restart), "room" (two pages in one study's room: messages and files), "refresh", "member",
 // "expiry" (a member's token expires while the page is open: a fresh one resumes the feed),
 // "views" (the table as a server-side view: sort, filter, search, pages, the live total, rows
-// entering and leaving the page) or "room-views" (a room's newest 50 messages and files, "Load
-// older", live).
+// entering and leaving the page), "room-views" (a room's newest 50 messages and files, "Load
+// older", live) or "fallback" (the table and a room without WebSockets, then without SSE).
 // Writes with psql itself (a writer outside pgfeed). Talks to the Rust test in JSON lines:
 //   stdout {"log": "..."}            something worth printing (observed delays)
 //   stdout {"need": "stop"|"start"}  stop the server / start it again on the same port; the test
@@ -62,9 +62,24 @@ const browser = await chromium.launch({
 });
 
 /** A page in a context of its own (its own sessionStorage, like another person's browser). */
-async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }, waitConnected = true) {
+async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }, waitConnected = true, blocked = null) {
   const context = await browser.newContext({ viewport, acceptDownloads: true });
   const page = await context.newPage();
+  if (blocked) {
+    // Like a proxy that breaks WebSockets (and, for "sse", streaming too).
+    await page.addInitScript(() => {
+      window.WebSocket = class BlockedWebSocket extends EventTarget {
+        constructor() {
+          super();
+          this.readyState = 0;
+          setTimeout(() => { this.readyState = 3; this.onerror?.(new Event("error")); this.onclose?.({ code: 1006 }); }, 10);
+        }
+        send() { throw new Error("not open"); }
+        close() {}
+      };
+    });
+    if (blocked === "sse") await page.route("**/events?*", (route) => route.fulfill({ status: 502, body: "no streaming here" }));
+  }
   page.on("console", (m) => { if (m.type() !== "debug") process.stderr.write(`[${name} ${m.type()}] ${m.text()}\n`); });
   page.on("pageerror", (e) => process.stderr.write(`[${name} pageerror] ${e.stack || e}\n`));
   // What the test wants to know about the page's life: every connection status it showed, and
@@ -87,7 +102,7 @@ async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["class", "data-status"] });
   });
   await page.goto(`${serverUrl}/${hash}`);
-  if (waitConnected) await page.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
+  if (waitConnected) await page.locator(blocked ? '#conn[data-status="fallback"]' : '#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
   page.name = name;
   return page;
 }
@@ -431,6 +446,36 @@ async function roomViewsScenario() {
   return { messages: 60 };
 }
 
+/**
+ * Without WebSockets (SSE), and without SSE either (long-polling): the table's and a room's views
+ * work the same, a psql change lands, a sort and a page change are served, nothing is doubled.
+ */
+async function fallbackScenario() {
+  psql(`insert into studies (label, title) select 'f' || lpad(i::text, 3, '0'), 'Fallback ' || i from generate_series(1, 60) i`);
+  const room = Number(psql("select id from studies where label = 'f001'"));
+  const byLabel = `label collate "C", id`;
+  for (const [blocked, transport] of [["ws", "sse"], ["sse", "poll"]]) {
+    const p = await openPage(`no-${blocked}`, "", undefined, true, blocked);
+    assert((await p.getAttribute("#conn", "data-transport")) === transport, `on ${transport}`);
+    await showsLabels(p, pageLabels("true", byLabel), `first page over ${transport}`);
+    const id = psql(`insert into studies (label, title) values ('f000-${transport}', 'Inserted over ${transport}') returning id`);
+    let t = Date.now();
+    await within(`psql INSERT → page over ${transport}`, t, () => p.locator(row(id)).waitFor({ timeout: LIVE_MS }));
+    await showsLabels(p, pageLabels("true", byLabel), `after the insert over ${transport}`);
+    await p.locator('#studies th[data-sort="label"] button').click();
+    await showsLabels(p, pageLabels("true", `label collate "C" desc, id`), `sorted over ${transport}`);
+    await p.click("#page-next");
+    await showsLabels(p, pageLabels("true", `label collate "C" desc, id`, 50), `page 2 over ${transport}`);
+    await p.goto(`${serverUrl}/#/studies/${room}`);
+    await p.locator('#conn[data-status="fallback"]').waitFor({ timeout: PATIENCE_MS });
+    await p.locator("#room-title", { hasText: "Fallback 1" }).waitFor({ timeout: LIVE_MS });
+    psql(`insert into messages (study_id, author, body) values (${room}, 'psql', 'over ${transport}')`);
+    await p.locator("#thread li", { hasText: `over ${transport}` }).waitFor({ timeout: LIVE_MS });
+    await p.context().close();
+  }
+  return { rows: 60 };
+}
+
 // ---- a study's room ----------------------------------------------------------------------------
 
 async function roomScenario() {
@@ -619,7 +664,7 @@ async function expiryScenario() {
 try {
   const scenarios = {
     table: tableScenario, room: roomScenario, refresh: refreshScenario, member: memberScenario, expiry: expiryScenario,
-    views: viewsScenario, "room-views": roomViewsScenario,
+    views: viewsScenario, "room-views": roomViewsScenario, fallback: fallbackScenario,
   };
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
   const summary = await scenarios[scenario]();

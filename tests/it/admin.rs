@@ -119,6 +119,15 @@ async fn a_room_shows_its_newest_messages_and_files_as_views_and_loads_older_one
     eprintln!("admin room views: {summary}");
 }
 
+/// With WebSockets blocked the page's views run over SSE, and with SSE blocked too over
+/// long-polling: the table's first page, a psql INSERT, a sort, the next page and a room's thread.
+#[tokio::test]
+async fn without_websockets_the_admin_pages_views_run_over_sse_and_long_polling() {
+    let app = TestApp::spawn().await;
+    let summary = run(app, "fallback").await;
+    eprintln!("admin fallback: {summary}");
+}
+
 /// With auth on, the page asks for a token, keeps it for the tab, and a member's table holds
 /// only the studies named in the token (a view with `id=in.(…)`), live.
 #[tokio::test]

@@ -169,8 +169,15 @@ fn window(app: &TestApp, offset: usize) -> (Vec<i64>, i64) {
         "select coalesce(string_agg(id::text, ',' order by n), '') from (select id, row_number() over (order by label collate \"C\" desc, id) n \
          from studies where status = 'active' order by label collate \"C\" desc, id offset {offset} limit 3) w"
     ));
-    let ids = ids.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().expect("id")).collect();
-    let count = app.psql("select count(*) from studies where status = 'active'").parse().expect("count");
+    let ids = ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("id"))
+        .collect();
+    let count = app
+        .psql("select count(*) from studies where status = 'active'")
+        .parse()
+        .expect("count");
     (ids, count)
 }
 
@@ -197,7 +204,9 @@ async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
     let (mut page, first) = Browser::open_view(&app, mode, &definition).await;
     assert_window(&mut page, &app, 0, "the first window").await;
 
-    app.psql("insert into studies (id, label, title, status) overriding system value values (20, 's20', 'New', 'active')");
+    app.psql(
+        "insert into studies (id, label, title, status) overriding system value values (20, 's20', 'New', 'active')",
+    );
     assert_window(&mut page, &app, 0, "a psql INSERT enters at the top").await;
     app.psql("update studies set status = 'closed' where id = 20");
     assert_window(&mut page, &app, 0, "a row leaving the filter, the next filling in").await;
@@ -214,7 +223,9 @@ async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
     db.psql("update studies set status = 'draft' where id = 11");
     let app = TestApp::spawn_at(db, addr).await;
     assert_window(&mut page, &app, 0, "resumed after a restart").await;
-    app.psql("insert into studies (id, label, title, status) overriding system value values (22, 's22', 'After', 'active')");
+    app.psql(
+        "insert into studies (id, label, title, status) overriding system value values (22, 's22', 'After', 'active')",
+    );
     assert_window(&mut page, &app, 0, "live after the restart").await;
 
     page.command(json!({"cmd": "next"})).await;
@@ -229,7 +240,10 @@ async fn the_browser_view_api_keeps_its_rows_exact_across_writes_a_restart_and_p
     let (first, got) = view_survives_writes_and_a_restart("ws").await;
     assert_eq!(first, "connected", "WebSocket first");
     let statuses = got["statuses"].as_array().unwrap();
-    assert!(statuses.iter().any(|s| s == "offline" || s == "connecting"), "the restart was noticed: {statuses:?}");
+    assert!(
+        statuses.iter().any(|s| s == "offline" || s == "connecting"),
+        "the restart was noticed: {statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -250,5 +264,8 @@ async fn client_d_ts_is_served_beside_client_js() {
     let resp = reqwest::get(app.url("/client.d.ts")).await.expect("GET /client.d.ts");
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.unwrap();
-    assert!(body.contains("export function connect(") && body.contains("interface View<"), "the types of connect and views");
+    assert!(
+        body.contains("export function connect(") && body.contains("interface View<"),
+        "the types of connect and views"
+    );
 }
