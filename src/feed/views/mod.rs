@@ -636,29 +636,38 @@ fn send(sub: &Sub, item: ViewItem) -> bool {
 
 /// One event's rows, read once for all the windows of its table.
 struct Change {
-    before: Option<(Arc<Parsed>, HashMap<usize, String>)>,
-    after: Option<(Arc<Parsed>, Arc<str>, HashMap<usize, String>)>,
+    before: Option<Side>,
+    after: Option<Side>,
+}
+
+/// One side of a change: the row as views compare it, its JSON, and the JSON text of each column
+/// (for the equality index, which knows values as PostgreSQL renders them).
+struct Side {
+    row: Arc<Parsed>,
+    json: Arc<str>,
+    raw: HashMap<usize, String>,
 }
 
 impl Change {
     fn read(table: &Table, ev: &Event) -> Change {
-        let parse = |json: &str| -> Option<(Arc<Parsed>, HashMap<usize, String>)> {
+        let side = |json: &str| -> Option<Side> {
             let map: HashMap<String, &RawValue> = serde_json::from_str(json).ok()?;
-            let parsed = table.parse_map(&map)?;
+            let row = Arc::new(table.parse_map(&map)?);
             let raw = table
                 .cols
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| map.get(&c.name).map(|r| (i, r.get().to_owned())))
                 .collect();
-            Some((Arc::new(parsed), raw))
+            Some(Side {
+                row,
+                json: json.into(),
+                raw,
+            })
         };
         Change {
-            before: ev.change.before.as_deref().and_then(parse),
-            after: ev.change.after.as_deref().and_then(|json| {
-                let (parsed, raw) = parse(json)?;
-                Some((parsed, Arc::from(json), raw))
-            }),
+            before: ev.change.before.as_deref().and_then(side),
+            after: ev.change.after.as_deref().and_then(side),
         }
     }
 
@@ -667,27 +676,17 @@ impl Change {
         let mut cols: Vec<usize> = views.by_value.keys().map(|(c, _)| *c).collect();
         cols.sort_unstable();
         cols.dedup();
-        let mut out = Vec::new();
-        for c in cols {
-            if let Some((_, raw)) = &self.before {
-                if let Some(v) = raw.get(&c) {
-                    out.push((c, v.clone()));
-                }
-            }
-            if let Some((_, _, raw)) = &self.after {
-                if let Some(v) = raw.get(&c) {
-                    out.push((c, v.clone()));
-                }
-            }
-        }
-        out
+        let sides = self.before.iter().chain(&self.after);
+        sides
+            .flat_map(|side| cols.iter().filter_map(|c| Some((*c, side.raw.get(c)?.clone()))))
+            .collect()
     }
 
     fn apply(&self, w: &mut Window, at: Position) {
         w.apply(
             at,
-            self.before.as_ref().map(|(p, _)| p),
-            self.after.as_ref().map(|(p, json, _)| (p, json)),
+            self.before.as_ref().map(|s| &s.row),
+            self.after.as_ref().map(|s| (&s.row, &s.json)),
         );
     }
 }
