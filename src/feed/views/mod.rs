@@ -107,6 +107,8 @@ struct State {
     relayed: Position,
     /// Rows the windows may hold together (twice each limit).
     held: usize,
+    /// Each subscription's window.
+    subs: HashMap<u64, Arc<str>>,
 }
 
 /// The live views of one server. Cheap to clone.
@@ -350,6 +352,7 @@ impl State {
     /// read when it is.
     fn add(&mut self, def: Def, mut sub: Sub, epoch: &crate::event::Epoch) -> Result<Option<Arc<str>>, FeedError> {
         if let Some(slot) = self.windows.get_mut(def.id.as_str()) {
+            self.subs.insert(sub.id, def.id.as_str().into());
             if let (Some(w), None) = (&slot.window, &slot.waiting) {
                 let frame = Arc::new(w.view_frame(epoch));
                 if send(&sub, ViewItem::Frame(sub.id, frame)) {
@@ -388,6 +391,7 @@ impl State {
             }
             None => table.others.push(id.clone()),
         }
+        self.subs.insert(sub.id, id.clone());
         self.windows.insert(
             id.clone(),
             Slot {
@@ -402,15 +406,8 @@ impl State {
     }
 
     fn remove(&mut self, sub: u64) {
-        let Some(id) = self
-            .windows
-            .iter()
-            .find(|(_, s)| s.subs.iter().any(|x| x.id == sub))
-            .map(|(id, _)| id.clone())
-        else {
-            return;
-        };
-        let slot = self.windows.get_mut(&id).expect("just found");
+        let Some(id) = self.subs.remove(&sub) else { return };
+        let Some(slot) = self.windows.get_mut(&id) else { return };
         slot.subs.retain(|x| x.id != sub);
         if slot.subs.is_empty() {
             self.drop_window(&id);
@@ -420,6 +417,9 @@ impl State {
     fn drop_window(&mut self, id: &Arc<str>) {
         let Some(slot) = self.windows.remove(id) else { return };
         self.held -= 2 * slot.def.limit;
+        for sub in &slot.subs {
+            self.subs.remove(&sub.id);
+        }
         self.dirty.remove(id);
         if let Some(t) = self.tables.get_mut(&slot.def.table.topic) {
             t.others.retain(|x| x != id);
