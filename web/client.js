@@ -439,7 +439,7 @@ export function connect(options = {}) {
       clearTimeout(idle);
       idle = setTimeout(() => abort.abort(), 45000);
     };
-    readSse(path(), abort.signal, () => { quiet(); group.works(); }, onEvent)
+    readSse(path(), abort.signal, quiet, onEvent)
       .then(() => true, (e) => {
         if (!onRefused || !refused(e.status)) return true;
         onRefused(e);
@@ -459,6 +459,8 @@ export function connect(options = {}) {
         let frame;
         try { frame = JSON.parse(data); } catch { return; }
         if (type === "subscribed") {
+          // Working from here: the server follows the topics (an OK answer alone is not that).
+          group.works();
           for (const [t, k] of cursors) if (isAfter(frame.cursor, k)) cursors.set(t, frame.cursor);
         } else if (type === "refresh_needed") {
           try { onRefreshNeeded(frame.topic, frame.reason); } catch (e) { console.error(e); }
@@ -471,7 +473,10 @@ export function connect(options = {}) {
       (v, group) => sseStream(group, () => `/events?${v.query()}`, (type, data) => {
         let frame;
         try { frame = JSON.parse(data); } catch { return; }
-        if (type === "view" || type === "view_delta" || type === "refresh_needed") v.receive({ ...frame, type });
+        if (type === "view" || type === "view_delta" || type === "refresh_needed") {
+          group.works();
+          v.receive({ ...frame, type });
+        }
       }, (e) => { v.fail(errorOf(e)); group.works(); }),
     );
   }

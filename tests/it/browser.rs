@@ -7,6 +7,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::support::browser::node_driver;
+use std::sync::Arc;
+
+use crate::support::db::TestDb;
 use crate::support::{TestApp, PATIENCE};
 
 /// The page, through the node driver: one JSON line per command and answer.
@@ -161,28 +164,37 @@ async fn client_js_is_served_as_javascript_from_the_binary() {
     );
 }
 
+/// psql off the runtime's thread. The server runs on this test's runtime, and a commit may wait
+/// for it (a view's read holds commits back for a moment): a blocking psql here could wait for a
+/// server it keeps from running.
+async fn psql(db: &Arc<TestDb>, sql: &str) -> String {
+    let (db, sql) = (db.clone(), sql.to_owned());
+    tokio::task::spawn_blocking(move || db.psql(&sql)).await.expect("psql")
+}
+
 /// The ids `SELECT … WHERE <filter> ORDER BY <order>, id` gives, `offset` rows on, at most 3:
 /// what PROTOCOL §9 promises a view's rows are (OFFSET only in this oracle, with no writer
 /// running meanwhile).
-fn window(app: &TestApp, offset: usize) -> (Vec<i64>, i64) {
-    let ids = app.psql(&format!(
+async fn window(db: &Arc<TestDb>, offset: usize) -> (Vec<i64>, i64) {
+    let ids = psql(db, &format!(
         "select coalesce(string_agg(id::text, ',' order by n), '') from (select id, row_number() over (order by label collate \"C\" desc, id) n \
          from studies where status = 'active' order by label collate \"C\" desc, id offset {offset} limit 3) w"
-    ));
+    ))
+    .await;
     let ids = ids
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().expect("id"))
         .collect();
-    let count = app
-        .psql("select count(*) from studies where status = 'active'")
+    let count = psql(db, "select count(*) from studies where status = 'active'")
+        .await
         .parse()
         .expect("count");
     (ids, count)
 }
 
 async fn assert_window(page: &mut Browser, app: &TestApp, offset: usize, what: &str) -> Value {
-    let (want, count) = window(app, offset);
+    let (want, count) = window(&app.db, offset).await;
     let got = page.view_rows(&want, count).await;
     assert_eq!(ids(&got), want, "{what}: the view's rows are the SELECT's: {got}");
     assert_eq!(got["count"], count, "{what}: the live total: {got}");
@@ -195,22 +207,26 @@ async fn assert_window(page: &mut Browser, app: &TestApp, offset: usize, what: &
 /// count are exactly what PostgreSQL's own SELECT says.
 async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
     let app = TestApp::spawn().await;
-    app.psql(
+    psql(
+        &app.db,
         "insert into studies (id, label, title, status) overriding system value \
          select i, 's' || lpad(i::text, 2, '0'), 'Study ' || i, case when i % 3 = 0 then 'draft' else 'active' end \
          from generate_series(1, 12) i",
-    );
+    )
+    .await;
     let definition = json!({"topic": "studies", "filter": {"status": "eq.active"}, "order": "label.desc", "limit": 3, "count": true});
     let (mut page, first) = Browser::open_view(&app, mode, &definition).await;
     assert_window(&mut page, &app, 0, "the first window").await;
 
-    app.psql(
+    psql(
+        &app.db,
         "insert into studies (id, label, title, status) overriding system value values (20, 's20', 'New', 'active')",
-    );
+    )
+    .await;
     assert_window(&mut page, &app, 0, "a psql INSERT enters at the top").await;
-    app.psql("update studies set status = 'closed' where id = 20");
+    psql(&app.db, "update studies set status = 'closed' where id = 20").await;
     assert_window(&mut page, &app, 0, "a row leaving the filter, the next filling in").await;
-    app.psql("update studies set title = 'Renamed' where id = 11");
+    psql(&app.db, "update studies set title = 'Renamed' where id = 11").await;
     let got = assert_window(&mut page, &app, 0, "an update in place").await;
     assert!(
         got["changes"].as_array().unwrap().iter().any(|c| c["type"] == "delta"),
@@ -219,18 +235,20 @@ async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
 
     let (db, addr) = (app.db.clone(), app.addr);
     app.stop().await;
-    db.psql("insert into studies (id, label, title, status) overriding system value values (21, 's21', 'While down', 'active')");
-    db.psql("update studies set status = 'draft' where id = 11");
+    psql(&db, "insert into studies (id, label, title, status) overriding system value values (21, 's21', 'While down', 'active')").await;
+    psql(&db, "update studies set status = 'draft' where id = 11").await;
     let app = TestApp::spawn_at(db, addr).await;
     assert_window(&mut page, &app, 0, "resumed after a restart").await;
-    app.psql(
+    psql(
+        &app.db,
         "insert into studies (id, label, title, status) overriding system value values (22, 's22', 'After', 'active')",
-    );
+    )
+    .await;
     assert_window(&mut page, &app, 0, "live after the restart").await;
 
     page.command(json!({"cmd": "next"})).await;
     let got = assert_window(&mut page, &app, 3, "the next page (after = next)").await;
-    app.psql("update studies set status = 'draft' where id = 8");
+    psql(&app.db, "update studies set status = 'draft' where id = 8").await;
     assert_window(&mut page, &app, 3, "a row leaving the second page").await;
     (first, got)
 }
