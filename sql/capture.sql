@@ -83,6 +83,12 @@ begin
     if not exists (select from pg_attribute where attrelid = 'pgfeed.events'::regclass and attname = 'moved_from' and not attisdropped) then
         alter table pgfeed.events add column moved_from text;
     end if;
+    -- Live views (README "Live views"): every other update logs the row as it was too (`before`),
+    -- so a row that stops matching a view's filter is announced, and the view's count stays exact,
+    -- whoever wrote the change. A move's row as it was is `old`, never both.
+    if not exists (select from pg_attribute where attrelid = 'pgfeed.events'::regclass and attname = 'before' and not attisdropped) then
+        alter table pgfeed.events add column before jsonb;
+    end if;
 end
 $$;
 
@@ -200,6 +206,7 @@ declare
     op     pg_catalog.text;
     kind   pg_catalog.text;
     was    pg_catalog.jsonb;
+    moved  pg_catalog.bool := false;
     left_  pg_catalog.text;
 begin
     tz := pg_catalog.current_setting('TimeZone');
@@ -216,10 +223,12 @@ begin
         rec := pgfeed.serialize(new);
         op := 'update';
         kind := '_updated';
-        -- Only the `pgfeed_capture_move` trigger passes a sixth argument: its WHEN clause saw the
-        -- parent column change. Every other write renders one row.
+        -- The row as it was: `before` for live views' filters, or a move's `old` (only the
+        -- `pgfeed_capture_move` trigger passes a sixth argument: its WHEN clause saw the parent
+        -- column change).
+        was := pgfeed.serialize(old);
         if tg_argv[5] operator(pg_catalog.=) 'move' then
-            was := pgfeed.serialize(old);
+            moved := true;
         end if;
     else
         rec := pgfeed.serialize(new);
@@ -244,7 +253,7 @@ begin
         topics := topics operator(pg_catalog.||) (tg_argv[4] operator(pg_catalog.||) ':' operator(pg_catalog.||) (rec operator(pg_catalog.->>) tg_argv[3]));
     end if;
     -- A move: the parent topic the row left comes last (after the one it entered, if any).
-    if was is not null and was operator(pg_catalog.->>) tg_argv[3] is not null then
+    if moved and was operator(pg_catalog.->>) tg_argv[3] is not null then
         left_ := tg_argv[4] operator(pg_catalog.||) ':' operator(pg_catalog.||) (was operator(pg_catalog.->>) tg_argv[3]);
         topics := topics operator(pg_catalog.||) left_;
     end if;
@@ -261,7 +270,7 @@ begin
         pos := pg_catalog.set_config('pgfeed.pos', (pos::pg_catalog.int4 operator(pg_catalog.+) 1)::pg_catalog.text, true);
     end if;
 
-    insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data, old, moved_from)
+    insert into pgfeed.events (txid, pos, type, tbl, op, row_id, topics, data, old, moved_from, before)
     values (
         pg_catalog.pg_current_xact_id(),
         pos::pg_catalog.int4,
@@ -271,8 +280,9 @@ begin
         rid,
         topics,
         rec,
-        was,
-        left_);
+        case when moved then was end,
+        left_,
+        case when not moved then was end);
 
     -- A change after the transaction's stamp (it stamped early: `set constraints all immediate`,
     -- or a deferred trigger of the writer's own changed a tracked table after it): the seq is

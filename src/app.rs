@@ -110,7 +110,8 @@ impl App {
             .with_limits(
                 usize::try_from(config.max_snapshot).unwrap_or(usize::MAX),
                 config.max_resume_scan,
-            );
+            )
+            .with_views(shutdown.token.clone());
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
             tracing::warn!(
                 bind = %config.bind,

@@ -136,6 +136,8 @@ pub struct LogRow {
     pub old: Option<String>,
     /// With `old`: the parent topic the row left (`studies:1`), also among `topics`.
     pub moved_from: Option<String>,
+    /// For any other update: the row as it was, for live views (README "Live views").
+    pub before: Option<String>,
 }
 
 /// One change, ready to send: its wire JSON for each of its topics.
@@ -154,6 +156,41 @@ pub struct Event {
     pub room: Option<String>,
     /// Set when the change moved the row to another parent (see `old`).
     pub moved: Option<Box<Move>>,
+    /// The row before and after the change, for live views (`crate::feed::views`); empty on events
+    /// built for one stream's backlog ([`Event::from_row_on`]), which views never see.
+    pub change: Change,
+}
+
+/// A change as rows: the row as it was (none for an insert) and as it is (none for a delete), as
+/// the JSON text the capture trigger rendered.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub before: Option<Box<str>>,
+    pub after: Option<Box<str>>,
+}
+
+impl Change {
+    fn of(row: &mut LogRow, old: Option<&str>) -> Change {
+        let data = std::mem::take(&mut row.data).into_boxed_str();
+        match row.op.as_str() {
+            "insert" => Change {
+                before: None,
+                after: Some(data),
+            },
+            "delete" => Change {
+                before: Some(data),
+                after: None,
+            },
+            _ => Change {
+                before: row
+                    .before
+                    .take()
+                    .map(String::into_boxed_str)
+                    .or_else(|| old.map(Into::into)),
+                after: Some(data),
+            },
+        }
+    }
 }
 
 /// An update that moved its row from one parent to another (a message to another study). Rights
@@ -217,13 +254,19 @@ impl Event {
             row.topics.swap(0, i);
             row.topics.truncate(1);
         }
+        let for_views = only.is_none();
         if let Some(old) = row.old.take() {
-            return Self::moved(row, old, room, carries_row_topic, epoch);
+            return Self::moved(row, old, room, carries_row_topic, for_views, epoch);
         }
         let cursor = epoch.cursor(at);
         let committed_at = row.committed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
         let parts = FrameParts::new(&row, &row.kind, &row.op, &row.data, &cursor, &committed_at);
         let frames = row.topics.iter().map(|topic| parts.on(topic)).collect();
+        let change = if for_views {
+            Change::of(&mut row, None)
+        } else {
+            Change::default()
+        };
         Event {
             at,
             kind: row.kind,
@@ -232,11 +275,19 @@ impl Event {
             committed_at: row.committed_at,
             room,
             moved: None,
+            change,
         }
     }
 
     /// The event of a move: each topic sees it as an update, an exit or an entry. The row's own topic is the first of `row.topics` when `only` kept it, else the second.
-    fn moved(row: LogRow, old: String, room: Option<String>, carries_row_topic: bool, epoch: &Epoch) -> Self {
+    fn moved(
+        mut row: LogRow,
+        old: String,
+        room: Option<String>,
+        carries_row_topic: bool,
+        for_views: bool,
+        epoch: &Epoch,
+    ) -> Self {
         let at = Position {
             seq: row.seq,
             pos: row.pos,
@@ -269,6 +320,11 @@ impl Event {
         };
         let row_exit = row_topic.map(|t| exit.on(t));
         let row_entry = row_topic.map(|t| entry.on(t));
+        let change = if for_views {
+            Change::of(&mut row, Some(&old))
+        } else {
+            Change::default()
+        };
         Event {
             at,
             kind: row.kind,
@@ -283,6 +339,7 @@ impl Event {
                 row_exit,
                 row_entry,
             })),
+            change,
         }
     }
 
@@ -451,6 +508,7 @@ mod tests {
             committed_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap(),
             old: None,
             moved_from: None,
+            before: None,
         };
         let ev = Event::from_row(row, &Epoch::new("e1"));
         assert_eq!(ev.frames.len(), 3);
@@ -484,6 +542,7 @@ mod tests {
             data: r#"{"id": 5, "study_id": 2}"#.into(),
             committed_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             old: Some(r#"{"id": 5, "study_id": 1}"#.into()),
+            before: None,
             moved_from: Some("studies:1".into()),
         }
     }
@@ -593,6 +652,7 @@ mod fuzz {
                 committed_at: DateTime::from_timestamp(0, 0).unwrap(),
                 old: Some(serde_json::json!({"body": "before"}).to_string()),
                 moved_from: from.clone(),
+                before: None,
             };
             let epoch = Epoch::new("e");
             let all = Event::from_row(row(), &epoch);

@@ -128,7 +128,27 @@ impl Outbox {
     pub async fn overflowed_wait(&self) {
         self.overflow.cancelled().await
     }
+
+    /// The signal that closes this connection as a slow consumer: live views (`feed::views`)
+    /// fire it too when the connection does not take their frames.
+    pub fn overflow_signal(&self) -> CancellationToken {
+        self.overflow.clone()
+    }
 }
+
+/// What the hub hands live views (`feed::views`): every event it publishes, in log order; how far
+/// the log is relayed (every commit up to it is whole); and that the feed started over.
+#[derive(Debug)]
+pub enum Relayed {
+    Event(Arc<Event>),
+    Upto(Position),
+    Reset,
+}
+
+/// Items the views may have waiting. Views keep up with the listener unless a reload stalls them;
+/// past this many, the hub drops what does not fit and says so ([`Hub::tap_lost`]), and the views
+/// read every window again rather than hold an unbounded backlog.
+pub const TAP_QUEUE: usize = 65_536;
 
 #[derive(Debug)]
 pub struct Hub {
@@ -144,6 +164,10 @@ struct Inner {
     floor: Position,
     ring: VecDeque<Arc<Event>>,
     topics: HashMap<String, Vec<Outbox>>,
+    /// Live views' feed, once they asked for it ([`Hub::tap`]).
+    tap: Option<mpsc::Sender<Relayed>>,
+    /// Something did not fit into the tap.
+    tap_lost: bool,
 }
 
 /// What a new subscription must be sent before its live events.
@@ -165,6 +189,8 @@ impl Hub {
             floor: head,
             ring: VecDeque::new(),
             topics: HashMap::new(),
+            tap: None,
+            tap_lost: false,
         };
         Hub {
             epoch,
@@ -191,6 +217,21 @@ impl Hub {
     /// Whether the ring holds every event after `since`.
     pub fn covers(&self, since: Position) -> bool {
         since >= self.lock().floor
+    }
+
+    /// Everything published from now on, for live views (`feed::views`); replaces an earlier tap.
+    pub fn tap(&self) -> mpsc::Receiver<Relayed> {
+        let (tx, rx) = mpsc::channel(TAP_QUEUE);
+        let mut inner = self.lock();
+        inner.tap = Some(tx);
+        inner.tap_lost = false;
+        rx
+    }
+
+    /// Whether something did not fit into the tap since the last call: the views then read every
+    /// window again.
+    pub fn tap_lost(&self) -> bool {
+        std::mem::take(&mut self.lock().tap_lost)
     }
 
     /// Registers `outbox` under `topic`. Returns the current position and, when `since` is given,
@@ -250,6 +291,7 @@ impl Hub {
                 }
             }
             inner.last = event.at;
+            inner.send_tap(Relayed::Event(event.clone()));
             if inner.ring.len() == RING {
                 if let Some(old) = inner.ring.pop_front() {
                     inner.floor = old.at;
@@ -265,6 +307,7 @@ impl Hub {
     pub fn advance(&self, to: Position) {
         let mut inner = self.lock();
         inner.last = inner.last.max(to);
+        inner.send_tap(Relayed::Upto(to));
     }
 
     /// Starts the feed over after `head`, dropping the ring and overflowing every subscriber, so
@@ -278,12 +321,23 @@ impl Hub {
         inner.ring.clear();
         inner.last = head;
         inner.floor = head;
+        inner.send_tap(Relayed::Reset);
     }
 
     /// Topics with at least one subscriber, and subscriptions in all.
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.topics.len(), inner.topics.values().map(Vec::len).sum())
+    }
+}
+
+impl Inner {
+    fn send_tap(&mut self, item: Relayed) {
+        if let Some(tap) = &self.tap {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tap.try_send(item) {
+                self.tap_lost = true;
+            }
+        }
     }
 }
 
@@ -311,6 +365,7 @@ mod tests {
             committed_at: chrono::Utc::now(),
             old: None,
             moved_from: None,
+            before: None,
         };
         Event::from_row(row, &Epoch::new("e"))
     }

@@ -267,7 +267,8 @@ async fn read<'e>(
            ) b
            left join lateral (
                select c.seq, e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics,
-                      e.data::text as data, c.committed_at, e.old::text as old, e.moved_from
+                      e.data::text as data, c.committed_at, e.old::text as old, e.moved_from,
+                      e.before::text as before
                from pgfeed.commits c
                cross join lateral (
                    select * from pgfeed.events e
@@ -325,6 +326,7 @@ async fn read<'e>(
             committed_at: row.try_get(11)?,
             old: row.try_get(12)?,
             moved_from: row.try_get(13)?,
+            before: row.try_get(14)?,
         });
     }
     // The page comes in (seq, pos) order from the statement's inner `order by` through a join

@@ -2,6 +2,7 @@
 //! Nothing here knows about HTTP or sockets.
 
 pub mod files;
+pub mod literals;
 pub mod log;
 pub mod messages;
 pub mod rows;
@@ -9,6 +10,7 @@ pub mod snapshot;
 pub mod studies;
 pub mod timestamp;
 pub mod tracked;
+pub mod views;
 
 use std::time::Duration;
 

@@ -33,23 +33,7 @@ static BARRIER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// that stops the reading once it passes `max_bytes`, so a refusal costs about `max_bytes` of
 /// rendering, not the whole table or room.
 pub async fn take(pool: &PgPool, of: Of<'_>, max_bytes: usize) -> Result<(Position, Option<String>), sqlx::Error> {
-    // The snapshot starts while no commit is in flight and none can start (a second connection
-    // waits for them and holds new ones back, for about one commit: `log::while_commits_held`): every
-    // commit with a seq up to the newest is then visible in it and final, and none after it, so
-    // the rows below are exactly the log up to there. (Commits that happen at the same moment may
-    // otherwise become visible out of seq order; see sql/capture.sql.)
-    let one_at_a_time = BARRIER.lock().await;
-    let mut tx = pool.begin().await?;
-    let mut barrier = pool.acquire().await?;
-    let seq = log::while_commits_held(&mut barrier, async |_: &mut sqlx::PgConnection| {
-        sqlx::query("set transaction isolation level repeatable read, read only")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
-        log::newest_seq(&mut *tx).await
-    })
-    .await?;
-    drop((barrier, one_at_a_time));
+    let (mut tx, at) = begin(pool).await?;
     // `d` is the snapshot as text; `max_bytes` is a number, so formatting it in is safe.
     let capped =
         |inner: String| format!("select case when octet_length(d) <= {max_bytes} then d end from ({inner}) q(d)");
@@ -110,7 +94,32 @@ pub async fn take(pool: &PgPool, of: Of<'_>, max_bytes: usize) -> Result<(Positi
         }
     };
     tx.commit().await?;
-    Ok((Position::end_of(seq), data))
+    Ok((at, data))
+}
+
+/// A read-only REPEATABLE READ transaction (TimeZone UTC, so rows render as the capture trigger
+/// renders them) that sees exactly the log up to the position returned: what snapshots and live
+/// views (`db::views`) read in.
+///
+/// The snapshot starts while no commit is in flight and none can start (a second connection
+/// waits for them and holds new ones back, for about one commit: `log::while_commits_held`): every
+/// commit with a seq up to the newest is then visible in it and final, and none after it, so
+/// rows read in it are exactly the log up to there. (Commits that happen at the same moment may
+/// otherwise become visible out of seq order; see sql/capture.sql.)
+pub async fn begin(pool: &PgPool) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Position), sqlx::Error> {
+    let one_at_a_time = BARRIER.lock().await;
+    let mut tx = pool.begin().await?;
+    let mut barrier = pool.acquire().await?;
+    let seq = log::while_commits_held(&mut barrier, async |_: &mut sqlx::PgConnection| {
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+        log::newest_seq(&mut *tx).await
+    })
+    .await?;
+    drop((barrier, one_at_a_time));
+    Ok((tx, Position::end_of(seq)))
 }
 
 /// A CTE `name(j, total)`: the rows of `relation` that match `filter` as JSON, in `order`, each with

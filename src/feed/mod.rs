@@ -5,6 +5,7 @@
 
 pub mod access;
 mod subscriptions;
+pub mod views;
 
 pub use subscriptions::{first_delivery, Emit, Gone, Item, Stopped, Subscriptions};
 
@@ -47,6 +48,9 @@ pub enum FeedError {
     /// What was asked for is larger than one answer may be (a snapshot over the limit).
     #[error("{0}")]
     TooLarge(String),
+    /// The server holds as much of a bounded resource as it may (live view rows): try later.
+    #[error("{0}")]
+    Full(String),
 }
 
 impl FeedError {
@@ -86,6 +90,8 @@ pub struct Feed {
     max_snapshot: usize,
     /// Commits one log read of a resume walks at most (`log::RESUME_SCAN`).
     resume_scan: i64,
+    /// Live views ([`views`]), once started ([`Feed::with_views`]).
+    pub views: Option<views::Views>,
 }
 
 impl Feed {
@@ -105,7 +111,21 @@ impl Feed {
             reloaded: Default::default(),
             max_snapshot: MAX_SNAPSHOT,
             resume_scan: log::RESUME_SCAN,
+            views: None,
         }
+    }
+
+    /// Starts live views over this feed (their engine task runs until `stop`).
+    pub fn with_views(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.views = Some(views::Views::start(self.clone(), stop));
+        self
+    }
+
+    /// The live views, or the error a client gets where the server runs none (session tests).
+    pub fn views(&self) -> Result<&views::Views, FeedError> {
+        self.views
+            .as_ref()
+            .ok_or_else(|| FeedError::Internal("live views are not running".into()))
     }
 
     /// Sets the largest snapshot (bytes of JSON) and the commits one resume read may walk.

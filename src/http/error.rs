@@ -86,6 +86,7 @@ impl From<FeedError> for ApiError {
             e @ FeedError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
             FeedError::Refresh(reason) => ApiError::Refresh(reason),
             FeedError::TooLarge(m) => ApiError::SnapshotTooLarge(m),
+            FeedError::Full(m) => ApiError::Busy(m),
             e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_)) => ApiError::Unavailable(e),
         }
     }

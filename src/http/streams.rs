@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -24,7 +24,7 @@ use crate::feed::Feed;
 use crate::metrics::Transport;
 use crate::transport::poll::{self, Window};
 use crate::transport::session::{self, Connection, Initial, MAX_CLIENT_FRAME};
-use crate::transport::sse;
+use crate::transport::{sse, views};
 
 /// Read buffer of a connection, and the most one read takes. tungstenite zero-fills the buffer
 /// before every read attempt, and the session polls for client frames after every delivery, so its
@@ -210,6 +210,7 @@ pub async fn events(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<EventsQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
     let Admitted {
@@ -217,6 +218,20 @@ pub async fn events(
         expires,
         permit,
     } = admit(&state, &headers, peer, q.token.as_deref())?;
+    if let Some(view) = views::from_query(raw.as_deref())? {
+        let since = last_event_id(&headers).or(q.since.as_deref().filter(|s| !s.is_empty()));
+        let feed = state.feed.clone();
+        return Ok(views::sse(
+            feed,
+            view,
+            since,
+            (access, expires),
+            &state.metrics,
+            permit,
+            &state.shutdown,
+        )
+        .await?);
+    }
     let topics = checked_topics(
         &state.feed,
         q.topics.as_deref(),
@@ -224,12 +239,7 @@ pub async fn events(
         &access,
     )
     .await?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let cursor = last_event_id.or(q.since.as_deref().filter(|s| !s.is_empty()));
+    let cursor = last_event_id(&headers).or(q.since.as_deref().filter(|s| !s.is_empty()));
     let feed = state.feed.clone();
     Ok(sse::open(
         feed,
@@ -243,11 +253,21 @@ pub async fn events(
     .await?)
 }
 
+/// An SSE client's `Last-Event-ID`, when it sent one.
+fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
 // `GET /api/changes?topics=…&since=C&limit=500&wait=25`.
 pub async fn changes(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<ChangesQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
     // A waiting poll holds a connection like a stream does, so it counts against the same limits.
@@ -258,6 +278,19 @@ pub async fn changes(
     } = admit(&state, &headers, peer, q.token.as_deref())?;
     let _open = state.metrics.connection(Transport::Poll);
     let feed = &state.feed;
+    if let Some(view) = views::from_query(raw.as_deref())? {
+        let wait = Window::new(None, number("wait", q.wait.as_deref())?).wait();
+        let answer = views::poll(
+            feed,
+            view,
+            q.since.as_deref(),
+            wait,
+            (&access, expires),
+            &state.shutdown.token,
+        )
+        .await?;
+        return Ok(answer);
+    }
     let topics = checked_topics(feed, q.topics.as_deref(), state.session.max_subscriptions, &access).await?;
     let limit = number("limit", q.limit.as_deref())?;
     let wait = number("wait", q.wait.as_deref())?;

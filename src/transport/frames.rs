@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A client frame. Unknown fields are ignored, so clients may send more than this reads.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ClientFrame {
     pub action: String,
     pub topic: Option<String>,
@@ -21,6 +21,16 @@ pub struct ClientFrame {
     pub snapshot: bool,
     /// Echoed in the answer, whatever JSON it is, so the client can match answers to requests.
     pub id: Option<Value>,
+    /// A live view's name (PROTOCOL §9): with it, `subscribe` opens a view of `topic` as the
+    /// fields below define it, and `unsubscribe` closes it.
+    pub view: Option<String>,
+    #[serde(default)]
+    pub filter: std::collections::BTreeMap<String, String>,
+    pub order: Option<String>,
+    pub limit: Option<i64>,
+    pub after: Option<String>,
+    #[serde(default)]
+    pub count: bool,
 }
 
 /// The client's request id, echoed back when it sent one.
@@ -53,6 +63,26 @@ pub struct Unsubscribed<'a> {
     pub topic: &'a str,
     #[serde(rename = "type")]
     kind: Kind,
+}
+
+/// `{"type":"unsubscribed","view":…}`: a live view closed.
+#[derive(Serialize)]
+pub struct UnsubscribedView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Id<'a>,
+    #[serde(rename = "type")]
+    kind: Kind,
+    pub view: &'a str,
+}
+
+impl<'a> UnsubscribedView<'a> {
+    pub fn new(view: &'a str, id: Id<'a>) -> Self {
+        UnsubscribedView {
+            id,
+            kind: Kind::Unsubscribed,
+            view,
+        }
+    }
 }
 
 #[derive(Serialize)]

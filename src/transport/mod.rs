@@ -9,3 +9,4 @@ pub mod frames;
 pub mod poll;
 pub mod session;
 pub mod sse;
+pub mod views;

@@ -42,6 +42,10 @@ impl Window {
             wait: Duration::from_secs(wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT)),
         }
     }
+
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
 }
 
 /// `{"events":[…],"cursor":"…"}`; each event is its pre-serialized frame, byte for byte the

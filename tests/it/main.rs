@@ -28,3 +28,5 @@ mod resume;
 mod snapshot;
 mod sse;
 mod tail;
+mod views;
+mod views_values;

@@ -12,6 +12,7 @@ mod emit;
 mod limits;
 #[cfg(test)]
 mod tests;
+mod views;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::metrics::ConnectionGuard;
 use crate::transport::frames::{self, ClientFrame};
 use emit::SocketEmitter;
 use limits::{ErrorBudget, FrameCheck, FrameLimit, TokenBucket};
+use views::ConnViews;
 
 /// Close codes (README "Subscribing: WebSocket `/ws`"): each tells the client whether and how to
 /// come back.
@@ -130,6 +132,7 @@ where
         _held: held,
         snapshots: TokenBucket::new(SNAPSHOTS_PER_SECOND, SNAPSHOT_BURST),
         closed: false,
+        views: None,
     };
     Box::new(session).serve(initial, inbox, shutdown)
 }
@@ -151,6 +154,9 @@ struct Session<S, H> {
     snapshots: TokenBucket,
     /// A Close frame was sent: nothing more is done for the connection.
     closed: bool,
+    /// The connection's live views, from its first (boxed: most connections have none, and
+    /// every idle connection pays for each field).
+    views: Option<Box<ConnViews>>,
 }
 
 /// Why the loop ended early; the connection is gone either way.
@@ -198,12 +204,11 @@ where
                 action: "subscribe".into(),
                 topic: Some(topic.clone()),
                 since: initial.since.clone(),
-                snapshot: false,
-                id: None,
+                ..ClientFrame::default()
             };
             Box::pin(self.subscribe(frame)).await?;
         }
-        self.metrics.set_subscriptions(self.subs.len());
+        self.metrics.set_subscriptions(self.subscriptions());
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.ping_interval,
             self.config.ping_interval,
@@ -249,7 +254,7 @@ where
                         if self.closed {
                             return Ok(());
                         }
-                        self.metrics.set_subscriptions(self.subs.len());
+                        self.metrics.set_subscriptions(self.subscriptions());
                     }
                     Some(Ok(Message::Binary(_))) => {
                         Box::pin(self.client_error("bad_request", "frames must be JSON text", None)).await?;
@@ -266,6 +271,7 @@ where
                     }
                 },
                 Some(d) = inbox.recv() => self.deliver(d, &mut inbox).await?,
+                Some(item) = ConnViews::next(&mut self.views) => Box::pin(self.deliver_view(item)).await?,
                 _ = ping.tick() => {
                     if awaiting_pong {
                         tracing::debug!("peer missed a ping; dropping it");
@@ -313,6 +319,8 @@ where
             }
         };
         match frame.action.as_str() {
+            "subscribe" if frame.view.is_some() => self.subscribe_view(frame).await,
+            "unsubscribe" if frame.view.is_some() => self.unsubscribe_view(frame).await,
             "subscribe" => self.subscribe(frame).await,
             "unsubscribe" => {
                 let Some(topic) = frame.topic.as_deref() else {
@@ -339,7 +347,7 @@ where
         let Some(topic) = frame.topic.as_deref() else {
             return self.client_error("bad_request", "subscribe needs a topic", id).await;
         };
-        if !self.subs.contains(topic) && self.subs.len() >= self.config.max_subscriptions {
+        if !self.subs.contains(topic) && self.subscriptions() >= self.config.max_subscriptions {
             let message = format!("at most {} subscriptions per connection", self.config.max_subscriptions);
             return self.client_error("too_many_subscriptions", &message, id).await;
         }
@@ -424,6 +432,10 @@ where
             e @ FeedError::UnknownTopic(_) => self.client_error("unknown_topic", &e.to_string(), id).await,
             e @ FeedError::Forbidden(_) => self.client_error("forbidden", &e.to_string(), id).await,
             FeedError::TooLarge(m) => self.send_frame(&frames::Error::new("too_large", &m, id)).await,
+            FeedError::Full(m) => {
+                self.send_frame(&frames::Error::new("too_many_subscriptions", &m, id))
+                    .await
+            }
             FeedError::Refresh(reason) => self.send_frame(&frames::RefreshNeeded::new(topic, reason, id)).await,
             e @ (FeedError::Db(_) | FeedError::Busy(_) | FeedError::Internal(_)) => {
                 let message = match e {

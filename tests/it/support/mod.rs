@@ -12,6 +12,7 @@ pub mod events;
 pub mod process;
 pub mod rest;
 pub mod sse;
+pub mod views;
 pub mod ws;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use app::TestApp;
 pub use db::TestDb;
 pub use events::{assert_in_log_order_and_each_writer_in_its_own, ids, labels, position};
+pub use views::{assert_rows, ViewRows};
 pub use ws::{ws_over, Seen, WsClient};
 
 /// How long a test waits for something it expects before failing with a clear message.

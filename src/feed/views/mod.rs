@@ -1,0 +1,693 @@
+//! Live views (PROTOCOL §9, README "Live views"): filtered, sorted, paged windows onto a table,
+//! kept exact change by change.
+//!
+//! One [`Window`] per distinct definition, shared by every subscriber that asks for it. The
+//! engine task takes every event the hub publishes ([`Hub::tap`]), in log order, hands each
+//! change to the windows of its table that it can affect (an index of their equality filters
+//! narrows them), and at the end of each commit sends each changed window's one `view_delta` to
+//! its subscribers' queues. The rows before and after a change come from the log (the capture
+//! trigger records the row as it was), so a row that stops matching is announced whoever wrote
+//! it.
+//!
+//! A window is read from PostgreSQL when it is made, and again when changes left it too few rows
+//! (its buffer below the page ran dry), at a position consistent with the log
+//! (`db::snapshot::begin`). While a read runs the window's changes wait in a buffer; those after
+//! the read's position are applied to what it returned, so nothing is missed or applied twice.
+//! The read is the only database work, once per window, never per subscriber.
+
+pub mod def;
+pub mod value;
+mod window;
+
+pub use def::Request;
+pub use window::{Frame, FrameKind};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Feed, FeedError};
+use crate::auth::Access;
+use crate::db;
+use crate::event::{Event, Position};
+use crate::hub::Relayed;
+use def::{Def, Parsed, Table};
+use value::{ColType, Op};
+use window::{Finish, Window};
+
+/// Rows all windows together may hold (each holds up to twice its limit): what bounds the
+/// views' memory whatever clients ask for. A subscribe that would pass it is refused.
+pub const MAX_HELD_ROWS: usize = 1_000_000;
+/// Changes a window being read may have waiting; past it they are dropped and the window is read
+/// once more when the read ends.
+const MAX_WAITING: usize = 100_000;
+/// Pause between tries of a window's read that failed (the database is down).
+const RETRY: Duration = Duration::from_secs(1);
+/// A window's first read is tried this often before its subscribers are told it failed.
+const FIRST_TRIES: u32 = 3;
+
+/// What a connection's views queue receives: a frame for one of its subscriptions, or word that
+/// the subscription failed and is gone.
+#[derive(Debug, Clone)]
+pub enum ViewItem {
+    Frame(u64, Arc<Frame>),
+    Failed(u64, &'static str),
+}
+
+/// Where one connection's view frames go: its views queue, and the signal that closes it as a
+/// slow consumer when that queue is full (it then resumes every view with its cursor).
+#[derive(Debug, Clone)]
+pub struct ViewSink {
+    pub tx: mpsc::Sender<ViewItem>,
+    pub overflow: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Sub {
+    id: u64,
+    sink: ViewSink,
+    /// It has no rows yet: it gets the window's `view`, not deltas.
+    needs_view: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    def: Arc<Def>,
+    /// None until the first read ends.
+    window: Option<Window>,
+    /// While a read runs: the changes that arrived meanwhile.
+    waiting: Option<Vec<Arc<Event>>>,
+    /// Changes were dropped while the read ran: read again.
+    stale: bool,
+    subs: Vec<Sub>,
+}
+
+/// A table's windows, by the equality filter that narrows them, or none.
+#[derive(Debug)]
+struct TableViews {
+    table: Arc<Table>,
+    by_value: HashMap<(usize, String), Vec<Arc<str>>>,
+    others: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    windows: HashMap<Arc<str>, Slot>,
+    tables: HashMap<String, TableViews>,
+    /// The seq whose changes are being applied.
+    current: Option<i64>,
+    /// Windows the current commit changed.
+    dirty: HashSet<Arc<str>>,
+    /// Just after the last whole commit applied.
+    relayed: Position,
+    /// Rows the windows may hold together (twice each limit).
+    held: usize,
+}
+
+/// The live views of one server. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Views {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    feed: Feed,
+    state: Mutex<State>,
+    tables: Mutex<HashMap<String, Arc<Table>>>,
+}
+
+impl Views {
+    /// The views over `feed`, with the engine task that applies the hub's events until `stop`.
+    pub fn start(feed: Feed, stop: CancellationToken) -> Views {
+        let rx = feed.hub.tap();
+        let views = Views {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    relayed: feed.hub.last(),
+                    ..State::default()
+                }),
+                feed,
+                tables: Mutex::default(),
+            }),
+        };
+        let engine = views.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = engine.run(rx) => {}
+            }
+        });
+        views
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(&self, mut rx: mpsc::Receiver<Relayed>) {
+        while let Some(item) = rx.recv().await {
+            let mut reloads = Vec::new();
+            let lost = self.shared.feed.hub.tap_lost();
+            {
+                let mut state = self.lock();
+                let epoch = self.shared.feed.hub.epoch().clone();
+                match item {
+                    Relayed::Event(ev) => state.on_event(ev, &epoch, &mut reloads),
+                    Relayed::Upto(at) => state.on_upto(at, &epoch, &mut reloads),
+                    Relayed::Reset => state.reset(&mut reloads),
+                }
+                // Drain what else is waiting under the same lock.
+                while let Ok(item) = rx.try_recv() {
+                    match item {
+                        Relayed::Event(ev) => state.on_event(ev, &epoch, &mut reloads),
+                        Relayed::Upto(at) => state.on_upto(at, &epoch, &mut reloads),
+                        Relayed::Reset => state.reset(&mut reloads),
+                    }
+                }
+                if lost {
+                    tracing::warn!("live views fell behind the feed; reading every window again");
+                    state.reset(&mut reloads);
+                }
+            }
+            for id in reloads {
+                self.spawn_read(id);
+            }
+        }
+    }
+
+    /// Reads window `id` (in its own task, so a slow read holds up no other window), then
+    /// applies what waited meanwhile and tells its subscribers.
+    fn spawn_read(&self, id: Arc<str>) {
+        let views = self.clone();
+        tokio::spawn(async move {
+            let mut tries = 0;
+            loop {
+                let def = match views.lock().windows.get(&id) {
+                    Some(slot) => slot.def.clone(),
+                    None => return,
+                };
+                let sql = def.sql(2 * def.limit);
+                match db::views::load(&views.shared.feed.pool, &sql).await {
+                    Ok(loaded) => {
+                        let mut reloads = Vec::new();
+                        let epoch = views.shared.feed.hub.epoch().clone();
+                        views.lock().install(&id, loaded, &epoch, &mut reloads);
+                        for id in reloads {
+                            views.spawn_read(id);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        tracing::warn!(error = %e, tries, "reading a live view failed");
+                        if tries >= FIRST_TRIES && views.lock().fail_first_read(&id) {
+                            return;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The table `topic` as views see it (checked with the feed first).
+    async fn table(&self, topic: &str) -> Result<Arc<Table>, FeedError> {
+        let tracked = self.shared.feed.check_topic(topic).await?;
+        if topic.contains(':') {
+            return Err(FeedError::BadRequest(format!(
+                "a view's topic is a table ({:?}), not a row",
+                tracked.topic
+            )));
+        }
+        if let Some(t) = self.shared.tables.lock().unwrap_or_else(|e| e.into_inner()).get(topic) {
+            return Ok(t.clone());
+        }
+        let (columns, pk) = db::views::columns(&self.shared.feed.pool, topic)
+            .await?
+            .ok_or_else(|| FeedError::UnknownTopic(topic.to_owned()))?;
+        let table = Arc::new(Table::new(topic, &tracked.relation, columns, &pk)?);
+        self.shared
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_owned(), table.clone());
+        Ok(table)
+    }
+
+    /// Subscribes `sink` to the window of `req`: its `view` frame comes through the sink (at once
+    /// when the window exists, after its first read otherwise), then its deltas. `since`, a cursor
+    /// of an earlier frame of this view, is checked for form only: a resumed view is sent whole.
+    /// Returns the subscription's id, for [`Views::unsubscribe`].
+    pub async fn subscribe(
+        &self,
+        req: &Request,
+        since: Option<&str>,
+        access: &Access,
+        sink: ViewSink,
+    ) -> Result<u64, FeedError> {
+        if let Some(since) = since {
+            // Only its form: another log's cursor, or an old one, is no error, as the view comes
+            // whole anyway.
+            if self.shared.feed.hub.epoch().parse_cursor(since).is_err() {
+                return Err(FeedError::BadRequest(format!("malformed cursor {since:?}")));
+            }
+        }
+        let table = self.table(&req.topic).await?;
+        let def = Def::parse(req, table, &self.shared.feed.pool).await?;
+        confine(access, &def)?;
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let sub = Sub {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            sink,
+            needs_view: true,
+        };
+        let id = sub.id;
+        let epoch = self.shared.feed.hub.epoch().clone();
+        let read = self.lock().add(def, sub, &epoch)?;
+        if let Some(window) = read {
+            self.spawn_read(window);
+        }
+        Ok(id)
+    }
+
+    /// Ends subscription `sub`; a window left without subscribers is dropped.
+    pub fn unsubscribe(&self, sub: u64) {
+        self.lock().remove(sub);
+    }
+
+    /// Windows, their subscriptions, and the rows they hold.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        let subs = state.windows.values().map(|s| s.subs.len()).sum();
+        let rows = state
+            .windows
+            .values()
+            .filter_map(|s| s.window.as_ref())
+            .map(Window::held)
+            .sum();
+        (state.windows.len(), subs, rows)
+    }
+}
+
+/// A member may open a view only when its filter confines it to the member's studies
+/// (PROTOCOL §9): `studies` by `id`, `messages` and `files` by `study_id`, with `eq` or `in`.
+fn confine(access: &Access, def: &Def) -> Result<(), FeedError> {
+    let Access::Member(studies) = access else { return Ok(()) };
+    let column = match def.table.topic.as_str() {
+        "studies" => "id",
+        "messages" | "files" => "study_id",
+        other => return Err(FeedError::Forbidden(format!("a member may not view {other:?}"))),
+    };
+    let lits = def.filter.iter().find_map(|(c, op)| match op {
+        _ if def.table.cols[*c].name != column => None,
+        Op::Eq(l) => Some(vec![l]),
+        Op::In(ls) => Some(ls.iter().collect()),
+        _ => None,
+    });
+    let confined = lits.is_some_and(|lits| {
+        lits.iter()
+            .all(|l| l.json.parse::<i64>().is_ok_and(|id| studies.contains(&id)))
+    });
+    if confined {
+        Ok(())
+    } else {
+        Err(FeedError::Forbidden(format!(
+            "a member's view of {:?} must filter {column} with eq or in on the member's studies",
+            def.table.topic
+        )))
+    }
+}
+
+/// Whether the JSON text of an equality literal names the value as the row's JSON would: true for
+/// types PostgreSQL renders one way per value (not numeric `1.5`/`1.50`, nor floats' `-0`).
+fn indexable(ty: ColType) -> bool {
+    !matches!(ty, ColType::Numeric | ColType::Real | ColType::Double)
+}
+
+/// The values a window's equality filter pins, if it has one that can index it.
+fn pins(def: &Def) -> Option<(usize, Vec<String>)> {
+    def.filter.iter().find_map(|(c, op)| {
+        let ty = def.table.cols[*c].ty?;
+        if !indexable(ty) {
+            return None;
+        }
+        match op {
+            Op::Eq(l) => Some((*c, vec![l.json.clone()])),
+            Op::In(ls) => Some((*c, ls.iter().map(|l| l.json.clone()).collect())),
+            _ => None,
+        }
+    })
+}
+
+impl State {
+    /// Adds `sub` to the window of `def`, making the window if it is new; returns the window to
+    /// read when it is.
+    fn add(&mut self, def: Def, mut sub: Sub, epoch: &crate::event::Epoch) -> Result<Option<Arc<str>>, FeedError> {
+        if let Some(slot) = self.windows.get_mut(def.id.as_str()) {
+            if let (Some(w), None) = (&slot.window, &slot.waiting) {
+                let frame = Arc::new(w.view_frame(epoch));
+                if send(&sub, ViewItem::Frame(sub.id, frame)) {
+                    sub.needs_view = false;
+                    slot.subs.push(sub);
+                }
+            } else {
+                slot.subs.push(sub);
+            }
+            return Ok(None);
+        }
+        let cap = 2 * def.limit;
+        if self.held + cap > MAX_HELD_ROWS {
+            return Err(FeedError::Full(format!(
+                "the server holds as many live view rows as it may ({MAX_HELD_ROWS}); try a smaller limit or later"
+            )));
+        }
+        self.held += cap;
+        let id: Arc<str> = def.id.as_str().into();
+        let def = Arc::new(def);
+        let table = self
+            .tables
+            .entry(def.table.topic.clone())
+            .or_insert_with(|| TableViews {
+                table: def.table.clone(),
+                by_value: HashMap::new(),
+                others: Vec::new(),
+            });
+        // A table whose columns were read again (a new definition) replaces the old shape.
+        table.table = def.table.clone();
+        match pins(&def) {
+            Some((col, values)) => {
+                for v in values {
+                    table.by_value.entry((col, v)).or_default().push(id.clone());
+                }
+            }
+            None => table.others.push(id.clone()),
+        }
+        self.windows.insert(
+            id.clone(),
+            Slot {
+                def,
+                window: None,
+                waiting: Some(Vec::new()),
+                stale: false,
+                subs: vec![sub],
+            },
+        );
+        Ok(Some(id))
+    }
+
+    fn remove(&mut self, sub: u64) {
+        let Some(id) = self
+            .windows
+            .iter()
+            .find(|(_, s)| s.subs.iter().any(|x| x.id == sub))
+            .map(|(id, _)| id.clone())
+        else {
+            return;
+        };
+        let slot = self.windows.get_mut(&id).expect("just found");
+        slot.subs.retain(|x| x.id != sub);
+        if slot.subs.is_empty() {
+            self.drop_window(&id);
+        }
+    }
+
+    fn drop_window(&mut self, id: &Arc<str>) {
+        let Some(slot) = self.windows.remove(id) else { return };
+        self.held -= 2 * slot.def.limit;
+        self.dirty.remove(id);
+        if let Some(t) = self.tables.get_mut(&slot.def.table.topic) {
+            t.others.retain(|x| x != id);
+            t.by_value.retain(|_, ids| {
+                ids.retain(|x| x != id);
+                !ids.is_empty()
+            });
+            if t.others.is_empty() && t.by_value.is_empty() {
+                self.tables.remove(&slot.def.table.topic);
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Arc<Event>, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+        if self.current.is_some_and(|s| s != ev.at.seq) {
+            self.finish_commit(epoch, reloads);
+        }
+        self.current = Some(ev.at.seq);
+        let Some(views) = ev.topics.first().and_then(|t| self.tables.get(t)) else {
+            return;
+        };
+        let change = Change::read(&views.table, &ev);
+        let mut hit: Vec<Arc<str>> = views.others.clone();
+        for (col, raw) in change.pinned_values(views) {
+            if let Some(ids) = views.by_value.get(&(col, raw)) {
+                hit.extend(ids.iter().cloned());
+            }
+        }
+        hit.sort();
+        hit.dedup();
+        for id in hit {
+            let Some(slot) = self.windows.get_mut(&id) else {
+                continue;
+            };
+            if let Some(waiting) = &mut slot.waiting {
+                if waiting.len() < MAX_WAITING {
+                    waiting.push(ev.clone());
+                } else {
+                    waiting.clear();
+                    slot.stale = true;
+                }
+                continue;
+            }
+            if let Some(w) = &mut slot.window {
+                change.apply(w, ev.at);
+                self.dirty.insert(id);
+            }
+        }
+    }
+
+    fn on_upto(&mut self, at: Position, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+        if self.current.is_some_and(|s| s <= at.seq) {
+            self.finish_commit(epoch, reloads);
+        }
+        self.relayed = self.relayed.max(at);
+    }
+
+    /// Ends the current commit: each window it changed sends its one delta, or asks for a read.
+    fn finish_commit(&mut self, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+        let Some(seq) = self.current.take() else { return };
+        let at = Position::end_of(seq);
+        self.relayed = self.relayed.max(at);
+        let dirty: Vec<Arc<str>> = self.dirty.drain().collect();
+        for id in dirty {
+            let Some(slot) = self.windows.get_mut(&id) else {
+                continue;
+            };
+            if slot.waiting.is_some() {
+                continue;
+            }
+            let Some(w) = &mut slot.window else { continue };
+            match w.finish(at, epoch) {
+                Finish::Quiet => slot.emit(None, epoch),
+                Finish::Delta(frame) => slot.emit(Some(frame), epoch),
+                Finish::Reload => {
+                    slot.waiting = Some(Vec::new());
+                    reloads.push(id.clone());
+                }
+            }
+            if slot.subs.is_empty() {
+                self.drop_window(&id);
+            }
+        }
+    }
+
+    /// The feed started over, or the views fell behind it: every window is read again.
+    fn reset(&mut self, reloads: &mut Vec<Arc<str>>) {
+        self.current = None;
+        self.dirty.clear();
+        for (id, slot) in &mut self.windows {
+            match &mut slot.waiting {
+                // Already being read: read once more, as this read may predate the reset.
+                Some(w) => {
+                    w.clear();
+                    slot.stale = true;
+                }
+                None => {
+                    slot.waiting = Some(Vec::new());
+                    reloads.push(id.clone());
+                }
+            }
+        }
+    }
+
+    /// A read of window `id` ended: the changes after its position are applied to it, and its
+    /// subscribers get their frames.
+    fn install(
+        &mut self,
+        id: &Arc<str>,
+        loaded: db::views::Loaded,
+        epoch: &crate::event::Epoch,
+        reloads: &mut Vec<Arc<str>>,
+    ) {
+        let Some(slot) = self.windows.get_mut(id) else { return };
+        if std::mem::take(&mut slot.stale) {
+            slot.waiting = Some(Vec::new());
+            reloads.push(id.clone());
+            return;
+        }
+        let waiting = slot.waiting.take().unwrap_or_default();
+        let first = slot.window.is_none();
+        let w = match &mut slot.window {
+            Some(w) => {
+                w.reload(loaded.at, loaded.rows, loaded.count);
+                w
+            }
+            None => slot
+                .window
+                .insert(Window::new(slot.def.clone(), loaded.at, loaded.rows, loaded.count)),
+        };
+        let mut mid_commit = false;
+        for ev in waiting {
+            if ev.at <= loaded.at {
+                continue;
+            }
+            Change::read(&slot.def.table, &ev).apply(w, ev.at);
+            mid_commit |= Some(ev.at.seq) == self.current;
+        }
+        if mid_commit {
+            // The rest of the commit is still to come: its end sends the frames.
+            self.dirty.insert(id.clone());
+            return;
+        }
+        w.at = w.at.max(self.relayed);
+        let frame = if first {
+            w.show(epoch);
+            None
+        } else {
+            match w.finish(w.at, epoch) {
+                Finish::Delta(frame) => Some(frame),
+                Finish::Quiet => None,
+                Finish::Reload => {
+                    slot.waiting = Some(Vec::new());
+                    reloads.push(id.clone());
+                    return;
+                }
+            }
+        };
+        slot.emit(frame, epoch);
+        if slot.subs.is_empty() {
+            self.drop_window(id);
+        }
+    }
+
+    /// A window's first read failed for good: its subscribers are told, and it is dropped.
+    /// False when the window has been read before (its reads go on until the database is back).
+    fn fail_first_read(&mut self, id: &Arc<str>) -> bool {
+        let Some(slot) = self.windows.get(id) else { return true };
+        if slot.window.is_some() {
+            return false;
+        }
+        for sub in &slot.subs {
+            send(sub, ViewItem::Failed(sub.id, FeedError::UNAVAILABLE));
+        }
+        self.drop_window(id);
+        true
+    }
+}
+
+impl Slot {
+    /// Sends `delta` to the subscribers that have the window's rows, and the `view` to those that
+    /// have none yet; drops subscribers whose queue is full or gone.
+    fn emit(&mut self, delta: Option<Frame>, epoch: &crate::event::Epoch) {
+        let Some(w) = &self.window else { return };
+        let delta = delta.map(Arc::new);
+        let mut view = None;
+        self.subs.retain_mut(|sub| {
+            let frame = if sub.needs_view {
+                view.get_or_insert_with(|| Arc::new(w.view_frame(epoch))).clone()
+            } else {
+                match &delta {
+                    Some(d) => d.clone(),
+                    None => return true,
+                }
+            };
+            sub.needs_view = false;
+            send(sub, ViewItem::Frame(sub.id, frame))
+        });
+    }
+}
+
+/// Queues `item` for a subscriber without waiting; false (and its connection closed as a slow
+/// consumer) when its queue is full, false when the connection is gone.
+fn send(sub: &Sub, item: ViewItem) -> bool {
+    match sub.sink.tx.try_send(item) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            sub.sink.overflow.cancel();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// One event's rows, read once for all the windows of its table.
+struct Change {
+    before: Option<(Arc<Parsed>, HashMap<usize, String>)>,
+    after: Option<(Arc<Parsed>, Arc<str>, HashMap<usize, String>)>,
+}
+
+impl Change {
+    fn read(table: &Table, ev: &Event) -> Change {
+        let parse = |json: &str| -> Option<(Arc<Parsed>, HashMap<usize, String>)> {
+            let map: HashMap<String, &RawValue> = serde_json::from_str(json).ok()?;
+            let parsed = table.parse_map(&map)?;
+            let raw = table
+                .cols
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| map.get(&c.name).map(|r| (i, r.get().to_owned())))
+                .collect();
+            Some((Arc::new(parsed), raw))
+        };
+        Change {
+            before: ev.change.before.as_deref().and_then(parse),
+            after: ev.change.after.as_deref().and_then(|json| {
+                let (parsed, raw) = parse(json)?;
+                Some((parsed, Arc::from(json), raw))
+            }),
+        }
+    }
+
+    /// The (column, JSON value) pairs of the row before and after, for the equality index.
+    fn pinned_values(&self, views: &TableViews) -> Vec<(usize, String)> {
+        let mut cols: Vec<usize> = views.by_value.keys().map(|(c, _)| *c).collect();
+        cols.sort_unstable();
+        cols.dedup();
+        let mut out = Vec::new();
+        for c in cols {
+            if let Some((_, raw)) = &self.before {
+                if let Some(v) = raw.get(&c) {
+                    out.push((c, v.clone()));
+                }
+            }
+            if let Some((_, _, raw)) = &self.after {
+                if let Some(v) = raw.get(&c) {
+                    out.push((c, v.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn apply(&self, w: &mut Window, at: Position) {
+        w.apply(
+            at,
+            self.before.as_ref().map(|(p, _)| p),
+            self.after.as_ref().map(|(p, json, _)| (p, json)),
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! One window (README "Live views"): the first rows of a view's definition, kept current change
+//! by change, and the frames that tell its subscribers. No I/O: the engine (`super`) feeds it
+//! changes and reads, and sends what it returns.
+//!
+//! The window holds the rows it shows (`limit`) and up to as many below them (the buffer), in the
+//! definition's order: the first matches after the keyset start, all of them when `complete`.
+//! A change removes its row by key and inserts it again where it now sorts, if it matches and
+//! sorts within what is loaded (beyond the last loaded row lies what is unknown). When the rows
+//! left fall under `limit` while more may exist, the window asks to be read again
+//! ([`Finish::Reload`]); most exits are refilled from the buffer without a read.
+//!
+//! What subscribers have is kept apart (`shown`); at the end of a commit the window compares it
+//! with its first `limit` rows and writes the operations between them: at most `limit` exits and
+//! `limit` enters or moves, however many rows the commit changed (PROTOCOL §9).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::def::{Def, Parsed};
+use crate::event::{Epoch, Position};
+
+/// One loaded row: its values (shared by every window of its table), key, and JSON.
+#[derive(Debug, Clone)]
+struct Entry {
+    row: Arc<Parsed>,
+    json: Arc<str>,
+}
+
+/// One row as a subscriber has it.
+#[derive(Debug, Clone)]
+struct Shown {
+    key: Arc<str>,
+    json: Arc<str>,
+}
+
+/// What a commit did to one row, for the `why` of its enter or exit.
+#[derive(Debug, Clone, Copy)]
+struct Touch {
+    /// The commit created it (its first change in the commit was an insert).
+    inserted: bool,
+    /// Its last change in the commit deleted it.
+    deleted: bool,
+    /// After its last change it matched the filter and was past the start.
+    member: bool,
+}
+
+#[derive(Debug)]
+pub struct Window {
+    pub def: Arc<Def>,
+    rows: Vec<Entry>,
+    /// Keys of `rows`.
+    keys: HashSet<Arc<str>>,
+    /// `rows` holds every matching row past the start.
+    complete: bool,
+    count: Option<i64>,
+    /// The log position the rows reflect: changes at or before it are already in them.
+    pub at: Position,
+    shown: Vec<Shown>,
+    shown_count: Option<i64>,
+    shown_next: Option<String>,
+    /// The position of what subscribers have.
+    pub shown_at: Position,
+    touched: HashMap<Arc<str>, Touch>,
+}
+
+/// What a window wants after a commit.
+#[derive(Debug)]
+pub enum Finish {
+    /// Nothing changed for its subscribers.
+    Quiet,
+    /// This frame (a `view_delta`) tells them.
+    Delta(Frame),
+    /// Too few rows are left and more may exist: read the window again.
+    Reload,
+}
+
+/// A frame for every subscriber of a window, serialized once: all of it but `type` and the
+/// subscriber's own `view` name, which each transport writes in front (`Frame::text`).
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub at: Position,
+    pub cursor: String,
+    /// `"topic":…,"cursor":…,…}`: the frame after its `"view":NAME,`.
+    pub tail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    View,
+    Delta,
+}
+
+impl FrameKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::View => "view",
+            FrameKind::Delta => "view_delta",
+        }
+    }
+}
+
+impl Frame {
+    /// The whole frame for the subscriber that named its view `name`.
+    pub fn text(&self, name: &str) -> String {
+        let mut out = String::with_capacity(40 + name.len() + self.tail.len());
+        out.push_str(r#"{"type":""#);
+        out.push_str(self.kind.as_str());
+        out.push_str(r#"","view":"#);
+        out.push_str(&serde_json::to_string(name).expect("a string"));
+        out.push(',');
+        out.push_str(&self.tail);
+        out
+    }
+}
+
+impl Window {
+    /// A window of `def` from a read at `at`: `rows` as JSON in order, up to `2 × limit`.
+    pub fn new(def: Arc<Def>, at: Position, rows: Vec<String>, count: Option<i64>) -> Window {
+        let mut w = Window {
+            def,
+            rows: Vec::new(),
+            keys: HashSet::new(),
+            complete: false,
+            count: None,
+            at,
+            shown: Vec::new(),
+            shown_count: None,
+            shown_next: None,
+            shown_at: at,
+            touched: HashMap::new(),
+        };
+        w.reload(at, rows, count);
+        w
+    }
+
+    /// Rows the window loads at most: what it shows and as many again below.
+    pub fn cap(&self) -> usize {
+        2 * self.def.limit
+    }
+
+    /// Replaces the rows by a read at `at`; what subscribers have, and what the current commit
+    /// touched, stay (the next frame goes from what they have to this).
+    pub fn reload(&mut self, at: Position, rows: Vec<String>, count: Option<i64>) {
+        let table = &self.def.table;
+        self.complete = rows.len() < self.cap();
+        self.rows = rows
+            .into_iter()
+            .filter_map(|json| {
+                let row = table.parse(&json)?;
+                Some(Entry {
+                    row: Arc::new(row),
+                    json: json.into(),
+                })
+            })
+            .collect();
+        self.keys = self.rows.iter().map(|e| e.row.key.clone()).collect();
+        self.count = count;
+        self.at = at;
+    }
+
+    /// Applies one change at `at` (in log order): the row before (none for an insert) and after
+    /// (none for a delete), both of this window's table.
+    pub fn apply(&mut self, at: Position, before: Option<&Arc<Parsed>>, after: Option<(&Arc<Parsed>, &Arc<str>)>) {
+        if at <= self.at {
+            return;
+        }
+        self.at = at;
+        let def = &self.def;
+        let matched = before.is_some_and(|b| def.matches(&b.vals));
+        let matches = after.is_some_and(|(a, _)| def.matches(&a.vals));
+        if let Some(count) = &mut self.count {
+            *count += matches as i64 - matched as i64;
+        }
+        let key = match (before, after) {
+            (_, Some((a, _))) => a.key.clone(),
+            (Some(b), None) => b.key.clone(),
+            (None, None) => return,
+        };
+        if self.keys.remove(&key) {
+            if let Some(i) = self.rows.iter().position(|e| e.row.key == key) {
+                self.rows.remove(i);
+            }
+        }
+        let member = match after {
+            Some((a, json)) if matches && def.past_start(&a.vals) => {
+                let i = self
+                    .rows
+                    .partition_point(|e| def.cmp(&e.row.vals, &a.vals) == std::cmp::Ordering::Less);
+                // Beyond the last loaded row is what the window does not know.
+                if i < self.rows.len() || self.complete {
+                    self.rows.insert(
+                        i,
+                        Entry {
+                            row: a.clone(),
+                            json: json.clone(),
+                        },
+                    );
+                    self.keys.insert(key.clone());
+                }
+                true
+            }
+            _ => false,
+        };
+        if self.rows.len() > self.cap() {
+            for gone in self.rows.drain(self.cap()..) {
+                self.keys.remove(&gone.row.key);
+            }
+            self.complete = false;
+        }
+        let touch = self.touched.entry(key).or_insert(Touch {
+            inserted: before.is_none(),
+            deleted: false,
+            member,
+        });
+        touch.deleted = after.is_none();
+        touch.member = member;
+    }
+
+    /// Whether the window has changes its subscribers do not have yet.
+    pub fn dirty(&self) -> bool {
+        !self.touched.is_empty() || self.count != self.shown_count
+    }
+
+    /// Ends a commit at `at` (the end of its seq): the frame that brings subscribers from what
+    /// they have to the window, if anything changed for them, or a reload when too few rows are
+    /// left.
+    pub fn finish(&mut self, at: Position, epoch: &Epoch) -> Finish {
+        self.at = self.at.max(at);
+        if self.rows.len() < self.def.limit && !self.complete {
+            return Finish::Reload;
+        }
+        if !self.dirty() {
+            return Finish::Quiet;
+        }
+        match self.delta(epoch) {
+            Some(frame) => Finish::Delta(frame),
+            None => Finish::Quiet,
+        }
+    }
+
+    /// The `view` frame of what subscribers have now: for a new subscriber of a window whose
+    /// others are up to date.
+    pub fn view_frame(&self, epoch: &Epoch) -> Frame {
+        let cursor = epoch.cursor(self.shown_at);
+        let mut tail = self.head(&cursor);
+        tail.push_str(r#","rows":["#);
+        for (i, s) in self.shown.iter().enumerate() {
+            if i > 0 {
+                tail.push(',');
+            }
+            tail.push_str(&s.json);
+        }
+        tail.push(']');
+        if let Some(count) = self.shown_count {
+            let _ = write!(tail, r#","count":{count}"#);
+        }
+        tail.push_str(r#","next":"#);
+        push_opt_str(&mut tail, self.shown_next.as_deref());
+        tail.push('}');
+        Frame {
+            kind: FrameKind::View,
+            at: self.shown_at,
+            cursor,
+            tail,
+        }
+    }
+
+    /// Makes the window's rows what subscribers have, as of `self.at`, and returns their `view`.
+    pub fn show(&mut self, epoch: &Epoch) -> Frame {
+        self.shown = self
+            .visible()
+            .map(|e| Shown {
+                key: e.row.key.clone(),
+                json: e.json.clone(),
+            })
+            .collect();
+        self.shown_count = self.count;
+        self.shown_next = self.next();
+        self.shown_at = self.at;
+        self.touched.clear();
+        self.view_frame(epoch)
+    }
+
+    fn visible(&self) -> impl Iterator<Item = &Entry> {
+        self.rows.iter().take(self.def.limit)
+    }
+
+    /// The `next` token: after the last row shown, when a page may follow.
+    fn next(&self) -> Option<String> {
+        let more = self.rows.len() > self.def.limit || !self.complete;
+        match self.rows.get(self.def.limit.saturating_sub(1)) {
+            Some(last) if more && self.rows.len() >= self.def.limit => Some(self.def.token(&last.json)),
+            _ => None,
+        }
+    }
+
+    fn head(&self, cursor: &str) -> String {
+        let mut tail = String::with_capacity(256);
+        tail.push_str(r#""topic":"#);
+        push_opt_str(&mut tail, Some(&self.def.table.topic));
+        tail.push_str(r#","cursor":"#);
+        push_opt_str(&mut tail, Some(cursor));
+        tail
+    }
+
+    /// The operations from `shown` to the window's first rows, applied in order: exits from the
+    /// bottom up (so each `from` is still the row's index), then each target slot in turn, filled
+    /// by the row already there, by a row moved up from below, or by an entering row.
+    fn delta(&mut self, epoch: &Epoch) -> Option<Frame> {
+        let target: Vec<Shown> = self
+            .visible()
+            .map(|e| Shown {
+                key: e.row.key.clone(),
+                json: e.json.clone(),
+            })
+            .collect();
+        let wanted: HashSet<&str> = target.iter().map(|s| &*s.key).collect();
+        let had: HashMap<&str, &Shown> = self.shown.iter().map(|s| (&*s.key, s)).collect();
+        let mut ops = String::new();
+        let mut n = 0;
+        let mut sep = |ops: &mut String| {
+            if n > 0 {
+                ops.push(',');
+            }
+            n += 1;
+        };
+        let mut cur: Vec<Arc<str>> = Vec::with_capacity(self.shown.len());
+        for (i, s) in self.shown.iter().enumerate().rev() {
+            if wanted.contains(&*s.key) {
+                continue;
+            }
+            let why = match self.touched.get(&s.key) {
+                Some(t) if t.deleted => "delete",
+                Some(t) if !t.member => "unmatch",
+                Some(_) => "overflow",
+                None if self.keys.contains(&s.key) => "overflow",
+                None => "unmatch",
+            };
+            sep(&mut ops);
+            op_exit(&mut ops, &s.key, i, why);
+        }
+        cur.extend(
+            self.shown
+                .iter()
+                .filter(|s| wanted.contains(&*s.key))
+                .map(|s| s.key.clone()),
+        );
+        for (i, t) in target.iter().enumerate() {
+            let changed = had.get(&*t.key).is_none_or(|s| s.json != t.json);
+            if cur.get(i).is_some_and(|k| *k == t.key) {
+                if changed {
+                    sep(&mut ops);
+                    op_update(&mut ops, &t.key, i, i, &t.json);
+                }
+            } else if let Some(j) = cur.iter().skip(i).position(|k| *k == t.key).map(|j| j + i) {
+                let k = cur.remove(j);
+                cur.insert(i, k);
+                sep(&mut ops);
+                op_update(&mut ops, &t.key, j, i, &t.json);
+            } else {
+                let why = match self.touched.get(&t.key) {
+                    Some(touch) if touch.inserted => "insert",
+                    Some(_) => "match",
+                    None => "fill",
+                };
+                cur.insert(i, t.key.clone());
+                sep(&mut ops);
+                op_enter(&mut ops, &t.key, i, &t.json, why);
+            }
+        }
+        let next = self.next();
+        let count_changed = self.count != self.shown_count;
+        let next_changed = next != self.shown_next;
+        self.touched.clear();
+        if n == 0 && !count_changed && !next_changed {
+            return None;
+        }
+        self.shown = target;
+        self.shown_count = self.count;
+        self.shown_at = self.at;
+        let cursor = epoch.cursor(self.at);
+        let mut tail = self.head(&cursor);
+        tail.push_str(r#","ops":["#);
+        tail.push_str(&ops);
+        tail.push(']');
+        if let Some(count) = self.count {
+            let _ = write!(tail, r#","count":{count}"#);
+        }
+        if next_changed {
+            tail.push_str(r#","next":"#);
+            push_opt_str(&mut tail, next.as_deref());
+            self.shown_next = next;
+        }
+        tail.push('}');
+        Some(Frame {
+            kind: FrameKind::Delta,
+            at: self.at,
+            cursor,
+            tail,
+        })
+    }
+
+    /// Rows and keys held (for the server-wide budget).
+    pub fn held(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+fn push_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => out.push_str(&serde_json::to_string(s).expect("a string")),
+        None => out.push_str("null"),
+    }
+}
+
+fn op_exit(out: &mut String, key: &str, from: usize, why: &str) {
+    out.push_str(r#"{"op":"exit","key":"#);
+    push_opt_str(out, Some(key));
+    let _ = write!(out, r#","from":{from},"why":"{why}"}}"#);
+}
+
+fn op_enter(out: &mut String, key: &str, to: usize, row: &str, why: &str) {
+    out.push_str(r#"{"op":"enter","key":"#);
+    push_opt_str(out, Some(key));
+    let _ = write!(out, r#","to":{to},"row":{row},"why":"{why}"}}"#);
+}
+
+fn op_update(out: &mut String, key: &str, from: usize, to: usize, row: &str) {
+    out.push_str(r#"{"op":"update","key":"#);
+    push_opt_str(out, Some(key));
+    let _ = write!(out, r#","from":{from},"to":{to},"row":{row}}}"#);
+}
