@@ -34,9 +34,9 @@ pub struct Args {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// How long `latency` and `fanout` write for.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
+    /// How long `latency` and `fanout` write for (default 20 s), or `views` updates (default 30 s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
 
     /// How long each `writers` pass lasts (3 variants × 3 writer counts × --repeat rounds).
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -47,15 +47,16 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
 
-    /// Subscribers (default per scenario: latency 100, fanout 1000, burst 10, idle 10000).
+    /// Subscribers (default per scenario: latency 100, fanout 1000, burst 10, idle 10000, views 1000).
     #[arg(long)]
     pub subscribers: Option<usize>,
 
-    /// Rows per second written (default: latency 500, fanout 200).
+    /// Rows per second written (default: latency 500, fanout 200), or updates per second (views 1000).
     #[arg(long)]
     pub rate: Option<u32>,
 
-    /// Rows inserted by `burst` (default 20000) or replayed by `catchup` (default 100000).
+    /// Rows inserted by `burst` (default 20000), replayed by `catchup` (default 100000), or the
+    /// studies `views` and `admin-page` run on (default 1000000).
     #[arg(long)]
     pub rows: Option<usize>,
 
@@ -66,6 +67,16 @@ pub struct Args {
     /// The `pgfeed` binary to run (default: next to this executable).
     #[arg(long)]
     pub pgfeed: Option<std::path::PathBuf>,
+
+    /// `admin-page`: the script that drives the page (default: this checkout's
+    /// scripts/admin-page-bench.mjs), run with `node`.
+    #[arg(long)]
+    pub script: Option<std::path::PathBuf>,
+
+    /// `admin-page`: set up the server on its studies and keep it running until Ctrl-C, printing
+    /// its URL and database, instead of running the script.
+    #[arg(long)]
+    pub hold: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +87,9 @@ pub enum Scenario {
     Idle,
     Catchup,
     Writers,
+    Views,
+    /// Not part of `all`: needs node and Chromium.
+    AdminPage,
     All,
 }
 
@@ -109,6 +123,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Idle,
             Scenario::Catchup,
             Scenario::Writers,
+            // Last: it leaves a million studies in the bench database.
+            Scenario::Views,
         ],
         one => vec![one],
     };

@@ -252,6 +252,12 @@ async fn every_subscriber_of_every_window_ends_equal_to_postgresqls_select_under
             5,
         ),
         (
+            json!({"topic": "studies", "filter": {"label|title": "ilike.*7*"}, "order": "updated_at.desc", "limit": 7, "count": true}),
+            "(label ilike '%7%' or title ilike '%7%')",
+            "updated_at desc, id",
+            7,
+        ),
+        (
             json!({"topic": "studies", "filter": {"status": "neq.archived", "version": "gte.2"}, "order": "version.desc,title", "limit": 6}),
             "status <> 'archived' and version >= 2",
             r#"version desc, title collate "C", id"#,

@@ -168,13 +168,22 @@ impl Server {
 
     /// The server's resident memory (VmRSS) in KiB.
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory the server has had so far (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let pid = self.pid().context("pgfeed has exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/<pid>/status")
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))
     }
 
     /// CPU time (user + system) the server has used so far.

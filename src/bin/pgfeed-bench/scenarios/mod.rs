@@ -1,9 +1,11 @@
 //! The scenarios. Each starts its own `pgfeed serve` (so memory and CPU figures are its own),
 //! measures, stops it, and prints a table and one JSON line.
 
+mod admin_page;
 mod catchup;
 mod idle;
 mod streams;
+mod views;
 mod writers;
 
 use std::sync::Arc;
@@ -16,13 +18,17 @@ use crate::client::{self, Ws};
 use crate::report;
 use crate::setup::{self, BenchDb, Server};
 use crate::{Args, Scenario};
+use admin_page::admin_page;
 use catchup::catchup;
 use idle::idle;
 use streams::{stream_scenario, Load};
+use views::views;
 use writers::writers;
 
 /// Subscribers connecting at once while a scenario sets up.
 pub(super) const CONNECT_CONCURRENCY: usize = 100;
+/// How long `latency` and `fanout` write for.
+const PACED_DURATION: Duration = Duration::from_secs(20);
 /// How long subscribers may take, after the last commit, to receive everything.
 pub(super) const DRAIN: Duration = Duration::from_secs(60);
 
@@ -39,14 +45,14 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
         Scenario::Latency => {
             let load = Load::Paced {
                 rate: args.rate.unwrap_or(500),
-                duration: args.duration,
+                duration: args.duration.unwrap_or(PACED_DURATION),
             };
             stream_scenario("latency", args.subscribers.unwrap_or(100), load, args, db, &server).await
         }
         Scenario::Fanout => {
             let load = Load::Paced {
                 rate: args.rate.unwrap_or(200),
-                duration: args.duration,
+                duration: args.duration.unwrap_or(PACED_DURATION),
             };
             stream_scenario("fanout", args.subscribers.unwrap_or(1000), load, args, db, &server).await
         }
@@ -59,6 +65,8 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
         Scenario::Idle => idle(args.subscribers.unwrap_or(10_000), db, &server).await,
         Scenario::Catchup => catchup(args.rows.unwrap_or(100_000), args, db, &server).await,
         Scenario::Writers => writers(args, db, &server).await,
+        Scenario::Views => views(args, db, &server).await,
+        Scenario::AdminPage => admin_page(args, db, &server).await,
         Scenario::All => unreachable!("expanded by the caller"),
     };
     server.stop().await?;
