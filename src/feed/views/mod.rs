@@ -46,6 +46,8 @@ pub const MAX_HELD_ROWS: usize = 1_000_000;
 /// Changes a window being read may have waiting; past it they are dropped and the window is read
 /// once more when the read ends.
 const MAX_WAITING: usize = 100_000;
+/// Relayed items the engine applies per hold of its lock.
+const BATCH: usize = 256;
 /// Pause between tries of a window's read that failed (the database is down).
 const RETRY: Duration = Duration::from_secs(1);
 /// A window's first read is tried this often before its subscribers are told it failed.
@@ -164,8 +166,10 @@ impl Views {
                     Relayed::Upto(at) => state.on_upto(at, &epoch, &mut reloads),
                     Relayed::Reset => state.reset(&mut reloads),
                 }
-                // Drain what else is waiting under the same lock.
-                while let Ok(item) = rx.try_recv() {
+                // What else is waiting, under the same lock; a bounded batch, so a subscribe
+                // never waits long for the lock behind a statement of 100,000 rows.
+                for _ in 0..BATCH {
+                    let Ok(item) = rx.try_recv() else { break };
                     match item {
                         Relayed::Event(ev) => state.on_event(ev, &epoch, &mut reloads),
                         Relayed::Upto(at) => state.on_upto(at, &epoch, &mut reloads),
@@ -180,6 +184,7 @@ impl Views {
             for id in reloads {
                 self.spawn_read(id);
             }
+            tokio::task::yield_now().await;
         }
     }
 

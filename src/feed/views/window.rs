@@ -57,6 +57,8 @@ pub struct Window {
     /// The log position the rows reflect: changes at or before it are already in them.
     pub at: Position,
     shown: Vec<Shown>,
+    /// Keys of `shown`.
+    shown_keys: HashSet<Arc<str>>,
     shown_count: Option<i64>,
     shown_next: Option<String>,
     /// The position of what subscribers have.
@@ -126,6 +128,7 @@ impl Window {
             count: None,
             at,
             shown: Vec::new(),
+            shown_keys: HashSet::new(),
             shown_count: None,
             shown_next: None,
             shown_at: at,
@@ -206,8 +209,18 @@ impl Window {
         if self.rows.len() > self.cap() {
             for gone in self.rows.drain(self.cap()..) {
                 self.keys.remove(&gone.row.key);
+                if !self.shown_keys.contains(&gone.row.key) {
+                    self.touched.remove(&gone.row.key);
+                }
             }
             self.complete = false;
+        }
+        // Only a row subscribers have, or one the window holds, can be in the next delta: what a
+        // commit did to any other is forgotten, so a statement over 100,000 rows leaves each
+        // window at most 3 × limit of them to remember, not all 100,000.
+        if !self.shown_keys.contains(&key) && !self.keys.contains(&key) {
+            self.touched.remove(&key);
+            return;
         }
         let touch = self.touched.entry(key).or_insert(Touch {
             inserted: before.is_none(),
@@ -220,7 +233,7 @@ impl Window {
 
     /// Whether the window has changes its subscribers do not have yet.
     pub fn dirty(&self) -> bool {
-        !self.touched.is_empty() || self.count != self.shown_count
+        !self.touched.is_empty() || self.count != self.shown_count || self.next() != self.shown_next
     }
 
     /// Ends a commit at `at` (the end of its seq): the frame that brings subscribers from what
@@ -276,6 +289,7 @@ impl Window {
                 json: e.json.clone(),
             })
             .collect();
+        self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
         self.shown_count = self.count;
         self.shown_next = self.next();
         self.shown_at = self.at;
@@ -378,6 +392,7 @@ impl Window {
             return None;
         }
         self.shown = target;
+        self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
         self.shown_count = self.count;
         self.shown_at = self.at;
         let cursor = epoch.cursor(self.at);

@@ -7,7 +7,7 @@ use axum::extract::ws::Message;
 use futures::{Sink, Stream};
 use tokio::sync::mpsc;
 
-use super::{frames, stall, End, Session};
+use super::{frames, stall, End, Session, WRITE_BATCH};
 use crate::feed::views::{Request, ViewItem, ViewSink, Views};
 use crate::feed::Stopped;
 use crate::transport::frames::ClientFrame;
@@ -127,28 +127,37 @@ where
             .await
     }
 
-    /// Writes one view frame under the name its subscription has on this connection (none: the
-    /// view was closed or replaced meanwhile, and the frame is dropped).
-    pub(super) async fn deliver_view(&mut self, item: ViewItem) -> Result<(), End> {
-        let Some(views) = &mut self.views else { return Ok(()) };
-        match item {
-            ViewItem::Frame(sub, frame) => {
-                let Some(name) = views.by_id.get(&sub) else {
-                    return Ok(());
-                };
-                let text = frame.text(name);
-                stall(futures::SinkExt::send(&mut self.socket, Message::Text(text.into()))).await??;
-                Ok(())
+    /// Writes a view frame under the name its subscription has on this connection (none: the
+    /// view was closed or replaced meanwhile, and the frame is dropped), and whatever else is
+    /// already queued, up to a batch, then flushes once: one socket write for many frames.
+    pub(super) async fn deliver_view(&mut self, first: ViewItem) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(item) = next.take() {
+            let Some(views) = &mut self.views else { return Ok(()) };
+            match item {
+                ViewItem::Frame(sub, frame) => {
+                    if let Some(name) = views.by_id.get(&sub) {
+                        let text = frame.text(name);
+                        stall(futures::SinkExt::feed(&mut self.socket, Message::Text(text.into()))).await??;
+                        fed += 1;
+                    }
+                }
+                ViewItem::Failed(sub, message) => {
+                    if let Some(name) = views.by_id.remove(&sub) {
+                        views.names.remove(&name);
+                        let msg = format!("view {name:?}: {message}");
+                        let text = frames::text(&frames::Error::new("unavailable", &msg, None));
+                        stall(futures::SinkExt::feed(&mut self.socket, Message::Text(text))).await??;
+                    }
+                }
             }
-            ViewItem::Failed(sub, message) => {
-                let Some(name) = views.by_id.remove(&sub) else {
-                    return Ok(());
-                };
-                views.names.remove(&name);
-                let msg = format!("view {name:?}: {message}");
-                self.send_frame(&frames::Error::new("unavailable", &msg, None)).await
+            if fed < WRITE_BATCH {
+                next = self.views.as_mut().and_then(|v| v.rx.try_recv().ok());
             }
         }
+        stall(futures::SinkExt::flush(&mut self.socket)).await??;
+        Ok(())
     }
 }
 
