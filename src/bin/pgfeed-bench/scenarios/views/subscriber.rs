@@ -213,14 +213,13 @@ pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits until no subscriber has received a frame for `quiet`, at most `patience`; returns how
-/// long after `since` the last frame came.
-pub async fn wait_for_quiet(activity: &Activity, since_us: i64, quiet: Duration, patience: Duration) -> Duration {
+/// Waits until no subscriber has received a frame for `quiet` since `since_us`, at most `patience`.
+pub async fn wait_for_quiet(activity: &Activity, since_us: i64, quiet: Duration, patience: Duration) {
     let deadline = Instant::now() + patience;
     loop {
         let last = activity.last_frame_us.load(Ordering::Relaxed).max(since_us);
         if now_us() - last >= quiet.as_micros() as i64 || Instant::now() >= deadline {
-            return Duration::from_micros((last - since_us).max(0) as u64);
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
