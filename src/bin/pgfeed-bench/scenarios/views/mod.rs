@@ -177,13 +177,14 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
 
     let cpu_total = server.cpu_time();
     let peak_rss = server.peak_rss_kib()?;
-    let closed: BTreeMap<u16, usize> =
-        subs.iter()
-            .filter_map(|s| lock(&s.state).closed)
-            .fold(BTreeMap::new(), |mut m, c| {
-                *m.entry(c).or_default() += 1;
-                m
-            });
+    let closed: BTreeMap<u16, usize> = subs
+        .iter()
+        .flat_map(|s| lock(&s.state).closes.clone())
+        .fold(BTreeMap::new(), |mut m, c| {
+            *m.entry(c).or_default() += 1;
+            m
+        });
+    let gone = subs.iter().filter(|s| lock(&s.state).gone).count();
     let unexpected: Vec<String> = subs
         .iter()
         .flat_map(|s| lock(&s.state).unexpected.clone())
@@ -199,7 +200,8 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         && after_bulk.mismatched == 0
         && totals.misfits == 0
         && totals.repeated_cursors == 0
-        && closed.is_empty();
+        && closed.is_empty()
+        && gone == 0;
     let live_ok = exact && latency.p99 <= 50.0;
     let subscribe_ok = subscribe_new.p99 <= 100.0;
     let bulk_ok = bulk.missing == 0 && bulk.extra == 0 && bulk.max_ops <= 100 && bulk_tail_ms <= 2000.0;
@@ -313,7 +315,10 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
             "bench (writers + clients) CPU in a".to_owned(),
             format!("{:.2} s", own_live.as_secs_f64()),
         ),
-        ("connections closed by server".to_owned(), format!("{closed:?}")),
+        (
+            "connections closed by server".to_owned(),
+            format!("{closed:?} by close code; each resumed with its last cursor, {gone} subscribers gave up"),
+        ),
         ("unexpected frames".to_owned(), format!("{unexpected:?}")),
         (
             "target".to_owned(),
@@ -351,7 +356,7 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         "server_cpu_s": {"subscribe": report::round(cpu_subscribe.as_secs_f64()), "live": report::round(cpu_live.as_secs_f64()),
                          "bulk": report::round(cpu_bulk.as_secs_f64()), "total": report::round(cpu_total.as_secs_f64())},
         "server_rss_kib": {"loaded": rss_loaded, "subscribed": rss_subscribed, "live": rss_live, "peak": peak_rss},
-        "bench_cpu_s": report::round(own_live.as_secs_f64()), "closed": closed,
+        "bench_cpu_s": report::round(own_live.as_secs_f64()), "closed": closed, "gave_up": gone,
         "machine": machine(db).await, "meets_target": ok,
     });
     report::print("views", &table, &out);
