@@ -13,6 +13,7 @@ const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const TS: &str = "application/typescript; charset=utf-8";
 
 /// The page's assets: path → (content type, body). A new module under web/admin/ is one more row.
 const ASSETS: &[(&str, (&str, &str))] = &[
@@ -21,11 +22,14 @@ const ASSETS: &[(&str, (&str, &str))] = &[
     ("/admin/api.js", (JS, include_str!("../../web/admin/api.js"))),
     ("/admin/common.js", (JS, include_str!("../../web/admin/common.js"))),
     ("/admin/confirm.js", (JS, include_str!("../../web/admin/confirm.js"))),
+    ("/admin/list.js", (JS, include_str!("../../web/admin/list.js"))),
     ("/admin/room.js", (JS, include_str!("../../web/admin/room.js"))),
     ("/admin/route.js", (JS, include_str!("../../web/admin/route.js"))),
     ("/admin/signin.js", (JS, include_str!("../../web/admin/signin.js"))),
     ("/admin/study.js", (JS, include_str!("../../web/admin/study.js"))),
     ("/admin/table.js", (JS, include_str!("../../web/admin/table.js"))),
+    // The types of /client.js (served beside it in http/mod.rs), for editors and `tsc`.
+    ("/client.d.ts", (TS, include_str!("../../web/client.d.ts"))),
 ];
 
 /// Only this origin's scripts, styles and connections (WebSocket included); never framed.

@@ -76,6 +76,12 @@ pub async fn open<H: Send + 'static>(
     shutdown
         .tracker
         .spawn(run(stream, start, refresh, events_tx, token.clone()));
+    Ok(response(events_rx, token))
+}
+
+/// The `text/event-stream` response of the events a stream task sends to `events_rx`, with
+/// keep-alives; it ends with the task, or at shutdown (`token`).
+pub fn response(events_rx: mpsc::Receiver<SseEvent>, token: CancellationToken) -> Response {
     let stream = ReceiverStream::new(events_rx)
         .map(Ok::<_, Infallible>)
         .take_until(token.cancelled_owned());
@@ -86,7 +92,7 @@ pub async fn open<H: Send + 'static>(
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// One SSE stream: what it reads, for whom, and what it holds for as long as it runs.

@@ -2,16 +2,13 @@
 //! request, defined by query parameters (`view`, `topic`, `filter.<column>`, `order`, `limit`,
 //! `after`, `count`, `since`), with the same `view` and `view_delta` frames as on the WebSocket.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::header;
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Access;
@@ -20,7 +17,6 @@ use crate::feed::{Feed, FeedError};
 use crate::metrics::{Metrics, Transport};
 use crate::shutdown::Shutdown;
 use crate::transport::frames;
-use crate::transport::sse::KEEP_ALIVE;
 
 /// View frames one stream or poll may have waiting; past it an SSE stream ends (the client
 /// reconnects with `Last-Event-ID` and gets the view whole), as a WebSocket closes with 4008.
@@ -153,16 +149,7 @@ pub async fn sse<H: Send + 'static>(
             }
         }
     });
-    let stream = ReceiverStream::new(events_rx)
-        .map(Ok::<_, Infallible>)
-        .take_until(token.cancelled_owned());
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(crate::transport::sse::response(events_rx, token))
 }
 
 /// `GET /api/changes?view=…`: `{"events":[…],"cursor":"…"}` with the view's frames after `since`.

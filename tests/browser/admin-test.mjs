@@ -3,8 +3,11 @@
 //   node admin-test.mjs SERVER_URL DATABASE_URL SCENARIO SCREENSHOT_DIR
 //
 // SCENARIO: "table" (two pages on the studies table: psql writes, edits, a conflict, a server
-// restart), "room" (two pages in one study's room: messages and files), "refresh", "member", or
-// "expiry" (a member's token expires while the page is open: a fresh one resumes the feed).
+// restart), "room" (two pages in one study's room: messages and files), "refresh", "member",
+// "expiry" (a member's token expires while the page is open: a fresh one resumes the feed),
+// "views" (the table as a server-side view: sort, filter, search, pages, the live total, rows
+// entering and leaving the page), "room-views" (a room's newest 50 messages and files, "Load
+// older", live) or "fallback" (the table and a room without WebSockets, then without SSE).
 // Writes with psql itself (a writer outside pgfeed). Talks to the Rust test in JSON lines:
 //   stdout {"log": "..."}            something worth printing (observed delays)
 //   stdout {"need": "stop"|"start"}  stop the server / start it again on the same port; the test
@@ -59,14 +62,35 @@ const browser = await chromium.launch({
 });
 
 /** A page in a context of its own (its own sessionStorage, like another person's browser). */
-async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }, waitConnected = true) {
+async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }, waitConnected = true, blocked = null) {
   const context = await browser.newContext({ viewport, acceptDownloads: true });
   const page = await context.newPage();
+  if (blocked) {
+    // Like a proxy that breaks WebSockets (and, for "sse", streaming too).
+    await page.addInitScript(() => {
+      window.WebSocket = class BlockedWebSocket extends EventTarget {
+        constructor() {
+          super();
+          this.readyState = 0;
+          setTimeout(() => { this.readyState = 3; this.onerror?.(new Event("error")); this.onclose?.({ code: 1006 }); }, 10);
+        }
+        send() { throw new Error("not open"); }
+        close() {}
+      };
+    });
+    if (blocked === "sse") await page.route("**/events?*", (route) => route.fulfill({ status: 502, body: "no streaming here" }));
+  }
   page.on("console", (m) => { if (m.type() !== "debug") process.stderr.write(`[${name} ${m.type()}] ${m.text()}\n`); });
   page.on("pageerror", (e) => process.stderr.write(`[${name} pageerror] ${e.stack || e}\n`));
   // What the test wants to know about the page's life: every connection status it showed, and
   // every element that was highlighted.
   await page.addInitScript(() => {
+    window.__longestTask = 0;
+    try {
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) window.__longestTask = Math.max(window.__longestTask, Math.round(e.duration));
+      }).observe({ type: "longtask" });
+    } catch { /* no long-task timing here */ }
     window.__statuses = [];
     window.__flashed = [];
     new MutationObserver((records) => {
@@ -78,7 +102,7 @@ async function openPage(name, hash = "", viewport = { width: 1280, height: 800 }
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["class", "data-status"] });
   });
   await page.goto(`${serverUrl}/${hash}`);
-  if (waitConnected) await page.locator('#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
+  if (waitConnected) await page.locator(blocked ? '#conn[data-status="fallback"]' : '#conn[data-status="connected"]').waitFor({ timeout: PATIENCE_MS });
   page.name = name;
   return page;
 }
@@ -257,6 +281,201 @@ async function tableScenario() {
   return { rows: want.length };
 }
 
+// ---- the table as a live view: server-side sort, filter, search, pages, total ------------------
+
+/** The labels PostgreSQL's own SELECT puts on a page (code-point order, as views sort text). */
+function pageLabels(where, order, offset = 0) {
+  return psql(`select coalesce(string_agg(label, ',' order by n), '') from (
+                 select label, row_number() over (order by ${order}) n from studies where ${where}
+                 order by ${order} offset ${offset} limit 50) p`);
+}
+
+async function shownLabels(page) {
+  return page.$$eval("#studies tbody tr[data-id] td.label", (tds) => tds.map((td) => td.textContent).join(","));
+}
+
+/** Waits until the page shows exactly `want` (labels, in order); fails saying what it shows. */
+async function showsLabels(page, want, what) {
+  try {
+    await page.waitForFunction((want) => [...document.querySelectorAll("#studies tbody tr[data-id] td.label")].map((td) => td.textContent).join(",") === want,
+      want, { timeout: LIVE_MS, polling: 50 });
+  } catch {
+    throw new Error(`${what}: the page shows ${await shownLabels(page)}\n  but the SELECT gives ${want}`);
+  }
+}
+
+async function showsText(page, selector, text, what) {
+  try {
+    await page.locator(selector, { hasText: text }).waitFor({ timeout: LIVE_MS });
+  } catch {
+    throw new Error(`${what}: ${selector} says ${JSON.stringify(await page.locator(selector).textContent())}, not ${JSON.stringify(text)}`);
+  }
+}
+
+async function viewsScenario() {
+  // 240 studies, a quarter of each status: more than a page of every filter.
+  psql(`insert into studies (label, title, status)
+          select 's' || lpad(i::text, 3, '0'), 'Study ' || (i * 7919 % 240), (array['draft', 'active', 'closed', 'archived'])[i % 4 + 1]
+          from generate_series(1, 240) i`);
+  const a = await openPage("A");
+  const byLabel = `label collate "C", id`;
+  await showsLabels(a, pageLabels("true", byLabel), "the first page");
+  await showsText(a, "#study-count", "(240)", "the live total");
+  await showsText(a, "#page-info", "Page 1 of 5", "the pager");
+  assert((await a.locator("#studies tbody tr").count()) === 50, "only the page's 50 rows are in the DOM");
+
+  // Pages: next, next, back (keyset: `after` is the frame's `next`, previous ones are a stack).
+  let t = Date.now();
+  await a.click("#page-next");
+  await within("next page", t, () => showsLabels(a, pageLabels("true", byLabel, 50), "page 2"));
+  await a.click("#page-next");
+  await showsLabels(a, pageLabels("true", byLabel, 100), "page 3");
+  await showsText(a, "#page-info", "Page 3 of 5", "the pager on page 3");
+  await a.click("#page-prev");
+  await showsLabels(a, pageLabels("true", byLabel, 50), "back to page 2");
+  await a.click("#page-prev");
+  await showsLabels(a, pageLabels("true", byLabel), "back to page 1");
+  assert(await a.locator("#page-prev").isDisabled(), "no previous page on page 1");
+
+  // Sort on every column, by the server (again to reverse).
+  for (const [col, order, clicks] of [
+    ["title", `title collate "C", id`, 1],
+    ["title", `title collate "C" desc, id`, 1],
+    ["status", `status collate "C", id`, 1],
+    ["updated_at", "updated_at desc, id", 1],
+    ["version", "version desc, id", 1],
+    ["label", `label collate "C" desc, id`, 2],
+  ]) {
+    for (let i = 0; i < clicks; i += 1) await a.locator(`#studies th[data-sort="${col}"] button`).click();
+    t = Date.now();
+    await within(`sort by ${order}`, t, () => showsLabels(a, pageLabels("true", order), `sorted by ${order}`));
+  }
+  await a.locator('#studies th[data-sort="label"] button').click(); // label ascending again
+  await showsLabels(a, pageLabels("true", byLabel), "label ascending again");
+
+  // The status filter and the search (label or title), by the server; the total follows.
+  await a.selectOption("#status-filter", "active");
+  t = Date.now();
+  await within("filter: active", t, () => showsLabels(a, pageLabels("status = 'active'", byLabel), "active only"));
+  await showsText(a, "#study-count", "(60)", "the total of active studies");
+  await a.fill("#search", "s01");
+  await a.waitForTimeout(500); // the search waits for typing to pause; a refusal comes at once
+  assert((await a.getAttribute("#search", "placeholder")) === "Search label or title",
+    "the server takes the search's two-column filter key \"title|label\" (it refused it, so the page fell back to titles only)");
+  await showsLabels(a, pageLabels("status = 'active' and (label ilike '%s01%' or title ilike '%s01%')", byLabel), "active, searching s01");
+  await a.fill("#search", "");
+  await showsLabels(a, pageLabels("status = 'active'", byLabel), "active, search cleared");
+
+  // A row leaving the filter disappears, and the next one fills in at the bottom of the page.
+  const first = psql("select id || '|' || label from studies where status = 'active' order by label collate \"C\", id limit 1").split("|");
+  const filler = psql("select label from studies where status = 'active' order by label collate \"C\", id offset 50 limit 1");
+  await a.locator(row(first[0])).evaluate((tr) => { tr.dataset.marker = "leaving"; });
+  psql(`update studies set status = 'closed' where id = ${first[0]}`);
+  t = Date.now();
+  await within("a row leaves the filter, the next fills in", t, () => showsLabels(a, pageLabels("status = 'active'", byLabel), "after a row left the filter"));
+  assert((await shownLabels(a)).split(",").at(-1) === filler, `${filler} filled the last slot`);
+  await showsText(a, "#study-count", "(59)", "the total after a row left");
+
+  // A psql change landing in the visible page: a new active study sorts first; the last row overflows.
+  await a.selectOption("#status-filter", "");
+  await showsLabels(a, pageLabels("true", byLabel), "all statuses again");
+  const marker = await a.locator("#studies tbody tr[data-id]").nth(1).evaluate((tr) => { tr.dataset.marker = "kept"; return tr.dataset.id; });
+  t = Date.now();
+  const id = psql("insert into studies (label, title, status) values ('s000', 'Inserted by psql', 'active') returning id");
+  await within("psql INSERT lands in the page", t, () => showsLabels(a, pageLabels("true", byLabel), "after the insert"));
+  await showsText(a, "#study-count", "(241)", "the total after the insert");
+  assert(await flashed(a, id), "the new row is highlighted");
+  assert((await a.locator(row(marker)).getAttribute("data-marker")) === "kept", "rows that stay keep their element");
+  psql(`update studies set title = 'Updated in place' where id = ${marker}`);
+  await a.locator(`${row(marker)} td.title`, { hasText: "Updated in place" }).waitFor({ timeout: LIVE_MS });
+  assert((await a.locator(row(marker)).getAttribute("data-marker")) === "kept", "an update is made in place");
+  psql(`delete from studies where id = ${id}`);
+  await showsLabels(a, pageLabels("true", byLabel), "after the delete");
+  await showsText(a, "#study-count", "(240)", "the total after the delete");
+
+  // A bulk UPDATE of every row: one delta for the page, which stays responsive.
+  await a.evaluate(() => { window.__longestTask = 0; });
+  t = Date.now();
+  psql("update studies set title = title || ' (bulk)'");
+  await within("bulk UPDATE of 240 rows", t, () => a.locator("#studies tbody tr[data-id] td.title", { hasText: "(bulk)" }).nth(49).waitFor({ timeout: LIVE_MS }));
+  const longTasks = await a.evaluate(() => window.__longestTask || 0);
+  log(`longest main-thread task seen: ${longTasks} ms`);
+  return { rows: 50 };
+}
+
+async function roomViewsScenario() {
+  const id = Number(psql("insert into studies (label, title) values ('busy-1', 'A busy room') returning id"));
+  psql(`insert into messages (study_id, author, body) select ${id}, 'bot', 'message ' || lpad(i::text, 3, '0') from generate_series(1, 60) i`);
+  psql(`insert into files (study_id, name, content_type, size_bytes, sha256)
+          select ${id}, 'file-' || lpad(i::text, 3, '0') || '.txt', 'text/plain', i, md5(i::text) from generate_series(1, 55) i`);
+  const a = await openPage("A", `#/studies/${id}`);
+  const bodies = () => a.$$eval("#thread li .body", (ps) => ps.map((p) => p.textContent));
+  const names = () => a.$$eval("#file-rows tr td.name a", (as) => as.map((x) => x.textContent));
+  await a.waitForFunction(() => document.querySelectorAll("#thread li").length === 50, null, { timeout: LIVE_MS });
+  let got = await bodies();
+  assert(got[0] === "message 011" && got[49] === "message 060", `the newest 50, oldest first: ${got[0]} … ${got[49]}`);
+  await showsText(a, "#message-count", "(60)", "the message total");
+  await a.waitForFunction(() => document.querySelectorAll("#file-rows tr").length === 50, null, { timeout: LIVE_MS });
+  let files = await names();
+  assert(files[0] === "file-055.txt" && files[49] === "file-006.txt", `the newest 50 files, newest first: ${files[0]} … ${files[49]}`);
+  await showsText(a, "#file-count", "(55)", "the file total");
+
+  // A psql message lands at the bottom; the oldest shown leaves the window.
+  psql(`insert into messages (study_id, author, body) values (${id}, 'psql', 'message 061')`);
+  await a.locator("#thread li", { hasText: "message 061" }).waitFor({ timeout: LIVE_MS });
+  await a.waitForFunction(() => document.querySelector("#thread li .body").textContent === "message 012", null, { timeout: LIVE_MS });
+  await showsText(a, "#message-count", "(61)", "the message total after a post");
+
+  // "Load older": the rest, in order.
+  await a.click("#load-older-messages");
+  await a.waitForFunction(() => document.querySelectorAll("#thread li").length === 61, null, { timeout: LIVE_MS });
+  got = await bodies();
+  assert(got[0] === "message 001" && got[60] === "message 061", `all 61 in order: ${got[0]} … ${got[60]}`);
+  assert(await a.locator("#load-older-messages").isHidden(), "nothing older to load");
+  await a.click("#load-older-files");
+  await a.waitForFunction(() => document.querySelectorAll("#file-rows tr").length === 55, null, { timeout: LIVE_MS });
+  files = await names();
+  assert(files[54] === "file-001.txt", `all 55 files: ${files.at(-1)}`);
+
+  // A message deleted by psql leaves; a file deleted leaves.
+  psql(`delete from messages where study_id = ${id} and body = 'message 030'`);
+  await a.locator("#thread li", { hasText: "message 030" }).waitFor({ state: "detached", timeout: LIVE_MS });
+  psql(`delete from files where study_id = ${id} and name = 'file-055.txt'`);
+  await a.locator("#file-rows tr", { hasText: "file-055.txt" }).waitFor({ state: "detached", timeout: LIVE_MS });
+  await showsText(a, "#file-count", "(54)", "the file total after a delete");
+  return { messages: 60 };
+}
+
+/**
+ * Without WebSockets (SSE), and without SSE either (long-polling): the table's and a room's views
+ * work the same, a psql change lands, a sort and a page change are served, nothing is doubled.
+ */
+async function fallbackScenario() {
+  psql(`insert into studies (label, title) select 'f' || lpad(i::text, 3, '0'), 'Fallback ' || i from generate_series(1, 60) i`);
+  const room = Number(psql("select id from studies where label = 'f001'"));
+  const byLabel = `label collate "C", id`;
+  for (const [blocked, transport] of [["ws", "sse"], ["sse", "poll"]]) {
+    const p = await openPage(`no-${blocked}`, "", undefined, true, blocked);
+    assert((await p.getAttribute("#conn", "data-transport")) === transport, `on ${transport}`);
+    await showsLabels(p, pageLabels("true", byLabel), `first page over ${transport}`);
+    const id = psql(`insert into studies (label, title) values ('f000-${transport}', 'Inserted over ${transport}') returning id`);
+    let t = Date.now();
+    await within(`psql INSERT → page over ${transport}`, t, () => p.locator(row(id)).waitFor({ timeout: LIVE_MS }));
+    await showsLabels(p, pageLabels("true", byLabel), `after the insert over ${transport}`);
+    await p.locator('#studies th[data-sort="label"] button').click();
+    await showsLabels(p, pageLabels("true", `label collate "C" desc, id`), `sorted over ${transport}`);
+    await p.click("#page-next");
+    await showsLabels(p, pageLabels("true", `label collate "C" desc, id`, 50), `page 2 over ${transport}`);
+    await p.goto(`${serverUrl}/#/studies/${room}`);
+    await p.locator('#conn[data-status="fallback"]').waitFor({ timeout: PATIENCE_MS });
+    await p.locator("#room-title", { hasText: "Fallback 1" }).waitFor({ timeout: LIVE_MS });
+    psql(`insert into messages (study_id, author, body) values (${room}, 'psql', 'over ${transport}')`);
+    await p.locator("#thread li", { hasText: `over ${transport}` }).waitFor({ timeout: LIVE_MS });
+    await p.context().close();
+  }
+  return { rows: 60 };
+}
+
 // ---- a study's room ----------------------------------------------------------------------------
 
 async function roomScenario() {
@@ -366,7 +585,6 @@ async function refreshScenario() {
     await a.locator(`${row(keep)} td.title`, { hasText: "renamed" }).waitFor({ timeout: PATIENCE_MS });
   });
   await within("refresh_needed → room reloaded", t, () => b.locator("#thread li", { hasText: "while down" }).waitFor({ timeout: PATIENCE_MS }));
-  for (const p of [a, b]) await p.locator(".toast", { hasText: "reloaded everything" }).waitFor({ timeout: LIVE_MS });
   const shown = await shownIds(a);
   assert(JSON.stringify([...shown].sort((x, y) => x - y)) === JSON.stringify(dbIds()), `A shows the database's rows: ${shown}`);
   assert((await b.locator("#thread li").count()) === 2, "B shows each message once");
@@ -444,7 +662,10 @@ async function expiryScenario() {
 }
 
 try {
-  const scenarios = { table: tableScenario, room: roomScenario, refresh: refreshScenario, member: memberScenario, expiry: expiryScenario };
+  const scenarios = {
+    table: tableScenario, room: roomScenario, refresh: refreshScenario, member: memberScenario, expiry: expiryScenario,
+    views: viewsScenario, "room-views": roomViewsScenario, fallback: fallbackScenario,
+  };
   if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
   const summary = await scenarios[scenario]();
   out({ done: { ...summary, delays, slowest_ms: Math.max(0, ...delays.map((d) => d.ms)) } });

@@ -89,7 +89,7 @@ async fn admin_rooms_share_messages_and_files_live() {
 }
 
 /// The pages' cursors are pruned from the log while the server is down: on reconnect the server
-/// answers `refresh_needed`, and the table and the room reload their snapshots (the changes made
+/// answers each view with a fresh window, and the table and the room show it (the changes made
 /// meanwhile included, nothing doubled) and go on live.
 #[tokio::test]
 async fn after_refresh_needed_the_admin_page_reloads_its_snapshots() {
@@ -98,8 +98,38 @@ async fn after_refresh_needed_the_admin_page_reloads_its_snapshots() {
     eprintln!("admin refresh: {summary}");
 }
 
+/// The studies table is a live view of 50 rows: the server sorts on every column, filters by
+/// status, searches label and title, and pages (next/previous); after each, the page shows exactly
+/// what PostgreSQL's own SELECT gives. A psql INSERT lands in the visible page (the last row
+/// overflows), a row leaving the filter disappears and the next one fills in, the total follows,
+/// rows that stay keep their element, and a bulk UPDATE arrives (longest main-thread task logged).
+#[tokio::test]
+async fn the_admin_table_is_a_server_side_view_sorted_filtered_searched_and_paged_live() {
+    let app = TestApp::spawn().await;
+    let summary = run(app, "views").await;
+    eprintln!("admin views: {summary}");
+}
+
+/// A room shows its newest 50 messages and files (views, newest first), their totals, "Load
+/// older" for the rest, and psql posts and deletes live.
+#[tokio::test]
+async fn a_room_shows_its_newest_messages_and_files_as_views_and_loads_older_ones() {
+    let app = TestApp::spawn().await;
+    let summary = run(app, "room-views").await;
+    eprintln!("admin room views: {summary}");
+}
+
+/// With WebSockets blocked the page's views run over SSE, and with SSE blocked too over
+/// long-polling: the table's first page, a psql INSERT, a sort, the next page and a room's thread.
+#[tokio::test]
+async fn without_websockets_the_admin_pages_views_run_over_sse_and_long_polling() {
+    let app = TestApp::spawn().await;
+    let summary = run(app, "fallback").await;
+    eprintln!("admin fallback: {summary}");
+}
+
 /// With auth on, the page asks for a token, keeps it for the tab, and a member's table holds
-/// only the studies named in the token (built from their rooms), live.
+/// only the studies named in the token (a view with `id=in.(…)`), live.
 #[tokio::test]
 async fn with_auth_the_admin_page_asks_for_a_token_and_shows_a_member_their_studies() {
     let app = crate::auth::secured().await;

@@ -2,7 +2,7 @@
 import { $, setText, toast } from "./common.js";
 import { api } from "./api.js";
 import { room } from "./room.js";
-import { rows } from "./table.js";
+import { shownStudy } from "./table.js";
 
 let confirmAction = null;
 
@@ -40,7 +40,7 @@ export function confirmDeleteStudy(study) {
       toast(`Deleted ${study.label}.`);
     } catch (err) {
       if (err.status === 412) {
-        const now = rows.get(study.id)?.study || room.study;
+        const now = shownStudy(study.id) || room.study;
         throw new Error(`Not deleted: someone changed this study meanwhile${now ? ` (now version ${now.version}, “${now.title}”)` : ""}. Look at the change, then delete again if you still mean to.`);
       }
       if (err.status === 404) return toast(`${study.label} was already deleted.`);

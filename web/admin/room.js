@@ -1,94 +1,101 @@
-// A study's room: its messages (thread) and files (list, upload, download), kept live.
+// A study's room: its details, messages (thread) and files (list, upload, download), each a live
+// view (PROTOCOL §9) of the newest rows, with "Load older" for more.
 import { $, AUTHOR_KEY, flash, formatSize, formatTime, h, setFieldError, setText, showApiError, statusLabel, toast } from "./common.js";
-import { startFeed } from "../admin.js";
+import { openView } from "../admin.js";
 import { api, ApiError } from "./api.js";
 import { confirmDelete, confirmDeleteStudy } from "./confirm.js";
+import { LiveList } from "./list.js";
 import { setView } from "./route.js";
 import { authHeaders, claims, showLogin, token } from "./signin.js";
-import { openStudyDialog, studyDialogSawChange } from "./study.js";
+import { openStudyDialog } from "./study.js";
+
+/** Rows a room's thread and file list show at first; "Load older" adds as many again. */
+const ROOM_PAGE = 50;
+/** The most a view may hold (PROTOCOL §9 `limit`): older rows than that are not shown. */
+const MAX_LIMIT = 1000;
 
 export const room = {
   id: null,
   study: null,
   loaded: false,
-  messages: new Map(), // id → {message, li}
-  files: new Map(), // id → {file, tr}
+  /** The room's three views: the study (`id=eq.N`), its messages and its files (newest first). */
+  views: [],
+  messageLimit: ROOM_PAGE,
+  fileLimit: ROOM_PAGE,
 };
 
+const thread = new LiveList($("thread"), { create: messageItem, fill: fillMessage, reverse: true });
+const files = new LiveList($("file-rows"), { create: fileRow, fill: fillFile });
+
 export function stopRoom() {
+  for (const v of room.views) v.close();
+  room.views = [];
   room.id = null;
   room.study = null;
   room.loaded = false;
-  room.messages.clear();
-  room.files.clear();
-  $("thread").replaceChildren();
-  $("file-rows").replaceChildren();
+  room.messageLimit = ROOM_PAGE;
+  room.fileLimit = ROOM_PAGE;
+  thread.clear();
+  files.clear();
 }
+
+const messagesOf = (id) => ({ topic: "messages", filter: { study_id: `eq.${id}` }, order: "id.desc", limit: room.messageLimit, count: true });
+const filesOf = (id) => ({ topic: "files", filter: { study_id: `eq.${id}` }, order: "id.desc", limit: room.fileLimit, count: true });
 
 export function openRoom(id) {
   setView({ room: id });
   $("table-view").hidden = true;
   $("room-view").hidden = false;
-  if (room.id !== id) stopRoom();
+  if (room.id === id && room.views.length && !room.views[0].stale) return;
+  stopRoom();
   room.id = id;
   setText($("room-title"), `Study ${id}`);
   $("room-banner").hidden = true;
   $("message-author").value = localStorage.getItem(AUTHOR_KEY) || (claims && claims.sub) || "";
-  startFeed(
-    [`studies:${id}`],
-    (_topic, data) => mergeRoom(data),
-    (e) => roomEvent(e),
-    (guard) => reloadRoomOverRest(id, guard),
-  );
+  let first = true;
+  const study = openView({ topic: "studies", filter: { id: `eq.${id}` }, limit: 1 }, (rows, change) => {
+    setRoomStudy(rows[0] || null, !first);
+    if (change.type === "view") first = false;
+    room.loaded = true;
+    roomCounts();
+  });
+  let firstMessages = true;
+  const messages = openView(messagesOf(id), (rows, change) => {
+    const t = $("thread");
+    const stick = firstMessages || nearBottom(t);
+    thread.apply(rows, change, !firstMessages);
+    firstMessages = false;
+    roomCounts();
+    if (stick) scrollThreadToEnd();
+  });
+  let firstFiles = true;
+  const fileView = openView(filesOf(id), (rows, change) => {
+    files.apply(rows, change, !firstFiles);
+    firstFiles = false;
+    roomCounts();
+  });
+  room.views = [study, messages, fileView];
 }
 
-function mergeRoom(data, guard = null) {
-  const again = room.loaded;
-  const deleted = (key) => guard && guard.deleted.has(key);
-  const touched = (key) => guard && guard.touched.has(key);
-  if (data.study ? !deleted(`studies:${data.study.id}`) : !touched(`studies:${room.id}`)) setRoomStudy(data.study, again);
-  const mseen = new Set();
-  for (const m of data.messages) { mseen.add(m.id); if (!deleted(`messages:${m.id}`)) upsertMessage(m, again); }
-  for (const id of [...room.messages.keys()]) if (!mseen.has(id) && !touched(`messages:${id}`)) removeMessage(id);
-  const fseen = new Set();
-  for (const f of data.files) { fseen.add(f.id); if (!deleted(`files:${f.id}`)) upsertFile(f, again); }
-  for (const id of [...room.files.keys()]) if (!fseen.has(id) && !touched(`files:${id}`)) removeFile(id);
-  room.loaded = true;
-  roomCounts();
-  if (!again) scrollThreadToEnd();
-}
-
-async function reloadRoomOverRest(id, guard) {
-  try {
-    const [study, messages, files] = await Promise.all([
-      api("GET", `/api/studies/${id}`).catch((e) => { if (e.status === 404) return null; throw e; }),
-      api("GET", `/api/studies/${id}/messages?limit=500`).catch(() => ({ items: [] })),
-      api("GET", `/api/studies/${id}/files?limit=500`).catch(() => ({ items: [] })),
-    ]);
-    if (room.id !== id) return false;
-    mergeRoom({ study, messages: messages.items, files: files.items }, guard);
-    return true;
-  } catch (e) {
-    console.warn("reloading the room:", e.message);
-    return false;
-  }
-}
-
-function roomEvent(e) {
-  if (e.table === "studies") setRoomStudy(e.op === "delete" ? null : e.data, true);
-  else if (e.table === "messages") {
-    if (e.op === "delete") removeMessage(e.id);
-    else upsertMessage(e.data, true);
-  } else if (e.table === "files") {
-    if (e.op === "delete") removeFile(e.id);
-    else upsertFile(e.data, true);
-  }
-  roomCounts();
-}
+$("load-older-messages").addEventListener("click", () => {
+  if (!room.views[1]) return;
+  room.messageLimit = Math.min(MAX_LIMIT, room.messageLimit + ROOM_PAGE);
+  // Older rows come in above; keep the messages the user was reading where they are.
+  const t = $("thread");
+  const fromBottom = t.scrollHeight - t.scrollTop;
+  const keep = new MutationObserver(() => { t.scrollTop = t.scrollHeight - fromBottom; });
+  keep.observe(t, { childList: true });
+  setTimeout(() => keep.disconnect(), 3000);
+  room.views[1].update(messagesOf(room.id));
+});
+$("load-older-files").addEventListener("click", () => {
+  if (!room.views[2]) return;
+  room.fileLimit = Math.min(MAX_LIMIT, room.fileLimit + ROOM_PAGE);
+  room.views[2].update(filesOf(room.id));
+});
 
 function setRoomStudy(s, highlight) {
   const prev = room.study;
-  if (s && prev && prev.version > s.version) return;
   room.study = s;
   const banner = $("room-banner");
   const details = $("room-details");
@@ -118,7 +125,6 @@ function setRoomStudy(s, highlight) {
   $("room-description").classList.toggle("none", !s.description);
   document.title = `${s.label} · pgfeed admin`;
   if (highlight && prev && prev.version !== s.version) flash(details);
-  studyDialogSawChange(s);
 }
 
 $("room-edit").addEventListener("click", () => openStudyDialog(room.study));
@@ -135,40 +141,20 @@ function scrollThreadToEnd() {
   t.scrollTop = t.scrollHeight;
 }
 
-function upsertMessage(m, highlight) {
-  const thread = $("thread");
-  let entry = room.messages.get(m.id);
-  if (entry && entry.message.version > m.version) return;
-  const stick = nearBottom(thread);
-  if (!entry) {
-    const author = h("span", { class: "author" });
-    const time = h("time");
-    const body = h("p", { class: "body" });
-    const li = h("li", { dataset: { id: m.id } }, h("div", { class: "meta" }, author, time), body);
-    li.addEventListener("animationend", () => li.classList.remove("flash"));
-    entry = { message: m, li, author, time, body };
-    room.messages.set(m.id, entry);
-    // In id order (the order they were posted), wherever they commit.
-    let before = null;
-    for (const el of thread.children) if (Number(el.dataset.id) > m.id) { before = el; break; }
-    thread.insertBefore(li, before);
-  } else if (entry.message.version === m.version && entry.message.body === m.body) {
-    return;
-  }
-  entry.message = m;
+function messageItem() {
+  const author = h("span", { class: "author" });
+  const time = h("time");
+  const body = h("p", { class: "body" });
+  const el = h("li", {}, h("div", { class: "meta" }, author, time), body);
+  return { el, author, time, body };
+}
+
+function fillMessage(entry) {
+  const m = entry.row;
   setText(entry.author, m.author);
   setText(entry.time, formatTime(m.created_at) + (m.version > 1 ? " (edited)" : ""));
   entry.time.dateTime = m.created_at;
   setText(entry.body, m.body);
-  if (highlight) flash(entry.li);
-  if (stick) scrollThreadToEnd();
-}
-
-function removeMessage(id) {
-  const entry = room.messages.get(id);
-  if (!entry) return;
-  room.messages.delete(id);
-  entry.li.remove();
 }
 
 $("message-body").addEventListener("keydown", (e) => {
@@ -208,38 +194,25 @@ function fileUrl(f) {
   return `/api/files/${f.id}/content`;
 }
 
-function upsertFile(f, highlight) {
-  let entry = room.files.get(f.id);
-  if (!entry) {
-    const link = h("a", { href: fileUrl(f), download: f.name, onclick: (e) => download(e, room.files.get(f.id)?.file) });
-    const size = h("td", { class: "num", dataset: { col: "Size" } });
-    const time = h("time");
-    const del = h("button", { type: "button", class: "small danger", onclick: () => confirmDeleteFile(room.files.get(f.id)?.file) }, "Delete");
-    const tr = h("tr", { dataset: { id: f.id } }, h("td", { class: "name" }, link, h("span", { class: "type" })), size, h("td", { dataset: { col: "Uploaded" } }, time), h("td", { class: "actions" }, del));
-    tr.addEventListener("animationend", () => tr.classList.remove("flash"));
-    entry = { file: f, tr, link, size, time, del };
-    room.files.set(f.id, entry);
-    const rows = $("file-rows");
-    let before = null;
-    for (const el of rows.children) if (Number(el.dataset.id) > f.id) { before = el; break; }
-    rows.insertBefore(tr, before);
-    if (highlight) flash(tr);
-  }
-  entry.file = f;
+function fileRow(f) {
+  const link = h("a", { href: fileUrl(f), download: f.name, onclick: (e) => download(e, files.get(f.id)?.row) });
+  const type = h("span", { class: "type" });
+  const size = h("td", { class: "num", dataset: { col: "Size" } });
+  const time = h("time");
+  const del = h("button", { type: "button", class: "small danger", onclick: () => confirmDeleteFile(files.get(f.id)?.row) }, "Delete");
+  const el = h("tr", {}, h("td", { class: "name" }, link, type), size, h("td", { dataset: { col: "Uploaded" } }, time), h("td", { class: "actions" }, del));
+  return { el, link, type, size, time, del };
+}
+
+function fillFile(entry) {
+  const f = entry.row;
   setText(entry.link, f.name);
   entry.link.download = f.name;
   entry.link.setAttribute("aria-label", `Download ${f.name}`);
-  setText(entry.tr.querySelector(".type"), f.content_type);
+  setText(entry.type, f.content_type);
   setText(entry.size, formatSize(Number(f.size_bytes)));
   setText(entry.time, formatTime(f.created_at));
   entry.del.setAttribute("aria-label", `Delete ${f.name}`);
-}
-
-function removeFile(id) {
-  const entry = room.files.get(id);
-  if (!entry) return;
-  room.files.delete(id);
-  entry.tr.remove();
 }
 
 /** With a token the link cannot carry the header: fetch the bytes and save them from a blob. */
@@ -323,12 +296,18 @@ $("upload-form").addEventListener("submit", (ev) => {
   xhr.send(body);
 });
 
+const number = new Intl.NumberFormat();
+
 function roomCounts() {
-  const m = room.messages.size;
-  const f = room.files.size;
-  setText($("message-count"), m ? `(${m})` : "");
-  setText($("file-count"), f ? `(${f})` : "");
-  $("thread-empty").hidden = !room.loaded || m > 0;
-  $("files-empty").hidden = !room.loaded || f > 0;
+  const [, messages, fileView] = room.views;
+  const m = messages && messages.loaded ? messages.count ?? thread.order.length : 0;
+  const f = fileView && fileView.loaded ? fileView.count ?? files.order.length : 0;
+  setText($("message-count"), m ? `(${number.format(m)})` : "");
+  setText($("file-count"), f ? `(${number.format(f)})` : "");
+  $("thread-empty").hidden = !(messages && messages.loaded) || m > 0;
+  $("files-empty").hidden = !(fileView && fileView.loaded) || f > 0;
   document.querySelector(".file-list").hidden = f === 0;
+  // "Load older" while the view holds fewer rows than match, up to the most a view may hold.
+  $("load-older-messages").hidden = !(m > thread.order.length && room.messageLimit < MAX_LIMIT);
+  $("load-older-files").hidden = !(f > files.order.length && room.fileLimit < MAX_LIMIT);
 }

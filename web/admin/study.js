@@ -1,5 +1,6 @@
 // The create / edit study dialog, with If-Match and someone else's concurrent changes shown.
 import { $, h, setFieldError, setText, showApiError, statusLabel, toast } from "./common.js";
+import { openView } from "../admin.js";
 import { api } from "./api.js";
 
 const STUDY_FIELDS = ["label", "title", "status", "description"];
@@ -7,6 +8,16 @@ const STUDY_FIELDS = ["label", "title", "status", "description"];
 let editing = null;
 /** Whether the study being edited has been deleted meanwhile (nothing left to save). */
 let editingGone = false;
+/**
+ * A view of just the study being edited (`id=eq.N`), so that someone else's change is seen
+ * whether or not the table's page or the room shows that study.
+ */
+let watch = null;
+
+function unwatch() {
+  if (watch) watch.close();
+  watch = null;
+}
 
 export function openStudyDialog(study) {
   if (study === undefined) return;
@@ -20,8 +31,16 @@ export function openStudyDialog(study) {
   setText($("study-dialog-title"), study ? `Edit ${study.label}` : "New study");
   setText($("study-save"), study ? "Save" : "Create");
   $("study-save").disabled = false;
-  if (study) fillStudyForm(study);
-  else $("study-status").value = "draft";
+  unwatch();
+  if (study) {
+    fillStudyForm(study);
+    watch = openView({ topic: "studies", filter: { id: `eq.${study.id}` }, limit: 1 }, (rows) => {
+      if (rows.length) studyDialogSawChange(rows[0]);
+      else studyDialogSawChange(null, study.id);
+    });
+  } else {
+    $("study-status").value = "draft";
+  }
   $("study-dialog").showModal();
   $("study-label").focus();
 }
@@ -83,15 +102,15 @@ function showConflict(current, saved) {
   n.replaceChildren(h("p", {}, ...intro), diff, h("div", { class: "notice-actions" }, useTheirs, keepMine));
 }
 
-/** A live change of some study, while the dialog may be editing it. */
-export function studyDialogSawChange(study, deletedId) {
+/** The watched study as it is now (null: deleted), while the dialog may be editing it. */
+function studyDialogSawChange(study, deletedId) {
   if (!editing || !$("study-dialog").open) return;
   if (deletedId != null && deletedId === editing.id) return showConflict(null, false);
   if (study && study.id === editing.id && study.version > editing.version) showConflict(study, false);
 }
 
 $("study-cancel").addEventListener("click", () => $("study-dialog").close());
-$("study-dialog").addEventListener("close", () => { editing = null; });
+$("study-dialog").addEventListener("close", () => { editing = null; unwatch(); });
 
 $("study-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();

@@ -1,48 +1,62 @@
-// The studies table: every study kept live, sorted and filtered in place.
-import { $, flash, formatTime, h, setConn, setText, SORT_KEY, STATUSES, statusLabel } from "./common.js";
-import { startFeed } from "../admin.js";
-import { api } from "./api.js";
+// The studies table: one live view (PROTOCOL §9) of 50 rows: sorted, filtered, searched and paged
+// by the server, whatever the table's size; the page holds only the rows it shows.
+import { $, formatTime, h, setConn, setText, SORT_KEY, statusLabel } from "./common.js";
+import { openView } from "../admin.js";
 import { confirmDeleteStudy } from "./confirm.js";
+import { LiveList } from "./list.js";
 import { stopRoom } from "./room.js";
 import { setView } from "./route.js";
 import { claims, mode } from "./signin.js";
-import { openStudyDialog, studyDialogSawChange } from "./study.js";
+import { openStudyDialog } from "./study.js";
 
-/** id → {study, tr, cells}. */
-export const rows = new Map();
-let tableLoaded = false;
+export const PAGE = 50;
+const COLUMNS = ["label", "title", "status", "version", "updated_at"];
+
 const sort = loadSort();
 const filter = { status: "", q: "" };
-const tbody = document.querySelector("#studies tbody");
+/** The `after` tokens of the pages before this one (for "Previous"); this page's is `after`. */
+let pagesBefore = [];
+let after = null;
+/** The view and the feed it lives on (a sign-out or a new token starts a new feed). */
+let studies = null;
+/** A new definition was asked for: its first window replaces the rows without highlights. */
+let quiet = true;
+/**
+ * The filter key of the search: label or title. A server that knows no such two-column selector
+ * refuses it (`bad_request`); the search then looks at titles only, and says so.
+ */
+let searchKey = "title|label";
+/** The server's refusal of the current definition, shown in place of the rows. */
+let refused = null;
+
+const list = new LiveList(document.querySelector("#studies tbody"), { create: studyRow, fill: fillRow, fade: true });
+
+/** The study with this id, when the table shows it. */
+export function shownStudy(id) {
+  return list.get(id)?.row;
+}
 
 function loadSort() {
   try {
     const s = JSON.parse(sessionStorage.getItem(SORT_KEY));
-    if (s && ["label", "title", "status", "version", "updated_at"].includes(s.key) && (s.dir === 1 || s.dir === -1)) return s;
+    if (s && COLUMNS.includes(s.key) && (s.dir === 1 || s.dir === -1)) return s;
   } catch { /* default */ }
   return { key: "label", dir: 1 };
 }
 
-const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
-
-function compare(a, b) {
-  let r;
-  switch (sort.key) {
-    case "version": r = a.version - b.version; break;
-    case "status": r = STATUSES.indexOf(a.status) - STATUSES.indexOf(b.status); break;
-    case "updated_at": r = Date.parse(a.updated_at) - Date.parse(b.updated_at); break;
-    default: r = collator.compare(a[sort.key] || "", b[sort.key] || "");
-  }
-  return (r || a.id - b.id) * sort.dir;
+/** The member's studies, from the token (a member's view must name them: PROTOCOL §9 "Auth"). */
+function memberIds() {
+  return (claims.studies || []).map(Number).filter(Number.isFinite);
 }
 
-function matches(s) {
-  if (filter.status && s.status !== filter.status) return false;
-  if (filter.q) {
-    const q = filter.q.toLowerCase();
-    return s.label.toLowerCase().includes(q) || s.title.toLowerCase().includes(q);
-  }
-  return true;
+function definition() {
+  const f = {};
+  if (mode === "member") f.id = `in.(${memberIds().join(",")})`;
+  if (filter.status) f.status = `eq.${filter.status}`;
+  // Filters are ANDed; one selector over two columns searches either (`*` is the wildcard, so a
+  // typed one is dropped rather than widened).
+  if (filter.q) f[searchKey] = `ilike.*${filter.q.replace(/\*/g, "")}*`;
+  return { topic: "studies", filter: f, order: `${sort.key}.${sort.dir === 1 ? "asc" : "desc"}`, limit: PAGE, after, count: true };
 }
 
 export function openTable() {
@@ -51,73 +65,44 @@ export function openTable() {
   $("table-view").hidden = false;
   document.title = "Studies · pgfeed admin";
   stopRoom();
-  const onEvent = (e) => {
-    if (e.table !== "studies") return;
-    if (e.op === "delete") removeStudy(e.id, true);
-    else upsertStudy(e.data, true);
-  };
-  if (mode === "member") {
-    const ids = claims.studies.map(Number).filter(Number.isFinite);
-    for (const id of [...rows.keys()]) if (!ids.includes(id)) removeStudy(id, false);
-    if (!ids.length) {
-      tableLoaded = true;
-      updateCount();
-      setConn("offline", null, "No studies in this token");
-      return;
-    }
-    startFeed(
-      ids.map((id) => `studies:${id}`),
-      (topic, data) => {
-        const id = Number(topic.split(":")[1]);
-        if (data && data.study) upsertStudy(data.study, tableLoaded);
-        else removeStudy(id, tableLoaded);
-        tableLoaded = true;
-        updateCount();
-      },
-      onEvent,
-    );
-  } else {
-    startFeed(
-      ["studies"],
-      (_topic, list) => mergeStudies(list),
-      onEvent,
-      reloadStudiesOverRest,
-    );
+  if (mode === "member" && !memberIds().length) {
+    list.clear();
+    studies = null;
+    setConn("offline", null, "No studies in this token");
+    return render();
   }
+  if (studies && !studies.stale) return;
+  quiet = true;
+  studies = openView(definition(), (rows, change) => {
+    refused = null;
+    list.apply(rows, change, !quiet);
+    quiet = false;
+    render();
+  }, (error) => {
+    if (error.code === "bad_request" && searchKey !== "title" && error.message.includes(searchKey)) {
+      searchKey = "title";
+      $("search").placeholder = "Search title";
+      $("search").closest("label").querySelector(".visually-hidden").textContent = "Search by title";
+      return redefine();
+    }
+    refused = error;
+    render();
+  });
+  render();
 }
 
-/** A snapshot: update rows in place, add new ones, drop vanished ones; flash only real changes. */
-function mergeStudies(list, guard = null) {
-  const seen = new Set();
-  for (const s of list) {
-    seen.add(s.id);
-    if (guard && guard.deleted.has(`studies:${s.id}`)) continue;
-    upsertStudy(s, tableLoaded);
-  }
-  for (const id of [...rows.keys()]) {
-    if (!seen.has(id) && !(guard && guard.touched.has(`studies:${id}`))) removeStudy(id, tableLoaded);
-  }
-  tableLoaded = true;
-  updateCount();
+/** Sort, filter, search or page changed: the same view, a new definition. */
+function redefine() {
+  updateSortHeaders();
+  if (!studies || studies.stale) return;
+  quiet = true;
+  studies.update(definition());
+  render();
 }
 
-/** On a fallback transport a snapshot waits for the WebSocket; meanwhile reload over REST. */
-async function reloadStudiesOverRest(guard) {
-  try {
-    const all = [];
-    let after = null;
-    for (;;) {
-      const page = await api("GET", `/api/studies?limit=500${after ? `&after=${after}` : ""}`);
-      all.push(...page.items);
-      if (page.items.length < 500) break;
-      after = page.items[page.items.length - 1].id;
-    }
-    mergeStudies(all, guard);
-    return true;
-  } catch (e) {
-    console.warn("reloading studies:", e.message);
-    return false;
-  }
+function firstPage() {
+  pagesBefore = [];
+  after = null;
 }
 
 function studyRow(s) {
@@ -134,16 +119,15 @@ function studyRow(s) {
   cells.status.append(badge);
   const time = h("time");
   cells.updated_at.append(time);
-  const edit = h("button", { type: "button", class: "small admin-only", onclick: () => openStudyDialog(rows.get(s.id)?.study) }, "Edit");
-  const del = h("button", { type: "button", class: "small danger admin-only", onclick: () => confirmDeleteStudy(rows.get(s.id)?.study) }, "Delete");
+  const edit = h("button", { type: "button", class: "small admin-only", onclick: () => openStudyDialog(shownStudy(s.id)) }, "Edit");
+  const del = h("button", { type: "button", class: "small danger admin-only", onclick: () => confirmDeleteStudy(shownStudy(s.id)) }, "Delete");
   const actions = h("td", { class: "actions" }, edit, " ", del);
-  const tr = h("tr", { dataset: { id: s.id } }, cells.label, cells.title, cells.status, cells.version, cells.updated_at, actions);
-  tr.addEventListener("animationend", () => tr.classList.remove("flash"));
-  return { tr, cells, link, badge, time, edit, del };
+  const el = h("tr", {}, cells.label, cells.title, cells.status, cells.version, cells.updated_at, actions);
+  return { el, cells, link, badge, time, edit, del };
 }
 
 function fillRow(entry) {
-  const s = entry.study;
+  const s = entry.row;
   setText(entry.link, s.label);
   entry.link.setAttribute("aria-label", `Open study ${s.label}`);
   setText(entry.cells.title, s.title);
@@ -157,85 +141,28 @@ function fillRow(entry) {
   entry.del.setAttribute("aria-label", `Delete ${s.label}`);
 }
 
-function upsertStudy(s, highlight) {
-  let entry = rows.get(s.id);
-  if (entry && entry.study.version > s.version) return; // older than what is shown (a REST reload raced an event)
-  const changed = !entry || entry.study.version !== s.version || JSON.stringify(entry.study) !== JSON.stringify(s);
-  if (!entry) {
-    entry = { study: s, ...studyRow(s) };
-    rows.set(s.id, entry);
-  }
-  entry.study = s;
-  if (changed) fillRow(entry);
-  place(entry);
-  if (changed && highlight && entry.tr.isConnected) flash(entry.tr);
-  if (changed) {
-    studyDialogSawChange(s);
-    updateCount();
-  }
-}
+const number = new Intl.NumberFormat();
 
-function removeStudy(id, animate) {
-  const entry = rows.get(id);
-  if (!entry) return;
-  rows.delete(id);
-  studyDialogSawChange(null, id);
-  const tr = entry.tr;
-  if (animate && tr.isConnected) {
-    tr.classList.add("leaving");
-    tr.removeAttribute("data-id");
-    setTimeout(() => tr.remove(), 600);
-  } else {
-    tr.remove();
-  }
-  updateCount();
-}
-
-/** Rows in the table in order, without those fading out. */
-function liveRowElements() {
-  return [...tbody.children].filter((tr) => !tr.classList.contains("leaving"));
-}
-
-/** Puts the row where the sort says, moving it only if it is out of place (moving loses focus). */
-function place(entry) {
-  const tr = entry.tr;
-  if (!matches(entry.study)) {
-    if (tr.isConnected) tr.remove();
-    return;
-  }
-  const others = liveRowElements().filter((el) => el !== tr);
-  let before = null;
-  for (const el of others) {
-    const other = rows.get(Number(el.dataset.id));
-    if (other && compare(entry.study, other.study) < 0) { before = el; break; }
-  }
-  if (tr.isConnected) {
-    // Already in place? Then leave it alone.
-    let next = tr.nextElementSibling;
-    while (next && next.classList.contains("leaving")) next = next.nextElementSibling;
-    if (next === before) return;
-  }
-  const focused = tr.contains(document.activeElement) ? document.activeElement : null;
-  tbody.insertBefore(tr, before);
-  if (focused) focused.focus({ preventScroll: true });
-}
-
-/** Sort or filter changed: re-order everything at once. */
-function reorder() {
-  const shown = [...rows.values()].filter((e) => matches(e.study)).sort((a, b) => compare(a.study, b.study));
-  for (const e of rows.values()) if (!matches(e.study) && e.tr.isConnected) e.tr.remove();
-  for (const e of shown) tbody.append(e.tr);
-  updateSortHeaders();
-  updateCount();
-}
-
-function updateCount() {
-  const total = rows.size;
-  const shown = [...rows.values()].filter((e) => matches(e.study)).length;
-  setText($("study-count"), tableLoaded ? (shown === total ? `(${total})` : `(${shown} of ${total})`) : "");
+/** The count, the pager and the empty-table line, from the view. */
+function render() {
+  const loaded = Boolean(studies && studies.loaded);
+  const count = studies ? studies.count : null;
+  setText($("study-count"), loaded && count != null ? `(${number.format(count)})` : "");
+  const page = pagesBefore.length + 1;
+  const pages = count != null ? Math.max(1, Math.ceil(count / PAGE)) : null;
+  setText($("page-info"), loaded ? `Page ${number.format(page)}${pages != null && page <= pages ? ` of ${number.format(pages)}` : ""}` : "");
+  $("page-prev").disabled = !pagesBefore.length;
+  $("page-next").disabled = !(studies && studies.next);
+  $("pager").hidden = !loaded || (!pagesBefore.length && !(studies && studies.next));
+  const shown = list.order.length;
   const empty = $("table-empty");
-  empty.hidden = !tableLoaded || shown > 0;
-  setText(empty, total ? "No study matches the search and filter." : mode === "member" ? "None of your studies exists." : "No studies yet. Create one with “New study”.");
+  empty.hidden = !refused && (!loaded || shown > 0);
+  if (refused) return setText(empty, `The server refused this table view: ${refused.message}`);
+  const narrowed = filter.status || filter.q;
+  setText(empty, narrowed ? "No study matches the search and filter."
+    : pagesBefore.length ? "No more studies: go back a page."
+    : mode === "member" ? "None of your studies exists." : "No studies yet. Create one with “New study”.");
+  $("table-view").setAttribute("aria-busy", loaded ? "false" : "true");
 }
 
 function updateSortHeaders() {
@@ -250,11 +177,34 @@ for (const th of document.querySelectorAll("#studies th[data-sort]")) {
     if (sort.key === th.dataset.sort) sort.dir = -sort.dir;
     else { sort.key = th.dataset.sort; sort.dir = sort.key === "updated_at" || sort.key === "version" ? -1 : 1; }
     sessionStorage.setItem(SORT_KEY, JSON.stringify(sort));
-    reorder();
+    firstPage();
+    redefine();
   });
 }
 updateSortHeaders();
 
-$("search").addEventListener("input", (e) => { filter.q = e.target.value.trim(); reorder(); });
-$("status-filter").addEventListener("change", (e) => { filter.status = e.target.value; reorder(); });
+// A search is asked for once typing pauses, not per keystroke.
+let searchTimer = null;
+$("search").addEventListener("input", (e) => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const q = e.target.value.trim();
+    if (q === filter.q) return;
+    filter.q = q;
+    firstPage();
+    redefine();
+  }, 200);
+});
+$("status-filter").addEventListener("change", (e) => { filter.status = e.target.value; firstPage(); redefine(); });
+$("page-next").addEventListener("click", () => {
+  if (!studies || !studies.next) return;
+  pagesBefore.push(after);
+  after = studies.next;
+  redefine();
+});
+$("page-prev").addEventListener("click", () => {
+  if (!pagesBefore.length) return;
+  after = pagesBefore.pop();
+  redefine();
+});
 $("new-study").addEventListener("click", () => openStudyDialog(null));

@@ -25,6 +25,8 @@ pub const MAX_FILTERS: usize = 16;
 pub const MAX_IN: usize = 100;
 pub const MAX_ORDER: usize = 8;
 pub const MAX_VALUE: usize = 1024;
+/// Columns one filter may search together (`label|title`).
+pub const MAX_ANY: usize = 4;
 /// The longest `after` token accepted (it holds one value per order key and the key).
 const MAX_TOKEN: usize = 16 * 1024;
 
@@ -163,6 +165,8 @@ pub struct Key {
 pub struct Def {
     pub table: Arc<Table>,
     pub filter: Vec<(usize, Op)>,
+    /// Filters over several columns (`label|title`), passed when any of their columns passes.
+    pub any: Vec<(Vec<usize>, Op)>,
     pub keys: Vec<Key>,
     /// The keyset start: one value per key, from an `after` token.
     pub after: Option<Vec<Val>>,
@@ -182,14 +186,34 @@ impl Def {
         if req.filter.len() > MAX_FILTERS {
             return Err(FeedError::BadRequest(format!("at most {MAX_FILTERS} filters")));
         }
-        // Each filter as (column, op name, its literal texts), read together below.
+        // Each filter as (its columns, type, op name, where its literal texts start, how many),
+        // the texts read together below. A key `a|b` is a filter any of its columns may pass
+        // (a search over label or title); its columns share one type.
         let mut parsed = Vec::new();
         let mut texts: Vec<(ColType, &str)> = Vec::new();
         for (name, spec) in &req.filter {
-            let (col, ty) = table.column(name, "filter")?;
+            let names: Vec<&str> = name.split('|').collect();
+            if names.len() > MAX_ANY {
+                return Err(FeedError::BadRequest(format!(
+                    "filter on {name:?}: at most {MAX_ANY} columns"
+                )));
+            }
+            let mut cols = Vec::new();
+            let mut ty = None;
+            for n in names {
+                let (col, t) = table.column(n, "filter")?;
+                if ty.is_some_and(|ty| ty != t) {
+                    return Err(FeedError::BadRequest(format!(
+                        "filter on {name:?}: its columns differ in type"
+                    )));
+                }
+                ty = Some(t);
+                cols.push(col);
+            }
+            let ty = ty.expect("split yields one name at least");
             let (op, values) = split_op(name, spec)?;
             check_op(name, op, ty)?;
-            parsed.push((col, ty, op, texts.len(), values.len()));
+            parsed.push((cols, ty, op, texts.len(), values.len(), spec.as_str()));
             texts.extend(values.into_iter().map(|v| (ty, v)));
         }
         let keys = order(&table, req.order.as_deref())?;
@@ -212,7 +236,7 @@ impl Def {
             Ok(json) => json,
             Err(LiteralError::Bad { index, message }) => {
                 let what = match parsed.iter().find(|p| index >= p.3 && index < p.3 + p.4) {
-                    Some(p) => format!("filter on {:?}", table.cols[p.0].name),
+                    Some(p) => format!("filter on {:?}", table.cols[p.0[0]].name),
                     None => "after token".to_owned(),
                 };
                 return Err(FeedError::BadRequest(format!("{what}: {message}")));
@@ -227,7 +251,8 @@ impl Def {
             })
         };
         let mut filter = Vec::new();
-        for (col, ty, op, start, n) in parsed {
+        let mut any = Vec::new();
+        for (cols, ty, op, start, n, spec) in parsed {
             let op = match op {
                 "eq" => Op::Eq(lit(start, ty)?),
                 "neq" => Op::Neq(lit(start, ty)?),
@@ -240,11 +265,14 @@ impl Def {
                 "not.is.null" => Op::NotNull,
                 "is.true" => Op::IsTrue,
                 "is.false" => Op::IsFalse,
-                "like" => Op::Like(req.filter[&table.cols[col].name][5..].to_owned()),
-                "ilike" => Op::ILike(req.filter[&table.cols[col].name][6..].to_owned()),
+                "like" => Op::Like(spec["like.".len()..].to_owned()),
+                "ilike" => Op::ILike(spec["ilike.".len()..].to_owned()),
                 _ => unreachable!("split_op knows only these"),
             };
-            filter.push((col, op));
+            match cols.as_slice() {
+                [col] => filter.push((*col, op)),
+                _ => any.push((cols, op)),
+            }
         }
         let (after, after_json) = match after_texts {
             None => (None, None),
@@ -270,6 +298,7 @@ impl Def {
         let id = serde_json::json!({
             "topic": table.topic,
             "filter": filter.iter().map(|(c, op)| (table.cols[*c].name.clone(), op_id(op))).collect::<Vec<_>>(),
+            "any": any.iter().map(|(cs, op)| (cs.clone(), op_id(op))).collect::<Vec<_>>(),
             "keys": keys.iter().map(|k| (k.col, k.desc, k.nulls_first)).collect::<Vec<_>>(),
             "after": after_json,
             "limit": limit,
@@ -279,6 +308,7 @@ impl Def {
         Ok(Def {
             table,
             filter,
+            any,
             keys,
             after,
             after_json,
@@ -291,6 +321,7 @@ impl Def {
     /// Whether a row matches the filter (every page's rows do; `count` counts them).
     pub fn matches(&self, row: &[Val]) -> bool {
         self.filter.iter().all(|(c, op)| op.test(&row[*c]))
+            && self.any.iter().all(|(cs, op)| cs.iter().any(|c| op.test(&row[*c])))
     }
 
     /// Whether a matching row belongs to this window's pages: after the keyset start.
@@ -340,6 +371,13 @@ impl Def {
             .iter()
             .map(|(c, op)| op.to_sql(&col(*c), t.cols[*c].ty.expect("checked"), &mut binds))
             .collect();
+        for (cs, op) in &self.any {
+            let each: Vec<String> = cs
+                .iter()
+                .map(|c| op.to_sql(&col(*c), t.cols[*c].ty.expect("checked"), &mut binds))
+                .collect();
+            filter.push(format!("({})", each.join(" or ")));
+        }
         if filter.is_empty() {
             filter.push("true".into());
         }

@@ -107,6 +107,8 @@ struct State {
     relayed: Position,
     /// Rows the windows may hold together (twice each limit).
     held: usize,
+    /// Each subscription's window.
+    subs: HashMap<u64, Arc<str>>,
 }
 
 /// The live views of one server. Cheap to clone.
@@ -350,6 +352,7 @@ impl State {
     /// read when it is.
     fn add(&mut self, def: Def, mut sub: Sub, epoch: &crate::event::Epoch) -> Result<Option<Arc<str>>, FeedError> {
         if let Some(slot) = self.windows.get_mut(def.id.as_str()) {
+            self.subs.insert(sub.id, def.id.as_str().into());
             if let (Some(w), None) = (&slot.window, &slot.waiting) {
                 let frame = Arc::new(w.view_frame(epoch));
                 if send(&sub, ViewItem::Frame(sub.id, frame)) {
@@ -388,6 +391,7 @@ impl State {
             }
             None => table.others.push(id.clone()),
         }
+        self.subs.insert(sub.id, id.clone());
         self.windows.insert(
             id.clone(),
             Slot {
@@ -402,15 +406,8 @@ impl State {
     }
 
     fn remove(&mut self, sub: u64) {
-        let Some(id) = self
-            .windows
-            .iter()
-            .find(|(_, s)| s.subs.iter().any(|x| x.id == sub))
-            .map(|(id, _)| id.clone())
-        else {
-            return;
-        };
-        let slot = self.windows.get_mut(&id).expect("just found");
+        let Some(id) = self.subs.remove(&sub) else { return };
+        let Some(slot) = self.windows.get_mut(&id) else { return };
         slot.subs.retain(|x| x.id != sub);
         if slot.subs.is_empty() {
             self.drop_window(&id);
@@ -420,6 +417,9 @@ impl State {
     fn drop_window(&mut self, id: &Arc<str>) {
         let Some(slot) = self.windows.remove(id) else { return };
         self.held -= 2 * slot.def.limit;
+        for sub in &slot.subs {
+            self.subs.remove(&sub.id);
+        }
         self.dirty.remove(id);
         if let Some(t) = self.tables.get_mut(&slot.def.table.topic) {
             t.others.retain(|x| x != id);
@@ -636,29 +636,38 @@ fn send(sub: &Sub, item: ViewItem) -> bool {
 
 /// One event's rows, read once for all the windows of its table.
 struct Change {
-    before: Option<(Arc<Parsed>, HashMap<usize, String>)>,
-    after: Option<(Arc<Parsed>, Arc<str>, HashMap<usize, String>)>,
+    before: Option<Side>,
+    after: Option<Side>,
+}
+
+/// One side of a change: the row as views compare it, its JSON, and the JSON text of each column
+/// (for the equality index, which knows values as PostgreSQL renders them).
+struct Side {
+    row: Arc<Parsed>,
+    json: Arc<str>,
+    raw: HashMap<usize, String>,
 }
 
 impl Change {
     fn read(table: &Table, ev: &Event) -> Change {
-        let parse = |json: &str| -> Option<(Arc<Parsed>, HashMap<usize, String>)> {
+        let side = |json: &str| -> Option<Side> {
             let map: HashMap<String, &RawValue> = serde_json::from_str(json).ok()?;
-            let parsed = table.parse_map(&map)?;
+            let row = Arc::new(table.parse_map(&map)?);
             let raw = table
                 .cols
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| map.get(&c.name).map(|r| (i, r.get().to_owned())))
                 .collect();
-            Some((Arc::new(parsed), raw))
+            Some(Side {
+                row,
+                json: json.into(),
+                raw,
+            })
         };
         Change {
-            before: ev.change.before.as_deref().and_then(parse),
-            after: ev.change.after.as_deref().and_then(|json| {
-                let (parsed, raw) = parse(json)?;
-                Some((parsed, Arc::from(json), raw))
-            }),
+            before: ev.change.before.as_deref().and_then(side),
+            after: ev.change.after.as_deref().and_then(side),
         }
     }
 
@@ -667,27 +676,17 @@ impl Change {
         let mut cols: Vec<usize> = views.by_value.keys().map(|(c, _)| *c).collect();
         cols.sort_unstable();
         cols.dedup();
-        let mut out = Vec::new();
-        for c in cols {
-            if let Some((_, raw)) = &self.before {
-                if let Some(v) = raw.get(&c) {
-                    out.push((c, v.clone()));
-                }
-            }
-            if let Some((_, _, raw)) = &self.after {
-                if let Some(v) = raw.get(&c) {
-                    out.push((c, v.clone()));
-                }
-            }
-        }
-        out
+        let sides = self.before.iter().chain(&self.after);
+        sides
+            .flat_map(|side| cols.iter().filter_map(|c| Some((*c, side.raw.get(c)?.clone()))))
+            .collect()
     }
 
     fn apply(&self, w: &mut Window, at: Position) {
         w.apply(
             at,
-            self.before.as_ref().map(|(p, _)| p),
-            self.after.as_ref().map(|(p, json, _)| (p, json)),
+            self.before.as_ref().map(|s| &s.row),
+            self.after.as_ref().map(|s| (&s.row, &s.json)),
         );
     }
 }
