@@ -177,13 +177,13 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
 
     let cpu_total = server.cpu_time();
     let peak_rss = server.peak_rss_kib()?;
-    let closed: BTreeMap<u16, usize> = subs
-        .iter()
-        .flat_map(|s| lock(&s.state).closes.clone())
-        .fold(BTreeMap::new(), |mut m, c| {
-            *m.entry(c).or_default() += 1;
-            m
-        });
+    let closed: BTreeMap<u16, usize> =
+        subs.iter()
+            .flat_map(|s| lock(&s.state).closes.clone())
+            .fold(BTreeMap::new(), |mut m, c| {
+                *m.entry(c).or_default() += 1;
+                m
+            });
     let gone = subs.iter().filter(|s| lock(&s.state).gone).count();
     let unexpected: Vec<String> = subs
         .iter()

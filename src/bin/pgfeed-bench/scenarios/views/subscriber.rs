@@ -118,7 +118,13 @@ pub async fn open(
         .replace(first.rows.as_deref().unwrap_or_default(), first.count);
     state.last_cursor = first.cursor;
     let state = Arc::new(Mutex::new(state));
-    let task = tokio::spawn(run(ws, Resume { server, index, frame }, state.clone(), activity, def.limit));
+    let task = tokio::spawn(run(
+        ws,
+        Resume { server, index, frame },
+        state.clone(),
+        activity,
+        def.limit,
+    ));
     Ok((
         Subscriber {
             def: def_index,
