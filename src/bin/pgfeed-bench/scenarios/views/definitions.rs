@@ -173,6 +173,7 @@ impl Definition {
 /// PostgreSQL's answer for every definition, read on two connections at once (most of the
 /// time is spent sorting where no index serves the order).
 pub async fn expected_all(db: &BenchDb, defs: &[Definition]) -> anyhow::Result<Vec<Window>> {
+    let t0 = Instant::now();
     let a = db.connect("pgfeed-bench").await?;
     let b = db.connect("pgfeed-bench").await?;
     let (even, odd) = tokio::try_join!(
@@ -191,6 +192,11 @@ pub async fn expected_all(db: &BenchDb, defs: &[Definition]) -> anyhow::Result<V
             anyhow::Ok(out)
         },
     )?;
+    eprintln!(
+        "pgfeed-bench: PostgreSQL's answer for {} definitions read in {:.1} s",
+        defs.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let mut even = even.into_iter();
     let mut odd = odd.into_iter();
     Ok((0..defs.len())

@@ -27,9 +27,11 @@ use window::Window;
 
 pub(super) use definitions::load;
 
-/// How long no subscriber may receive a frame before the scenario calls the views settled.
+/// Once every window equals PostgreSQL's, how long the scenario still listens for frames that
+/// should not come (a second delta for one commit).
 const QUIET: Duration = Duration::from_secs(2);
-/// How long the views may take to settle after the last write before the scenario compares anyway.
+/// How long the windows may take to reach PostgreSQL's answer after the last write before the
+/// scenario compares anyway (and reports the difference).
 const SETTLE_PATIENCE: Duration = Duration::from_secs(120);
 /// Updates per second in all, over `--writers` connections (PROTOCOL §9's live-table load).
 const RATE: u32 = 1_000;
@@ -97,11 +99,13 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
     let own0 = setup::cpu_time("self");
     let written = write(db, args.writers, rate, duration, hot, (loaded.first_id, loaded.last_id)).await?;
     activity.measure_until_us.store(now_us(), Ordering::Relaxed);
-    let settled_after = wait_for_quiet(&activity, written.last_us, QUIET, SETTLE_PATIENCE).await;
+    // No writer runs from here on, so one SELECT per definition is the answer to wait for.
+    let expected = definitions::expected_all(db, &shared).await?;
+    let settled_after = settle(&subs, &expected, &activity, written.last_us).await;
     let cpu_live = server.cpu_time().saturating_sub(cpu0);
     let own_live = setup::cpu_time("self").saturating_sub(own0);
     let span_s = (written.last_us - written.first_us) as f64 / 1e6 + settled_after.as_secs_f64();
-    let live_check = compare(db, &shared, &subs, None).await?;
+    let live_check = compare(&shared, &subs, expected, None);
     let latency = Percentiles::of(
         subs.iter()
             .flat_map(|s| std::mem::take(&mut lock(&s.state).latencies_us))
@@ -117,6 +121,8 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
     eprintln!("pgfeed-bench: {NEW_SUBSCRIPTIONS} new subscriptions");
     let mut new_us = Vec::with_capacity(NEW_SUBSCRIPTIONS);
     let mut new_us_shared = Vec::new();
+    // New definitions by count off / on: a count is a second read, over every matching row.
+    let mut new_us_fresh = [Vec::new(), Vec::new()];
     for k in 0..NEW_SUBSCRIPTIONS {
         let def = if k % 2 == 0 {
             (k / 2 * 7) % shared.len()
@@ -127,21 +133,18 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         new_us.push(took.as_micros() as u32);
         if def < shared.len() {
             new_us_shared.push(took.as_micros() as u32);
+        } else {
+            new_us_fresh[usize::from(all_defs[def].count)].push(took.as_micros() as u32);
         }
         subs.push(s);
     }
     let subscribe_new = Percentiles::of(new_us.clone());
     let subscribe_new_shared = Percentiles::of(new_us_shared);
-    let subscribe_new_fresh = Percentiles::of(
-        new_us
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| k % 2 == 1)
-            .map(|(_, &us)| us)
-            .collect(),
-    );
-    wait_for_quiet(&activity, now_us(), QUIET, SETTLE_PATIENCE).await;
-    let before_bulk = compare(db, &all_defs, &subs, None).await?;
+    let subscribe_new_fresh = Percentiles::of(new_us_fresh.concat());
+    let [fresh_no_count, fresh_count] = new_us_fresh.map(Percentiles::of);
+    let expected = definitions::expected_all(db, &all_defs).await?;
+    settle(&subs, &expected, &activity, now_us()).await;
+    let before_bulk = compare(&all_defs, &subs, expected, None);
 
     // c. One UPDATE of 100,000 rows.
     for s in &subs {
@@ -160,21 +163,28 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         .await
         .context("the bulk update")?;
     let acked = now_us();
-    wait_for_quiet(&activity, acked, QUIET, SETTLE_PATIENCE).await;
+    let expected = definitions::expected_all(db, &all_defs).await?;
+    let bulk_settled = settle(&subs, &expected, &activity, acked).await;
     let cpu_bulk = server.cpu_time().saturating_sub(cpu0);
-    let after_bulk = compare(db, &all_defs, &subs, Some(&before_bulk.expected)).await?;
+    let after_bulk = compare(&all_defs, &subs, expected, Some(&before_bulk.expected));
     let bulk = after_bulk.bulk.as_ref().context("the bulk comparison")?;
-    let bulk_tail_ms = (bulk.last_delta_us - acked) as f64 / 1000.0;
+    // None came: the figure is how long the scenario waited.
+    let bulk_tail_ms = if bulk.last_delta_us > 0 {
+        (bulk.last_delta_us - acked) as f64 / 1000.0
+    } else {
+        bulk_settled.as_secs_f64() * 1000.0
+    };
 
     let cpu_total = server.cpu_time();
     let peak_rss = server.peak_rss_kib()?;
     let closed: BTreeMap<u16, usize> =
         subs.iter()
-            .filter_map(|s| lock(&s.state).closed)
+            .flat_map(|s| lock(&s.state).closes.clone())
             .fold(BTreeMap::new(), |mut m, c| {
                 *m.entry(c).or_default() += 1;
                 m
             });
+    let gone = subs.iter().filter(|s| lock(&s.state).gone).count();
     let unexpected: Vec<String> = subs
         .iter()
         .flat_map(|s| lock(&s.state).unexpected.clone())
@@ -190,7 +200,8 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         && after_bulk.mismatched == 0
         && totals.misfits == 0
         && totals.repeated_cursors == 0
-        && closed.is_empty();
+        && closed.is_empty()
+        && gone == 0;
     let live_ok = exact && latency.p99 <= 50.0;
     let subscribe_ok = subscribe_new.p99 <= 100.0;
     let bulk_ok = bulk.missing == 0 && bulk.extra == 0 && bulk.max_ops <= 100 && bulk_tail_ms <= 2000.0;
@@ -232,7 +243,7 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         (
             "a. frames".to_owned(),
             format!(
-                "{live_frames} view frames to {n_subs} subscribers ({:.0}/s); settled {:.1} s after the last write",
+                "{live_frames} view frames to {n_subs} subscribers ({:.0}/s); windows equal to SELECT {:.1} s after the last write",
                 live_frames as f64 / span_s.max(1e-9),
                 settled_after.as_secs_f64()
             ),
@@ -242,12 +253,16 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         (
             "b. new subscription → `view`".to_owned(),
             format!(
-                "{NEW_SUBSCRIPTIONS} in turn: {}; open definitions p50 {:.2} / p99 {:.2} ms, new ones p50 {:.2} / p99 {:.2} ms",
+                "{NEW_SUBSCRIPTIONS} in turn: {}; open definitions p50 {:.2} / p99 {:.2} ms, new ones p50 {:.2} / p99 {:.2} ms (without count {:.2} / {:.2}, with count {:.2} / {:.2})",
                 subscribe_new.text(),
                 subscribe_new_shared.p50,
                 subscribe_new_shared.p99,
                 subscribe_new_fresh.p50,
-                subscribe_new_fresh.p99
+                subscribe_new_fresh.p99,
+                fresh_no_count.p50,
+                fresh_no_count.p99,
+                fresh_count.p50,
+                fresh_count.p99
             ),
         ),
         ("b. windows ≠ SELECT".to_owned(), before_bulk.text()),
@@ -263,8 +278,8 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         (
             "c. deltas".to_owned(),
             format!(
-                "missing {} · more than one {} · whole `view` instead {} · most ops in one {} · commit ack → last view's delta {bulk_tail_ms:.1} ms",
-                bulk.missing, bulk.extra, bulk.views, bulk.max_ops
+                "missing {} · more than one {} · whole `view` instead {} · most ops in one {} · commit ack → last view's delta {bulk_tail_ms:.1} ms; windows equal to SELECT {:.1} s after the ack",
+                bulk.missing, bulk.extra, bulk.views, bulk.max_ops, bulk_settled.as_secs_f64()
             ),
         ),
         ("c. windows ≠ SELECT".to_owned(), after_bulk.text()),
@@ -300,7 +315,10 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
             "bench (writers + clients) CPU in a".to_owned(),
             format!("{:.2} s", own_live.as_secs_f64()),
         ),
-        ("connections closed by server".to_owned(), format!("{closed:?}")),
+        (
+            "connections closed by server".to_owned(),
+            format!("{closed:?} by close code; each resumed with its last cursor, {gone} subscribers gave up"),
+        ),
         ("unexpected frames".to_owned(), format!("{unexpected:?}")),
         (
             "target".to_owned(),
@@ -330,14 +348,15 @@ pub(super) async fn views(args: &Args, db: &BenchDb, server: &Server) -> anyhow:
         "settled_after_ms": settled_after.as_millis() as u64,
         "live": live_check.json(), "subscribe": subscribe_new.json(),
         "subscribe_open_definition": subscribe_new_shared.json(), "subscribe_new_definition": subscribe_new_fresh.json(),
+        "subscribe_new_definition_count": fresh_count.json(), "subscribe_new_definition_no_count": fresh_no_count.json(),
         "before_bulk": before_bulk.json(), "after_bulk": after_bulk.json(),
-        "bulk": {"rows": bulk_rows, "statement_ms": report::round((acked - started) as f64 / 1000.0), "changed": bulk.changed,
+        "bulk": {"rows": bulk_rows, "statement_ms": report::round((acked - started) as f64 / 1000.0), "changed": bulk.changed, "settled_ms": bulk_settled.as_millis() as u64,
                  "missing": bulk.missing, "extra": bulk.extra, "views": bulk.views, "max_ops": bulk.max_ops, "tail_ms": report::round(bulk_tail_ms)},
         "misfits": totals.misfits, "oversized": totals.oversized, "repeated_cursors": totals.repeated_cursors, "views_resent": totals.views,
         "server_cpu_s": {"subscribe": report::round(cpu_subscribe.as_secs_f64()), "live": report::round(cpu_live.as_secs_f64()),
                          "bulk": report::round(cpu_bulk.as_secs_f64()), "total": report::round(cpu_total.as_secs_f64())},
         "server_rss_kib": {"loaded": rss_loaded, "subscribed": rss_subscribed, "live": rss_live, "peak": peak_rss},
-        "bench_cpu_s": report::round(own_live.as_secs_f64()), "closed": closed,
+        "bench_cpu_s": report::round(own_live.as_secs_f64()), "closed": closed, "gave_up": gone,
         "machine": machine(db).await, "meets_target": ok,
     });
     report::print("views", &table, &out);
@@ -390,20 +409,26 @@ impl Check {
     }
 }
 
-async fn compare(
-    db: &BenchDb,
-    defs: &[Definition],
-    subs: &[Subscriber],
-    before: Option<&[Window]>,
-) -> anyhow::Result<Check> {
-    let t0 = Instant::now();
-    let expected = definitions::expected_all(db, defs).await?;
-    eprintln!(
-        "pgfeed-bench: compared {} subscribers with {} SELECTs ({:.1} s)",
-        subs.len(),
-        defs.len(),
-        t0.elapsed().as_secs_f64()
-    );
+/// Waits until every subscriber's window equals `expected` (at most [`SETTLE_PATIENCE`]), then
+/// for [`QUIET`]; returns how long after `since_us` the windows were equal (or the wait gave up).
+async fn settle(subs: &[Subscriber], expected: &[Window], activity: &Activity, since_us: i64) -> Duration {
+    let deadline = Instant::now() + SETTLE_PATIENCE;
+    let equal_at = loop {
+        let all_equal = subs.iter().all(|s| {
+            let state = lock(&s.state);
+            let want = &expected[s.def];
+            state.window.rows == want.rows && (want.count.is_none() || state.window.count == want.count)
+        });
+        if all_equal || Instant::now() >= deadline {
+            break now_us();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_for_quiet(activity, equal_at, QUIET, SETTLE_PATIENCE).await;
+    Duration::from_micros((equal_at - since_us).max(0) as u64)
+}
+
+fn compare(defs: &[Definition], subs: &[Subscriber], expected: Vec<Window>, before: Option<&[Window]>) -> Check {
     let mut check = Check {
         expected: Vec::new(),
         mismatched: 0,
@@ -448,7 +473,7 @@ async fn compare(
         }
     }
     check.expected = expected;
-    Ok(check)
+    check
 }
 
 /// Sums over every subscriber.

@@ -18,6 +18,9 @@ use crate::client::{self, now_us, Ws};
 
 /// How long a subscribe may take to answer before the scenario gives up on it.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Times a subscriber reconnects and resumes (PROTOCOL §9 "Resume") after the server closed its
+/// connection; past that it stays closed and its window is compared as it was.
+const MAX_RESUMES: usize = 10;
 
 /// What every subscriber task shares with the scenario.
 #[derive(Debug)]
@@ -69,8 +72,10 @@ pub struct State {
     pub unexpected: Vec<String>,
     /// Receipt − `updated_at` of each row a delta carries that its commit wrote (µs).
     pub latencies_us: Vec<u32>,
-    /// Close code, when the server closed the connection.
-    pub closed: Option<u16>,
+    /// Close codes, each time the server closed the connection (1006: it dropped without one).
+    pub closes: Vec<u16>,
+    /// Set when the subscriber gave up: the connection is closed and was not resumed.
+    pub gone: bool,
     pub since_mark: SinceMark,
     last_cursor: Option<String>,
 }
@@ -113,7 +118,13 @@ pub async fn open(
         .replace(first.rows.as_deref().unwrap_or_default(), first.count);
     state.last_cursor = first.cursor;
     let state = Arc::new(Mutex::new(state));
-    let task = tokio::spawn(run(ws, state.clone(), activity, def.limit));
+    let task = tokio::spawn(run(
+        ws,
+        Resume { server, index, frame },
+        state.clone(),
+        activity,
+        def.limit,
+    ));
     Ok((
         Subscriber {
             def: def_index,
@@ -138,14 +149,51 @@ async fn first_view(ws: &mut Ws) -> anyhow::Result<Frame> {
     bail!("connection closed before `view`")
 }
 
-async fn run(mut ws: Ws, state: Arc<Mutex<State>>, activity: Arc<Activity>, limit: usize) {
+/// What a subscriber needs to open its view again.
+struct Resume {
+    server: SocketAddr,
+    index: usize,
+    frame: serde_json::Value,
+}
+
+/// Applies frames until the connection ends; then reconnects and subscribes again with the last
+/// cursor, as a client does after a 4008 (PROTOCOL §9 "Resume"), and goes on.
+async fn run(mut ws: Ws, resume: Resume, state: Arc<Mutex<State>>, activity: Arc<Activity>, limit: usize) {
+    loop {
+        let code = receive(&mut ws, &state, &activity, limit).await;
+        let mut frame = resume.frame.clone();
+        {
+            let mut s = lock(&state);
+            s.closes.push(code);
+            if s.closes.len() > MAX_RESUMES {
+                s.gone = true;
+                return;
+            }
+            frame["since"] = s.last_cursor.clone().into();
+        }
+        let reopened = async {
+            let mut ws = client::connect(resume.server, resume.index).await?;
+            ws.send(Message::text(frame.to_string())).await?;
+            anyhow::Ok(ws)
+        };
+        match reopened.await {
+            Ok(w) => ws = w,
+            Err(e) => {
+                let mut s = lock(&state);
+                s.unexpected.push(format!("resuming failed: {e:#}"));
+                s.gone = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Applies frames until the connection ends; returns its close code.
+async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: usize) -> u16 {
     while let Some(msg) = ws.next().await {
         let text = match msg {
             Ok(Message::Text(t)) => t,
-            Ok(Message::Close(frame)) => {
-                lock(&state).closed = Some(frame.map_or(1005, |f| f.code.into()));
-                return;
-            }
+            Ok(Message::Close(frame)) => return frame.map_or(1005, |f| f.code.into()),
             Ok(_) => continue,
             Err(_) => break,
         };
@@ -153,11 +201,11 @@ async fn run(mut ws: Ws, state: Arc<Mutex<State>>, activity: Arc<Activity>, limi
         let frame: Frame = match serde_json::from_str(text.as_str()) {
             Ok(f) => f,
             Err(e) => {
-                lock(&state).unexpected.push(format!("unreadable frame ({e}): {text}"));
+                lock(state).unexpected.push(format!("unreadable frame ({e}): {text}"));
                 continue;
             }
         };
-        let mut s = lock(&state);
+        let mut s = lock(state);
         match frame.kind.as_str() {
             "view" => {
                 s.views += 1;
@@ -204,7 +252,7 @@ async fn run(mut ws: Ws, state: Arc<Mutex<State>>, activity: Arc<Activity>, limi
         drop(s);
         activity.last_frame_us.fetch_max(at, Ordering::Relaxed);
     }
-    lock(&state).closed.get_or_insert(1006);
+    1006
 }
 
 /// The scenario reads a state only between frames, and a subscriber task never panics while it
@@ -213,14 +261,13 @@ pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits until no subscriber has received a frame for `quiet`, at most `patience`; returns how
-/// long after `since` the last frame came.
-pub async fn wait_for_quiet(activity: &Activity, since_us: i64, quiet: Duration, patience: Duration) -> Duration {
+/// Waits until no subscriber has received a frame for `quiet` since `since_us`, at most `patience`.
+pub async fn wait_for_quiet(activity: &Activity, since_us: i64, quiet: Duration, patience: Duration) {
     let deadline = Instant::now() + patience;
     loop {
         let last = activity.last_frame_us.load(Ordering::Relaxed).max(since_us);
         if now_us() - last >= quiet.as_micros() as i64 || Instant::now() >= deadline {
-            return Duration::from_micros((last - since_us).max(0) as u64);
+            return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
