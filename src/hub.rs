@@ -149,6 +149,9 @@ pub enum Relayed {
 /// past this many, the hub drops what does not fit and says so ([`Hub::tap_lost`]), and the views
 /// read every window again rather than hold an unbounded backlog.
 pub const TAP_QUEUE: usize = 65_536;
+/// How long the listener waits for the views to make room before it publishes anyway: views
+/// that stall never stall the feed for long.
+pub const TAP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Hub {
@@ -226,6 +229,16 @@ impl Hub {
         inner.tap = Some(tx);
         inner.tap_lost = false;
         rx
+    }
+
+    /// Waits, up to [`TAP_PATIENCE`], until live views can take `n` more items: the listener
+    /// asks before it publishes a page, so a statement of 100,000 rows is fed to the views at
+    /// their pace instead of overflowing their queue (which costs a read of every window).
+    pub async fn tap_room(&self, n: usize) {
+        let tap = self.lock().tap.clone();
+        if let Some(tap) = tap {
+            let _ = tokio::time::timeout(TAP_PATIENCE, tap.reserve_many(n.min(TAP_QUEUE))).await;
+        }
     }
 
     /// Whether something did not fit into the tap since the last call: the views then read every

@@ -399,6 +399,7 @@ pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> a
             metrics.last_relayed_seq.set(last.seq);
         }
         let epoch = hub.epoch().clone();
+        hub.tap_room(rows.len() + 1).await;
         hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
         if full {
             continue;

@@ -318,6 +318,23 @@ impl Def {
         })
     }
 
+    /// A definition without filter, ordered by the key, for unit tests of windows.
+    #[cfg(test)]
+    pub fn by_key(table: Arc<Table>, limit: usize) -> Def {
+        let keys = order(&table, None).expect("the key sorts");
+        Def {
+            table,
+            filter: Vec::new(),
+            any: Vec::new(),
+            keys,
+            after: None,
+            after_json: None,
+            limit,
+            count: false,
+            id: "test".into(),
+        }
+    }
+
     /// Whether a row matches the filter (every page's rows do; `count` counts them).
     pub fn matches(&self, row: &[Val]) -> bool {
         self.filter.iter().all(|(c, op)| op.test(&row[*c]))

@@ -64,6 +64,9 @@ pub struct Window {
     /// The position of what subscribers have.
     pub shown_at: Position,
     touched: HashMap<Arc<str>, Touch>,
+    /// The rows were read again since subscribers were last told: compare them, even if no change
+    /// was applied (a read after the views fell behind the feed holds changes never applied).
+    reread: bool,
 }
 
 /// What a window wants after a commit.
@@ -133,6 +136,7 @@ impl Window {
             shown_next: None,
             shown_at: at,
             touched: HashMap::new(),
+            reread: false,
         };
         w.reload(at, rows, count);
         w
@@ -161,6 +165,7 @@ impl Window {
         self.keys = self.rows.iter().map(|e| e.row.key.clone()).collect();
         self.count = count;
         self.at = at;
+        self.reread = true;
     }
 
     /// Applies one change at `at` (in log order): the row before (none for an insert) and after
@@ -233,7 +238,7 @@ impl Window {
 
     /// Whether the window has changes its subscribers do not have yet.
     pub fn dirty(&self) -> bool {
-        !self.touched.is_empty() || self.count != self.shown_count || self.next() != self.shown_next
+        self.reread || !self.touched.is_empty() || self.count != self.shown_count || self.next() != self.shown_next
     }
 
     /// Ends a commit at `at` (the end of its seq): the frame that brings subscribers from what
@@ -294,6 +299,7 @@ impl Window {
         self.shown_next = self.next();
         self.shown_at = self.at;
         self.touched.clear();
+        self.reread = false;
         self.view_frame(epoch)
     }
 
@@ -388,6 +394,7 @@ impl Window {
         let count_changed = self.count != self.shown_count;
         let next_changed = next != self.shown_next;
         self.touched.clear();
+        self.reread = false;
         if n == 0 && !count_changed && !next_changed {
             return None;
         }
@@ -446,4 +453,72 @@ fn op_update(out: &mut String, key: &str, from: usize, to: usize, row: &str) {
     out.push_str(r#"{"op":"update","key":"#);
     push_opt_str(out, Some(key));
     let _ = write!(out, r#","from":{from},"to":{to},"row":{row}}}"#);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::views::Column;
+    use crate::feed::views::def::Table;
+
+    fn window(limit: usize, ids: &[i64]) -> Window {
+        let cols = vec![Column {
+            name: "id".into(),
+            pg_type: "bigint".into(),
+            not_null: true,
+        }];
+        let table = Arc::new(Table::new("t", "t", cols, &["id".to_owned()]).unwrap());
+        let def = Arc::new(Def::by_key(table, limit));
+        let rows = ids.iter().map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        Window::new(def, Position::end_of(1), rows, None)
+    }
+
+    #[test]
+    fn rows_read_again_reach_subscribers_even_when_no_change_was_applied() {
+        let epoch = Epoch::new("e");
+        let mut w = window(2, &[1, 2]);
+        w.show(&epoch);
+        // The views fell behind the feed: the changes were never applied, the window read again.
+        w.reload(
+            Position::end_of(5),
+            vec![r#"{"id":2}"#.into(), r#"{"id":3}"#.into()],
+            None,
+        );
+        let Finish::Delta(frame) = w.finish(Position::end_of(5), &epoch) else {
+            panic!("a read that changed the rows must be told")
+        };
+        assert!(
+            frame.tail.contains(r#"{"op":"exit","key":"1","from":0"#),
+            "{}",
+            frame.tail
+        );
+        assert!(
+            frame.tail.contains(r#"{"op":"enter","key":"3","to":1"#),
+            "{}",
+            frame.tail
+        );
+        assert!(matches!(w.finish(Position::end_of(6), &epoch), Finish::Quiet));
+    }
+
+    #[test]
+    fn a_commit_over_many_rows_leaves_a_window_only_the_rows_it_shows_or_holds_to_remember() {
+        let epoch = Epoch::new("e");
+        let mut w = window(2, &[1, 2, 3, 4]);
+        w.show(&epoch);
+        let table = w.def.table.clone();
+        for id in 100..10_100 {
+            let json: Arc<str> = format!(r#"{{"id":{id}}}"#).into();
+            let row = Arc::new(table.parse(&json).unwrap());
+            w.apply(
+                Position {
+                    seq: 7,
+                    pos: (id - 99) as i32,
+                },
+                None,
+                Some((&row, &json)),
+            );
+        }
+        assert!(w.touched.len() <= 3 * w.def.limit, "{} remembered", w.touched.len());
+        assert!(matches!(w.finish(Position::end_of(7), &epoch), Finish::Quiet));
+    }
 }
