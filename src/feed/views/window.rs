@@ -509,14 +509,7 @@ mod tests {
         for id in 100..10_100 {
             let json: Arc<str> = format!(r#"{{"id":{id}}}"#).into();
             let row = Arc::new(table.parse(&json).unwrap());
-            w.apply(
-                Position {
-                    seq: 7,
-                    pos: (id - 99) as i32,
-                },
-                None,
-                Some((&row, &json)),
-            );
+            w.apply(Position { seq: 7, pos: id - 99 }, None, Some((&row, &json)));
         }
         assert!(w.touched.len() <= 3 * w.def.limit, "{} remembered", w.touched.len());
         assert!(matches!(w.finish(Position::end_of(7), &epoch), Finish::Quiet));
