@@ -286,7 +286,9 @@ async fn every_subscriber_of_every_window_ends_equal_to_postgresqls_select_under
     let mut rng = Rng(seed | 1);
     let mut writers = Vec::new();
     for w in 0..3 {
-        let mut script = String::new();
+        // Writers that update overlapping rows in different orders may deadlock each other;
+        // PostgreSQL then rolls one transaction back (no event), and its writer goes on.
+        let mut script = String::from("\\set ON_ERROR_STOP 0\n");
         for n in 0..150 {
             let id = 1 + rng.below(320);
             let stmt = match rng.below(10) {
