@@ -61,6 +61,9 @@ pub struct Window {
     shown_keys: HashSet<Arc<str>>,
     shown_count: Option<i64>,
     shown_next: Option<String>,
+    /// The row `shown_next` was made from: a change of it is a change of `next`, found without
+    /// writing the token at every commit.
+    shown_boundary: Option<Arc<str>>,
     /// The position of what subscribers have.
     pub shown_at: Position,
     touched: HashMap<Arc<str>, Touch>,
@@ -134,6 +137,7 @@ impl Window {
             shown_keys: HashSet::new(),
             shown_count: None,
             shown_next: None,
+            shown_boundary: None,
             shown_at: at,
             touched: HashMap::new(),
             reread: false,
@@ -238,7 +242,10 @@ impl Window {
 
     /// Whether the window has changes its subscribers do not have yet.
     pub fn dirty(&self) -> bool {
-        self.reread || !self.touched.is_empty() || self.count != self.shown_count || self.next() != self.shown_next
+        self.reread
+            || !self.touched.is_empty()
+            || self.count != self.shown_count
+            || self.boundary().map(|e| &e.json) != self.shown_boundary.as_ref()
     }
 
     /// Ends a commit at `at` (the end of its seq): the frame that brings subscribers from what
@@ -297,6 +304,7 @@ impl Window {
         self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
         self.shown_count = self.count;
         self.shown_next = self.next();
+        self.shown_boundary = self.boundary().map(|e| e.json.clone());
         self.shown_at = self.at;
         self.touched.clear();
         self.reread = false;
@@ -307,13 +315,18 @@ impl Window {
         self.rows.iter().take(self.def.limit)
     }
 
-    /// The `next` token: after the last row shown, when a page may follow.
-    fn next(&self) -> Option<String> {
+    /// The row the next page starts after: the last row shown, when a page may follow.
+    fn boundary(&self) -> Option<&Entry> {
         let more = self.rows.len() > self.def.limit || !self.complete;
         match self.rows.get(self.def.limit.saturating_sub(1)) {
-            Some(last) if more && self.rows.len() >= self.def.limit => Some(self.def.token(&last.json)),
+            Some(last) if more && self.rows.len() >= self.def.limit => Some(last),
             _ => None,
         }
+    }
+
+    /// The `next` token: the keys of [`Self::boundary`].
+    fn next(&self) -> Option<String> {
+        self.boundary().map(|last| self.def.token(&last.json))
     }
 
     fn head(&self, cursor: &str) -> String {
@@ -390,9 +403,10 @@ impl Window {
                 op_enter(&mut ops, &t.key, i, &t.json, why);
             }
         }
-        let next = self.next();
+        let boundary = self.boundary().map(|e| e.json.clone());
+        let next_changed = boundary != self.shown_boundary;
+        let next = if next_changed { self.next() } else { None };
         let count_changed = self.count != self.shown_count;
-        let next_changed = next != self.shown_next;
         self.touched.clear();
         self.reread = false;
         if n == 0 && !count_changed && !next_changed {
@@ -414,6 +428,7 @@ impl Window {
             tail.push_str(r#","next":"#);
             push_opt_str(&mut tail, next.as_deref());
             self.shown_next = next;
+            self.shown_boundary = boundary;
         }
         tail.push('}');
         Some(Frame {
