@@ -60,29 +60,13 @@ pub struct SubscribedAll<'a> {
 pub struct Unsubscribed<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Id<'a>,
-    pub topic: &'a str,
-    #[serde(rename = "type")]
-    kind: Kind,
-}
-
-/// `{"type":"unsubscribed","view":…}`: a live view closed.
-#[derive(Serialize)]
-pub struct UnsubscribedView<'a> {
+    /// A topic's subscription ended, or (`view`) a live view closed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Id<'a>,
+    pub topic: Option<&'a str>,
     #[serde(rename = "type")]
     kind: Kind,
-    pub view: &'a str,
-}
-
-impl<'a> UnsubscribedView<'a> {
-    pub fn new(view: &'a str, id: Id<'a>) -> Self {
-        UnsubscribedView {
-            id,
-            kind: Kind::Unsubscribed,
-            view,
-        }
-    }
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -163,8 +147,18 @@ impl<'a> Unsubscribed<'a> {
     pub fn new(topic: &'a str, id: Id<'a>) -> Self {
         Unsubscribed {
             id,
-            topic,
+            topic: Some(topic),
             kind: Kind::Unsubscribed,
+            view: None,
+        }
+    }
+
+    pub fn view(view: &'a str, id: Id<'a>) -> Self {
+        Unsubscribed {
+            id,
+            topic: None,
+            kind: Kind::Unsubscribed,
+            view: Some(view),
         }
     }
 }
@@ -246,6 +240,10 @@ mod tests {
             assert_eq!(
                 text(&Unsubscribed::new("studies", id)).as_str(),
                 with_id(json!({"type": "unsubscribed", "topic": "studies"}), id).to_string()
+            );
+            assert_eq!(
+                text(&Unsubscribed::view("main", id)).as_str(),
+                with_id(json!({"type": "unsubscribed", "view": "main"}), id).to_string()
             );
             assert_eq!(
                 text(&Pong::new(id)).as_str(),

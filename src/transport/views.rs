@@ -49,7 +49,13 @@ pub fn from_query(raw: Option<&str>) -> Result<Option<(String, Request)>, FeedEr
                         .map_err(|_| FeedError::BadRequest(format!("limit must be a whole number, not {v:?}")))?,
                 )
             }
-            "count" => req.count = matches!(v.as_str(), "true" | "1"),
+            "count" => {
+                req.count = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" | "" => false,
+                    _ => return Err(FeedError::BadRequest(format!("count is true or false, not {v:?}"))),
+                }
+            }
             _ => match k.strip_prefix("filter.") {
                 Some(column) => {
                     req.filter.insert(column.to_owned(), v);

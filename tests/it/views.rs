@@ -483,3 +483,110 @@ async fn views_over_sse_and_long_poll_carry_the_same_frames_and_resume_whole() {
     let (status, _) = app.get_json("/api/changes?view=x&topic=studies&bogus=1").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_past_its_bounds_is_refused_and_views_count_against_the_subscription_limit() {
+    use crate::support::TestDb;
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.max_subscriptions = 2).await;
+    let mut ws = app.ws().await;
+    let many_filters: serde_json::Map<String, Value> = (0..17).map(|i| (format!("c{i}"), json!("eq.1"))).collect();
+    let long_in = format!("in.({})", (0..101).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+    let long_order = [
+        "id",
+        "label",
+        "title",
+        "status",
+        "version",
+        "created_at",
+        "updated_at",
+        "description",
+        "id",
+    ]
+    .join(",");
+    for (frame, needle) in [
+        (
+            json!({"topic": "studies", "filter": many_filters}),
+            "at most 16 filters",
+        ),
+        (
+            json!({"topic": "studies", "filter": {"id": long_in}}),
+            "in takes 1 to 100",
+        ),
+        (json!({"topic": "studies", "order": long_order}), "at most 8 order keys"),
+        (
+            json!({"topic": "studies", "filter": {"title": format!("eq.{}", "x".repeat(1025))}}),
+            "over 1024 bytes",
+        ),
+        (
+            json!({"topic": "studies", "filter": {"label|title|description|status|id": "ilike.*x*"}}),
+            "at most 4 columns",
+        ),
+        (
+            json!({"topic": "studies", "filter": {"label|version": "eq.1"}}),
+            "differ in type",
+        ),
+        (json!({"topic": "studies", "view": ""}), "1 to 128"),
+        (json!({"topic": "studies", "view": "v".repeat(129)}), "1 to 128"),
+    ] {
+        let mut f = json!({"action": "subscribe", "view": "v"});
+        for (k, v) in frame.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        ws.send(f).await;
+        let answer = ws.next_json().await;
+        assert_eq!(answer["code"], "bad_request", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains(needle),
+            "{needle}: {answer}"
+        );
+    }
+    // Views and topics share --max-subscriptions; replacing a view takes no new slot.
+    ws.open_view("a", json!({"topic": "studies"})).await;
+    ws.open_view("b", json!({"topic": "studies", "order": "title"})).await;
+    ws.open_view("b", json!({"topic": "studies", "order": "label"})).await;
+    ws.send(json!({"action": "subscribe", "view": "c", "topic": "studies"}))
+        .await;
+    assert_eq!(ws.next_json().await["code"], "too_many_subscriptions");
+    ws.send(json!({"action": "subscribe", "topic": "messages"})).await;
+    assert_eq!(ws.next_json().await["code"], "too_many_subscriptions");
+
+    // The query forms refuse what they cannot read, before anything waits.
+    for q in [
+        "view=x&topic=studies&count=maybe",
+        "view=x&topic=studies&limit=ten",
+        "view=x&topic=studies&order=id&order=label",
+        "view=x&topic=studies&filter.title=eq.a&wait=1&bogus=2",
+    ] {
+        let (status, body) = app.get_json(&format!("/api/changes?{q}")).await;
+        assert_eq!(status, 400, "{q}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_refused_an_unconfined_view_before_its_values_are_read() {
+    use crate::auth::{in_an_hour, secured, token};
+    let app = secured().await;
+    let member = token(json!({"role": "member", "studies": [1], "exp": in_an_hour()}));
+    let mut ws = app.ws_at(&format!("/ws?token={member}")).await;
+    // A value PostgreSQL would refuse (`abc` for a bigint) is never read: the refusal is the rule's.
+    for def in [
+        json!({"topic": "studies", "filter": {"version": "eq.abc"}}),
+        json!({"topic": "messages", "filter": {"study_id": "gt.abc"}}),
+        json!({"topic": "pgfeed_secret_table", "filter": {"id": "eq.1"}}),
+    ] {
+        let mut f = json!({"action": "subscribe", "view": "v"});
+        for (k, v) in def.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        ws.send(f).await;
+        let answer = ws.next_json().await;
+        assert_eq!(answer["code"], "forbidden", "{def}: {answer}");
+    }
+    // Over SSE and long-poll the same rule, as a 403.
+    let (status, _) = app
+        .get_json(&format!(
+            "/api/changes?view=v&topic=studies&filter.id=eq.2&token={member}"
+        ))
+        .await;
+    assert_eq!(status, 403);
+}

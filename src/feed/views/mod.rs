@@ -265,6 +265,7 @@ impl Views {
                 return Err(FeedError::BadRequest(format!("malformed cursor {since:?}")));
             }
         }
+        may_be_confined(access, req)?;
         let table = self.table(&req.topic).await?;
         let def = Def::parse(req, table, &self.shared.feed.pool).await?;
         confine(access, &def)?;
@@ -302,14 +303,41 @@ impl Views {
     }
 }
 
-/// A member may open a view only when its filter confines it to the member's studies
-/// (PROTOCOL §9): `studies` by `id`, `messages` and `files` by `study_id`, with `eq` or `in`.
+/// The column by which a member's view of `topic` must be confined to the member's studies
+/// (PROTOCOL §9): `studies` by `id`, `messages` and `files` by `study_id`; `None` for an admin.
+fn confining_column(access: &Access, topic: &str) -> Result<Option<&'static str>, FeedError> {
+    match (access, topic) {
+        (Access::Admin, _) => Ok(None),
+        (Access::Member(_), "studies") => Ok(Some("id")),
+        (Access::Member(_), "messages" | "files") => Ok(Some("study_id")),
+        (Access::Member(_), other) => Err(FeedError::Forbidden(format!("a member may not view {other:?}"))),
+    }
+}
+
+fn unconfined(topic: &str, column: &str) -> FeedError {
+    FeedError::Forbidden(format!(
+        "a member's view of {topic:?} must filter {column} with eq or in on the member's studies"
+    ))
+}
+
+/// A member's request that cannot be confined, refused before anything is read for it: its
+/// filter must hold `eq` or `in` on the confining column.
+fn may_be_confined(access: &Access, req: &Request) -> Result<(), FeedError> {
+    let Some(column) = confining_column(access, &req.topic)? else {
+        return Ok(());
+    };
+    match req.filter.get(column) {
+        Some(spec) if spec.starts_with("eq.") || spec.starts_with("in.") => Ok(()),
+        _ => Err(unconfined(&req.topic, column)),
+    }
+}
+
+/// A member may open a view only when its filter confines it to the member's studies: `eq` or
+/// `in` on the confining column ([`confining_column`]) with every value one of its studies.
 fn confine(access: &Access, def: &Def) -> Result<(), FeedError> {
     let Access::Member(studies) = access else { return Ok(()) };
-    let column = match def.table.topic.as_str() {
-        "studies" => "id",
-        "messages" | "files" => "study_id",
-        other => return Err(FeedError::Forbidden(format!("a member may not view {other:?}"))),
+    let Some(column) = confining_column(access, &def.table.topic)? else {
+        return Ok(());
     };
     let lits = def.filter.iter().find_map(|(c, op)| match op {
         _ if def.table.cols[*c].name != column => None,
@@ -324,10 +352,7 @@ fn confine(access: &Access, def: &Def) -> Result<(), FeedError> {
     if confined {
         Ok(())
     } else {
-        Err(FeedError::Forbidden(format!(
-            "a member's view of {:?} must filter {column} with eq or in on the member's studies",
-            def.table.topic
-        )))
+        Err(unconfined(&def.table.topic, column))
     }
 }
 
@@ -446,9 +471,12 @@ impl State {
         let Some(views) = ev.topics.first().and_then(|t| self.tables.get(t)) else {
             return;
         };
-        let change = Change::read(&views.table, &ev);
+        let mut pinned: Vec<usize> = views.by_value.keys().map(|(c, _)| *c).collect();
+        pinned.sort_unstable();
+        pinned.dedup();
+        let change = Change::read(&views.table, &pinned, &ev);
         let mut hit: Vec<Arc<str>> = views.others.clone();
-        for (col, raw) in change.pinned_values(views) {
+        for (col, raw) in change.pinned_values() {
             if let Some(ids) = views.by_value.get(&(col, raw)) {
                 hit.extend(ids.iter().cloned());
             }
@@ -560,7 +588,7 @@ impl State {
             if ev.at <= loaded.at {
                 continue;
             }
-            Change::read(&slot.def.table, &ev).apply(w, ev.at);
+            Change::read(&slot.def.table, &[], &ev).apply(w, ev.at);
             mid_commit |= Some(ev.at.seq) == self.current;
         }
         if mid_commit {
@@ -645,8 +673,8 @@ struct Change {
     after: Option<Side>,
 }
 
-/// One side of a change: the row as views compare it, its JSON, and the JSON text of each column
-/// (for the equality index, which knows values as PostgreSQL renders them).
+/// One side of a change: the row as views compare it, its JSON, and the JSON text of the columns
+/// the equality index pins (it knows values as PostgreSQL renders them).
 struct Side {
     row: Arc<Parsed>,
     json: Arc<str>,
@@ -654,15 +682,15 @@ struct Side {
 }
 
 impl Change {
-    fn read(table: &Table, ev: &Event) -> Change {
+    /// Reads both rows of `ev`, keeping the JSON text of the columns the table's equality index
+    /// pins (`pinned`), and of no other.
+    fn read(table: &Table, pinned: &[usize], ev: &Event) -> Change {
         let side = |json: &str| -> Option<Side> {
             let map: HashMap<String, &RawValue> = serde_json::from_str(json).ok()?;
             let row = Arc::new(table.parse_map(&map)?);
-            let raw = table
-                .cols
+            let raw = pinned
                 .iter()
-                .enumerate()
-                .filter_map(|(i, c)| map.get(&c.name).map(|r| (i, r.get().to_owned())))
+                .filter_map(|&i| map.get(&table.cols[i].name).map(|r| (i, r.get().to_owned())))
                 .collect();
             Some(Side {
                 row,
@@ -677,14 +705,11 @@ impl Change {
     }
 
     /// The (column, JSON value) pairs of the row before and after, for the equality index.
-    fn pinned_values(&self, views: &TableViews) -> Vec<(usize, String)> {
-        let mut cols: Vec<usize> = views.by_value.keys().map(|(c, _)| *c).collect();
-        cols.sort_unstable();
-        cols.dedup();
-        let sides = self.before.iter().chain(&self.after);
-        sides
-            .flat_map(|side| cols.iter().filter_map(|c| Some((*c, side.raw.get(c)?.clone()))))
-            .collect()
+    fn pinned_values(&self) -> impl Iterator<Item = (usize, String)> + '_ {
+        self.before
+            .iter()
+            .chain(&self.after)
+            .flat_map(|side| side.raw.iter().map(|(c, v)| (*c, v.clone())))
     }
 
     fn apply(&self, w: &mut Window, at: Position) {

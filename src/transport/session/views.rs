@@ -123,7 +123,7 @@ where
                 views.engine.unsubscribe(sub);
             }
         }
-        self.send_frame(&frames::UnsubscribedView::new(name, frame.id.as_ref()))
+        self.send_frame(&frames::Unsubscribed::view(name, frame.id.as_ref()))
             .await
     }
 
