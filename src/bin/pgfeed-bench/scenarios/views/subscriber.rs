@@ -78,6 +78,9 @@ pub struct State {
     pub gone: bool,
     pub since_mark: SinceMark,
     last_cursor: Option<String>,
+    /// The last `view` came with `"count":null`: its count follows in a delta of no ops at the
+    /// same cursor, which is not a second delta for one commit.
+    count_coming: bool,
 }
 
 impl State {
@@ -117,6 +120,7 @@ pub async fn open(
         .window
         .replace(first.rows.as_deref().unwrap_or_default(), first.count);
     state.last_cursor = first.cursor;
+    state.count_coming = def.count && first.count.is_none();
     let state = Arc::new(Mutex::new(state));
     let task = tokio::spawn(run(
         ws,
@@ -211,13 +215,15 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 s.views += 1;
                 s.since_mark.views += 1;
                 s.window.replace(frame.rows.as_deref().unwrap_or_default(), frame.count);
+                s.count_coming = frame.count.is_none() && s.window.count.is_some();
             }
             "view_delta" => {
                 let ops = frame.ops.as_deref().unwrap_or_default();
                 if ops.len() > 2 * limit {
                     s.oversized += 1;
                 }
-                if frame.cursor.is_some() && frame.cursor == s.last_cursor {
+                let count_came = std::mem::take(&mut s.count_coming) && ops.is_empty() && frame.count.is_some();
+                if frame.cursor.is_some() && frame.cursor == s.last_cursor && !count_came {
                     s.repeated_cursors += 1;
                 }
                 let (misfits, first) = s.window.apply(ops, frame.count, limit);
