@@ -623,7 +623,9 @@ export function connect(options = {}) {
       if (frame.type === "view") return this.replace(frame);
       if (frame.type === "refresh_needed") return this.expire();
       if (frame.type !== "view_delta" || this.awaiting) return;
-      if (this.cursor != null && !isAfter(frame.cursor, this.cursor)) return; // had it (a resume overlaps)
+      // A count that followed its rows comes at their cursor, with no ops.
+      const countOnly = frame.cursor === this.cursor && frame.ops.length === 0 && frame.count != null;
+      if (this.cursor != null && !isAfter(frame.cursor, this.cursor) && !countOnly) return; // had it (a resume overlaps)
       const rows = this.rows;
       for (const op of frame.ops) {
         const ok = op.op === "exit" ? this.at(op.from, op.key) && rows.splice(op.from, 1)

@@ -158,10 +158,14 @@ pub async fn sse<H: Send + 'static>(
     Ok(crate::transport::sse::response(events_rx, token))
 }
 
+/// How long a poll without `since` waits for its view (and a count that follows it).
+const FIRST_VIEW_WAIT: Duration = Duration::from_secs(10);
+
 /// `GET /api/changes?view=…`: `{"events":[…],"cursor":"…"}` with the view's frames after `since`.
 /// Without `since`, the `view` at once. With it, a `view` when the window changed after it (a
 /// whole view is always a valid answer), else the deltas after it that come within `wait`; frames
-/// at or before `since` are skipped, so a poll answered by another server never repeats one.
+/// at or before `since` are skipped, so a poll answered by another server never repeats one. A
+/// `view` whose count follows is answered with that count's delta too (if it comes within `wait`).
 pub async fn poll(
     feed: &Feed,
     (name, req): (String, Request),
@@ -179,14 +183,24 @@ pub async fn poll(
         },
     };
     let (_subscribed, mut rx, overflow) = subscribe(feed, &req, None, access).await?;
-    let deadline = Instant::now() + wait;
+    // Without `since` the answer is the view, whatever `wait` says (a new window's first read
+    // takes a moment, and this poll's end would drop the window).
+    let deadline = match since {
+        None => Instant::now() + wait.max(FIRST_VIEW_WAIT),
+        Some(_) => Instant::now() + wait,
+    };
     let expiry = crate::auth::expiry(expires);
     tokio::pin!(expiry);
     let mut frames: Vec<String> = Vec::new();
     let mut cursor = since.map(|at| feed.cursor(at));
+    let mut count_coming = false;
     loop {
         // Once something is in hand, take only what is already queued, then answer.
-        let patience = if frames.is_empty() { deadline } else { Instant::now() };
+        let patience = if frames.is_empty() || count_coming {
+            deadline
+        } else {
+            Instant::now()
+        };
         let item = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
@@ -204,6 +218,7 @@ pub async fn poll(
                 if frame.kind == FrameKind::View {
                     frames.clear();
                 }
+                count_coming = frame.count_coming;
                 frames.push(frame.text(&name));
                 cursor = Some(frame.cursor.clone());
             }

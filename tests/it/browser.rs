@@ -8,6 +8,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::support::browser::node_driver;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::support::db::TestDb;
 use crate::support::{TestApp, PATIENCE};
@@ -204,9 +205,10 @@ async fn assert_window(page: &mut Browser, app: &TestApp, offset: usize, what: &
 /// A view of active studies by label, descending, 3 a page, through `mode`: a row entering the
 /// window from psql, one leaving the filter (the next fills in), an update in place, a server
 /// restart with writes while it was down, then the next page; after each, the page's rows and
-/// count are exactly what PostgreSQL's own SELECT says.
-async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
-    let app = TestApp::spawn().await;
+/// count are exactly what PostgreSQL's own SELECT says. `count_wait`: the server's
+/// `--view-count-wait` (zero: every count follows its rows in a delta of its own).
+async fn view_survives_writes_and_a_restart(mode: &str, count_wait: Duration) -> (String, Value) {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| c.view_count_wait = count_wait).await;
     psql(
         &app.db,
         "insert into studies (id, label, title, status) overriding system value \
@@ -237,7 +239,7 @@ async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
     app.stop().await;
     psql(&db, "insert into studies (id, label, title, status) overriding system value values (21, 's21', 'While down', 'active')").await;
     psql(&db, "update studies set status = 'draft' where id = 11").await;
-    let app = TestApp::spawn_at(db, addr).await;
+    let app = TestApp::spawn_at_with(db, addr, |c| c.view_count_wait = count_wait).await;
     assert_window(&mut page, &app, 0, "resumed after a restart").await;
     psql(
         &app.db,
@@ -255,7 +257,8 @@ async fn view_survives_writes_and_a_restart(mode: &str) -> (String, Value) {
 
 #[tokio::test]
 async fn the_browser_view_api_keeps_its_rows_exact_across_writes_a_restart_and_pages() {
-    let (first, got) = view_survives_writes_and_a_restart("ws").await;
+    // Every count follows its rows here: client.js takes it from the delta at their cursor.
+    let (first, got) = view_survives_writes_and_a_restart("ws", Duration::ZERO).await;
     assert_eq!(first, "connected", "WebSocket first");
     let statuses = got["statuses"].as_array().unwrap();
     assert!(
@@ -266,13 +269,13 @@ async fn the_browser_view_api_keeps_its_rows_exact_across_writes_a_restart_and_p
 
 #[tokio::test]
 async fn with_websockets_blocked_the_browser_view_api_runs_over_sse() {
-    let (first, _) = view_survives_writes_and_a_restart("no-ws").await;
+    let (first, _) = view_survives_writes_and_a_restart("no-ws", Duration::from_millis(20)).await;
     assert_eq!(first, "fallback:sse");
 }
 
 #[tokio::test]
 async fn without_websockets_or_sse_the_browser_view_api_long_polls() {
-    let (first, _) = view_survives_writes_and_a_restart("no-ws-no-sse").await;
+    let (first, _) = view_survives_writes_and_a_restart("no-ws-no-sse", Duration::from_millis(20)).await;
     assert_eq!(first, "fallback:poll");
 }
 

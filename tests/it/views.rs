@@ -274,6 +274,16 @@ async fn a_slow_count_follows_the_rows_in_a_delta_of_its_own() {
     delta(&mut ws, &mut v, "main").await;
     assert_eq!(v.count, Some(21));
     ws.assert_quiet(Duration::from_millis(300)).await;
+    // A long-poll of a new window answers its view with the delta that brings the count.
+    let (status, body) = app
+        .get_json("/api/changes?view=p&topic=studies&filter.status=eq.draft&order=id&limit=3&count=true&wait=10")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut p = ViewRows::default();
+    for f in body["events"].as_array().unwrap() {
+        p.apply(f);
+    }
+    assert_eq!(p.count, Some(app.count("studies", "status = 'draft'")), "{body}");
 }
 
 /// 6 definitions on 3 connections (shared windows), 3 psql writers, then every window and count

@@ -94,28 +94,45 @@ struct Slot {
     subs: Vec<Sub>,
 }
 
+/// A window, by a number: a change of a table touches many windows, and a definition's text
+/// (its key in `by_def`) is long to hash and compare for each.
+type WinId = u64;
+
 /// A table's windows, by the equality filter that narrows them, or none.
 #[derive(Debug)]
 struct TableViews {
     table: Arc<Table>,
-    by_value: HashMap<(usize, String), Vec<Arc<str>>>,
-    others: Vec<Arc<str>>,
+    by_value: HashMap<(usize, String), Vec<WinId>>,
+    /// The columns `by_value` is keyed on.
+    pinned: Vec<usize>,
+    others: Vec<WinId>,
+}
+
+impl TableViews {
+    fn index_changed(&mut self) {
+        self.pinned = self.by_value.keys().map(|(c, _)| *c).collect();
+        self.pinned.sort_unstable();
+        self.pinned.dedup();
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
-    windows: HashMap<Arc<str>, Slot>,
+    windows: HashMap<WinId, Slot>,
+    /// Each definition's window (`Def::id`).
+    by_def: HashMap<Arc<str>, WinId>,
+    next_id: WinId,
     tables: HashMap<String, TableViews>,
     /// The seq whose changes are being applied.
     current: Option<i64>,
     /// Windows the current commit changed.
-    dirty: HashSet<Arc<str>>,
+    dirty: HashSet<WinId>,
     /// Just after the last whole commit applied.
     relayed: Position,
     /// Rows the windows may hold together (twice each limit).
     held: usize,
     /// Each subscription's window.
-    subs: HashMap<u64, Arc<str>>,
+    subs: HashMap<u64, WinId>,
 }
 
 /// The live views of one server. Cheap to clone.
@@ -201,7 +218,7 @@ impl Views {
     /// Reads window `id` (in its own task, so a slow read holds up no other window), then
     /// applies what waited meanwhile and tells its subscribers. A count that is not read within
     /// `count_wait` (see [`Views::start`]) follows in a delta of its own.
-    fn spawn_read(&self, id: Arc<str>) {
+    fn spawn_read(&self, id: WinId) {
         let views = self.clone();
         tokio::spawn(async move {
             let mut tries = 0;
@@ -211,12 +228,12 @@ impl Views {
                     None => return,
                 };
                 let sql = def.sql(2 * def.limit);
-                match views.read(&id, &sql, recount).await {
+                match views.read(id, &sql, recount).await {
                     Ok(()) => return,
                     Err(e) => {
                         tries += 1;
                         tracing::warn!(error = %e, tries, "reading a live view failed");
-                        if tries >= FIRST_TRIES && views.lock().fail_first_read(&id) {
+                        if tries >= FIRST_TRIES && views.lock().fail_first_read(id) {
                             return;
                         }
                         tokio::time::sleep(RETRY).await;
@@ -227,7 +244,7 @@ impl Views {
     }
 
     /// One read of window `id`: its rows installed, and its count when `recount`.
-    async fn read(&self, id: &Arc<str>, sql: &db::views::WindowSql, recount: bool) -> Result<(), sqlx::Error> {
+    async fn read(&self, id: WinId, sql: &db::views::WindowSql, recount: bool) -> Result<(), sqlx::Error> {
         let (reading, rows) = db::views::read(&self.shared.feed.pool, sql).await?;
         let at = reading.at;
         if !recount {
@@ -260,7 +277,7 @@ impl Views {
 
     /// Installs a read (see [`State::install`]) and starts the reads it asks for; returns the
     /// read's token for a count that is [`Counted::Coming`].
-    fn install(&self, id: &Arc<str>, at: Position, rows: Vec<String>, counted: Counted) -> u64 {
+    fn install(&self, id: WinId, at: Position, rows: Vec<String>, counted: Counted) -> u64 {
         let mut reloads = Vec::new();
         let epoch = self.shared.feed.hub.epoch().clone();
         let token = self.lock().install(id, at, rows, counted, &epoch, &mut reloads);
@@ -271,7 +288,7 @@ impl Views {
     }
 
     /// The count of read `token` of window `id` is `n`: its subscribers get it.
-    fn counted(&self, id: &Arc<str>, token: u64, n: i64) {
+    fn counted(&self, id: WinId, token: u64, n: i64) {
         let epoch = self.shared.feed.hub.epoch().clone();
         let mut reloads = Vec::new();
         self.lock().counted(id, token, n, &epoch, &mut reloads);
@@ -281,10 +298,10 @@ impl Views {
     }
 
     /// The count of read `token` of window `id` failed: the window is read again, with its count.
-    fn recount(&self, id: &Arc<str>, token: u64) {
+    fn recount(&self, id: WinId, token: u64) {
         let read = {
             let mut state = self.lock();
-            match state.windows.get_mut(id) {
+            match state.windows.get_mut(&id) {
                 Some(slot) if slot.count_read == token => {
                     slot.count_read = 0;
                     slot.recount = true;
@@ -304,7 +321,7 @@ impl Views {
             }
         };
         if read {
-            self.spawn_read(id.clone());
+            self.spawn_read(id);
         }
     }
 
@@ -465,9 +482,9 @@ fn pins(def: &Def) -> Option<(usize, Vec<String>)> {
 impl State {
     /// Adds `sub` to the window of `def`, making the window if it is new; returns the window to
     /// read when it is.
-    fn add(&mut self, def: Def, mut sub: Sub, epoch: &crate::event::Epoch) -> Result<Option<Arc<str>>, FeedError> {
-        if let Some(slot) = self.windows.get_mut(def.id.as_str()) {
-            self.subs.insert(sub.id, def.id.as_str().into());
+    fn add(&mut self, def: Def, mut sub: Sub, epoch: &crate::event::Epoch) -> Result<Option<WinId>, FeedError> {
+        if let Some(slot) = self.by_def.get(def.id.as_str()).and_then(|id| self.windows.get_mut(id)) {
+            self.subs.insert(sub.id, self.by_def[def.id.as_str()]);
             if let (Some(w), None) = (&slot.window, &slot.waiting) {
                 let frame = Arc::new(w.view_frame(epoch));
                 if send(&sub, ViewItem::Frame(sub.id, frame)) {
@@ -486,7 +503,9 @@ impl State {
             )));
         }
         self.held += cap;
-        let id: Arc<str> = def.id.as_str().into();
+        self.next_id += 1;
+        let id = self.next_id;
+        self.by_def.insert(def.id.as_str().into(), id);
         let def = Arc::new(def);
         let table = self
             .tables
@@ -494,6 +513,7 @@ impl State {
             .or_insert_with(|| TableViews {
                 table: def.table.clone(),
                 by_value: HashMap::new(),
+                pinned: Vec::new(),
                 others: Vec::new(),
             });
         // A table whose columns were read again (a new definition) replaces the old shape.
@@ -501,14 +521,15 @@ impl State {
         match pins(&def) {
             Some((col, values)) => {
                 for v in values {
-                    table.by_value.entry((col, v)).or_default().push(id.clone());
+                    table.by_value.entry((col, v)).or_default().push(id);
                 }
+                table.index_changed();
             }
-            None => table.others.push(id.clone()),
+            None => table.others.push(id),
         }
-        self.subs.insert(sub.id, id.clone());
+        self.subs.insert(sub.id, id);
         self.windows.insert(
-            id.clone(),
+            id,
             Slot {
                 def,
                 window: None,
@@ -527,30 +548,32 @@ impl State {
         let Some(slot) = self.windows.get_mut(&id) else { return };
         slot.subs.retain(|x| x.id != sub);
         if slot.subs.is_empty() {
-            self.drop_window(&id);
+            self.drop_window(id);
         }
     }
 
-    fn drop_window(&mut self, id: &Arc<str>) {
-        let Some(slot) = self.windows.remove(id) else { return };
+    fn drop_window(&mut self, id: WinId) {
+        let Some(slot) = self.windows.remove(&id) else { return };
+        self.by_def.remove(slot.def.id.as_str());
         self.held -= 2 * slot.def.limit;
         for sub in &slot.subs {
             self.subs.remove(&sub.id);
         }
-        self.dirty.remove(id);
+        self.dirty.remove(&id);
         if let Some(t) = self.tables.get_mut(&slot.def.table.topic) {
-            t.others.retain(|x| x != id);
+            t.others.retain(|x| *x != id);
             t.by_value.retain(|_, ids| {
-                ids.retain(|x| x != id);
+                ids.retain(|x| *x != id);
                 !ids.is_empty()
             });
+            t.index_changed();
             if t.others.is_empty() && t.by_value.is_empty() {
                 self.tables.remove(&slot.def.table.topic);
             }
         }
     }
 
-    fn on_event(&mut self, ev: Arc<Event>, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+    fn on_event(&mut self, ev: Arc<Event>, epoch: &crate::event::Epoch, reloads: &mut Vec<WinId>) {
         if self.current.is_some_and(|s| s != ev.at.seq) {
             self.finish_commit(epoch, reloads);
         }
@@ -558,19 +581,18 @@ impl State {
         let Some(views) = ev.topics.first().and_then(|t| self.tables.get(t)) else {
             return;
         };
-        let mut pinned: Vec<usize> = views.by_value.keys().map(|(c, _)| *c).collect();
-        pinned.sort_unstable();
-        pinned.dedup();
-        let change = Change::read(&views.table, &pinned, &ev);
-        let mut hit: Vec<Arc<str>> = views.others.clone();
+        let change = Change::read(&views.table, &views.pinned, &ev);
+        // The windows an equality filter pins to the row's values before and after (once each,
+        // though an `in` may pin one window to both), and every other window of the table.
+        let mut pinned: Vec<WinId> = Vec::new();
         for (col, raw) in change.pinned_values() {
             if let Some(ids) = views.by_value.get(&(col, raw)) {
-                hit.extend(ids.iter().cloned());
+                pinned.extend(ids);
             }
         }
-        hit.sort();
-        hit.dedup();
-        for id in hit {
+        pinned.sort_unstable();
+        pinned.dedup();
+        for &id in views.others.iter().chain(&pinned) {
             let Some(slot) = self.windows.get_mut(&id) else {
                 continue;
             };
@@ -591,7 +613,7 @@ impl State {
         }
     }
 
-    fn on_upto(&mut self, at: Position, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+    fn on_upto(&mut self, at: Position, epoch: &crate::event::Epoch, reloads: &mut Vec<WinId>) {
         if self.current.is_some_and(|s| s <= at.seq) {
             self.finish_commit(epoch, reloads);
         }
@@ -599,11 +621,11 @@ impl State {
     }
 
     /// Ends the current commit: each window it changed sends its one delta, or asks for a read.
-    fn finish_commit(&mut self, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+    fn finish_commit(&mut self, epoch: &crate::event::Epoch, reloads: &mut Vec<WinId>) {
         let Some(seq) = self.current.take() else { return };
         let at = Position::end_of(seq);
         self.relayed = self.relayed.max(at);
-        let dirty: Vec<Arc<str>> = self.dirty.drain().collect();
+        let dirty: Vec<WinId> = self.dirty.drain().collect();
         for id in dirty {
             let Some(slot) = self.windows.get_mut(&id) else {
                 continue;
@@ -617,17 +639,17 @@ impl State {
                 Finish::Delta(frame) => slot.emit(Some(frame), epoch),
                 Finish::Reload => {
                     slot.waiting = Some(Vec::new());
-                    reloads.push(id.clone());
+                    reloads.push(id);
                 }
             }
             if slot.subs.is_empty() {
-                self.drop_window(&id);
+                self.drop_window(id);
             }
         }
     }
 
     /// The feed started over, or the views fell behind it: every window is read again.
-    fn reset(&mut self, reloads: &mut Vec<Arc<str>>) {
+    fn reset(&mut self, reloads: &mut Vec<WinId>) {
         self.current = None;
         self.dirty.clear();
         for (id, slot) in &mut self.windows {
@@ -641,7 +663,7 @@ impl State {
                 }
                 None => {
                     slot.waiting = Some(Vec::new());
-                    reloads.push(id.clone());
+                    reloads.push(*id);
                 }
             }
         }
@@ -653,21 +675,21 @@ impl State {
     /// [`Counted::Coming`]).
     fn install(
         &mut self,
-        id: &Arc<str>,
+        id: WinId,
         at: Position,
         rows: Vec<String>,
         counted: Counted,
         epoch: &crate::event::Epoch,
-        reloads: &mut Vec<Arc<str>>,
+        reloads: &mut Vec<WinId>,
     ) -> u64 {
         static NEXT_READ: AtomicU64 = AtomicU64::new(1);
         let token = NEXT_READ.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = self.windows.get_mut(id) else {
+        let Some(slot) = self.windows.get_mut(&id) else {
             return token;
         };
         if std::mem::take(&mut slot.stale) {
             slot.waiting = Some(Vec::new());
-            reloads.push(id.clone());
+            reloads.push(id);
             return token;
         }
         match counted {
@@ -698,7 +720,7 @@ impl State {
         }
         if mid_commit {
             // The rest of the commit is still to come: its end sends the frames.
-            self.dirty.insert(id.clone());
+            self.dirty.insert(id);
             return token;
         }
         w.at = w.at.max(self.relayed);
@@ -711,7 +733,7 @@ impl State {
                 Finish::Quiet => None,
                 Finish::Reload => {
                     slot.waiting = Some(Vec::new());
-                    reloads.push(id.clone());
+                    reloads.push(id);
                     return token;
                 }
             }
@@ -726,15 +748,15 @@ impl State {
     /// The count of read `token` of window `id` is `n` (as of that read's position): the window
     /// adds what changed since, and unless the current commit or a read will tell its subscribers,
     /// a delta does now.
-    fn counted(&mut self, id: &Arc<str>, token: u64, n: i64, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
-        let Some(slot) = self.windows.get_mut(id) else { return };
+    fn counted(&mut self, id: WinId, token: u64, n: i64, epoch: &crate::event::Epoch, reloads: &mut Vec<WinId>) {
+        let Some(slot) = self.windows.get_mut(&id) else { return };
         if slot.count_read != token {
             return;
         }
         slot.count_read = 0;
         let Some(w) = &mut slot.window else { return };
         w.counted(n);
-        if slot.waiting.is_some() || self.dirty.contains(id) {
+        if slot.waiting.is_some() || self.dirty.contains(&id) {
             return;
         }
         w.at = w.at.max(self.relayed);
@@ -743,15 +765,15 @@ impl State {
             Finish::Quiet => {}
             Finish::Reload => {
                 slot.waiting = Some(Vec::new());
-                reloads.push(id.clone());
+                reloads.push(id);
             }
         }
     }
 
     /// A window's first read failed for good: its subscribers are told, and it is dropped.
     /// False when the window has been read before (its reads go on until the database is back).
-    fn fail_first_read(&mut self, id: &Arc<str>) -> bool {
-        let Some(slot) = self.windows.get(id) else { return true };
+    fn fail_first_read(&mut self, id: WinId) -> bool {
+        let Some(slot) = self.windows.get(&id) else { return true };
         if slot.window.is_some() {
             return false;
         }

@@ -133,6 +133,8 @@ pub struct Frame {
     pub cursor: String,
     /// `"topic":…,"cursor":…,…}`: the frame after its `"view":NAME,`.
     pub tail: String,
+    /// A `view` whose count is still being read: a delta with the count follows.
+    pub count_coming: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +363,7 @@ impl Window {
             at: self.shown_at,
             cursor,
             tail,
+            count_coming: self.def.count && self.shown_count.is_none(),
         }
     }
 
@@ -508,6 +511,7 @@ impl Window {
             at: self.at,
             cursor,
             tail,
+            count_coming: false,
         })
     }
 

@@ -92,10 +92,19 @@ impl TestApp {
 
     /// A server on `db` bound to `addr` (a port a stopped server used); retries the bind briefly.
     pub async fn spawn_at(db: Arc<TestDb>, addr: SocketAddr) -> TestApp {
+        TestApp::spawn_at_with(db, addr, |_| {}).await
+    }
+
+    /// [`TestApp::spawn_at`] with settings of its own.
+    pub async fn spawn_at_with(db: Arc<TestDb>, addr: SocketAddr, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
         for _ in 0..50 {
             // Probe the port first: App::build would fail outright if it is still taken.
             if std::net::TcpListener::bind(addr).is_ok() {
-                return TestApp::spawn_with(db, |c| c.bind = addr).await;
+                return TestApp::spawn_with(db, |c| {
+                    tweak(c);
+                    c.bind = addr;
+                })
+                .await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
