@@ -4,6 +4,7 @@ expires under a live subscription and is refreshed through a function."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,9 +16,11 @@ def later(seconds: int = 3600) -> int:
     return int(time.time()) + seconds
 
 
-@pytest.fixture
-def secured(make_server) -> Server:
-    return make_server(["--jwt-secret", SECRET])
+@pytest.fixture(scope="module")
+def secured() -> Iterator[Server]:
+    s = Server(["--jwt-secret", SECRET]).start()
+    yield s
+    s.cleanup()
 
 
 def test_no_token_a_forged_one_and_an_expired_one_are_refused_at_connect(secured: Server) -> None:
