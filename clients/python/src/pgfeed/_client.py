@@ -194,13 +194,19 @@ class Subscription:
             self.cursor = item.cursor
 
     def _refresh_needed(self, reason: str) -> None:
-        """The cursor is gone: tell the consumer, then start over (from a snapshot, or now)."""
+        """The cursor is gone: tell the consumer, then start over (from a snapshot, or now).
+
+        The server answered the subscribe with this instead of subscribing the topic.
+        """
         if self._state != SUBSCRIBING:
             return
-        self._state = LIVE  # so that `_offer` takes it
-        self._offer(RefreshNeeded(self.topic, reason))
-        if self._state == PAUSED:
-            return  # not queued: the same answer comes again when resumed from the same cursor
+        if self._queue.qsize() >= self._max:
+            # Not subscribed, so nothing to unsubscribe: the same answer comes again when the
+            # consumer has caught up and the topic is subscribed from the same cursor.
+            self._state = PAUSED
+            self.pauses += 1
+            return
+        self._queue.put_nowait(RefreshNeeded(self.topic, reason))
         self.cursor = None
         self._need_snapshot = self.snapshot
         self._state = NEW
