@@ -124,23 +124,26 @@ class Server:
 
     # ---- psql, the outside writer ---------------------------------------------------------
 
-    def _psql_args(self, sql: str) -> list[str]:
-        return ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", self.db_url, "-c", sql]
+    # The SQL goes in on stdin, not with -c: psql runs a script's statements one by one, each
+    # its own transaction, where -c would send them as one query and so one transaction.
+
+    def _psql_args(self) -> list[str]:
+        return ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", self.db_url, "-f", "-"]
 
     def psql(self, sql: str) -> str:
-        r = subprocess.run(self._psql_args(sql), capture_output=True, text=True, timeout=PATIENCE)
+        r = subprocess.run(self._psql_args(), input=sql, capture_output=True, text=True, timeout=PATIENCE)
         if r.returncode != 0:
-            raise RuntimeError(f"psql failed: {r.stderr}\n{sql}")
+            raise RuntimeError(f"psql failed: {r.stderr}\n{sql[:500]}")
         return r.stdout.strip()
 
     async def apsql(self, sql: str) -> str:
         """psql without blocking the event loop (the client keeps reading meanwhile)."""
         p = await asyncio.create_subprocess_exec(
-            *self._psql_args(sql), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            *self._psql_args(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        out, err = await p.communicate()
+        out, err = await p.communicate(sql.encode())
         if p.returncode != 0:
-            raise RuntimeError(f"psql failed: {err.decode()}\n{sql}")
+            raise RuntimeError(f"psql failed: {err.decode()}\n{sql[:500]}")
         return out.decode().strip()
 
     def new_study(self) -> int:
