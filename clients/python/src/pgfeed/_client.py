@@ -460,7 +460,7 @@ class Feed:
             if status == 401:
                 raise AuthError(f"{self.url}: the server refused the token (401) {body}".rstrip()) from e
             raise ConnectError(f"{self.url}: HTTP {status} {body}".rstrip()) from e
-        except (OSError, InvalidHandshake, TimeoutError) as e:
+        except (OSError, InvalidHandshake, TimeoutError, asyncio.TimeoutError) as e:
             raise ConnectError(f"cannot reach {self.url}: {e}") from e
 
     async def _run(self, ws: ClientConnection) -> None:
