@@ -34,6 +34,8 @@ def test_after_a_server_restart_every_committed_message_arrives_once_in_order(ma
         may_connect.set()
         async with pgfeed.connect(server.url, token=gate) as feed:
             sub = await feed.subscribe(f"studies:{study}")
+            # A second subscription on the same connection, resumed with its own cursor.
+            table = await feed.subscribe("messages")
             # A writer committing one message at a time while the server goes down: some are
             # delivered before, some committed but not delivered, and it fails when the
             # database stops.
@@ -60,6 +62,10 @@ def test_after_a_server_restart_every_committed_message_arrives_once_in_order(ma
             got += await take(sub, len(expected) - len(got))
             assert [i.data["body"] for i in got if isinstance(i, pgfeed.Event)] == expected
             await quiet(sub)
+            # The study's messages are all the messages of this server.
+            all_messages = await take(table, len(expected))
+            assert [i.data["body"] for i in all_messages if isinstance(i, pgfeed.Event)] == expected
+            await quiet(table)
             assert feed.connections == 2
             if how == "sigterm":
                 assert feed.last_close_code == 1001

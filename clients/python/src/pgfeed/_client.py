@@ -305,6 +305,17 @@ class Feed:
             return
         ws = await self._open()
         self._runner = asyncio.create_task(self._run(ws), name="pgfeed")
+        self._runner.add_done_callback(self._run_ended)
+
+    def _run_ended(self, runner: asyncio.Task[None]) -> None:
+        """Ends every subscription if the connection loop died of a bug, rather than hang them."""
+        if runner.cancelled() or runner.exception() is None:
+            return
+        e = runner.exception()
+        log.error("pgfeed: the connection loop failed: %r", e)
+        self.error = PgfeedError(f"pgfeed: the connection loop failed: {e!r}")
+        self._closed = True
+        self._end_all(self.error)
 
     async def close(self) -> None:
         """Closes the connection; every subscription's iteration ends after its queued items."""
@@ -509,7 +520,10 @@ class Feed:
             self._up.set()
             async for message in ws:
                 if isinstance(message, str):
-                    self._dispatch(message)
+                    try:
+                        self._dispatch(message)
+                    except Exception:  # a frame this client cannot handle must not end the feed
+                        log.exception("pgfeed: could not handle a frame: %.200s", message)
         except ConnectionClosed:
             pass
         finally:
