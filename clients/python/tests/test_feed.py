@@ -157,3 +157,39 @@ def test_a_consumer_that_does_not_read_pauses_its_topic_and_then_gets_everything
             assert feed.connections == 1
 
     run(scenario())
+
+
+def test_snapshots_past_the_servers_budget_are_asked_again_until_each_topic_has_one(server: Server) -> None:
+    # The server grants 5 snapshots at once per connection, then 1 a second, and refuses the rest
+    # with `rate_limited` (README "Security: auth and limits").
+    studies = [server.new_study() for _ in range(8)]
+
+    async def scenario() -> None:
+        async with pgfeed.connect(server.url) as feed:
+            subs = [feed.subscribe(f"studies:{s}", snapshot=True) for s in studies]
+            for s, sub in zip(studies, subs):
+                (snap,) = await take(sub, 1)
+                assert isinstance(snap, pgfeed.Snapshot) and snap.data["study"]["id"] == s
+            server.post(studies[-1], "after the snapshots")
+            assert bodies(await take(subs[-1], 1)) == ["after the snapshots"]
+
+    run(scenario())
+
+
+def test_closing_a_subscription_or_the_feed_ends_its_iteration(server: Server) -> None:
+    study = server.new_study()
+
+    async def scenario() -> None:
+        async with pgfeed.connect(server.url) as feed:
+            sub = await feed.subscribe(f"studies:{study}")
+            await sub.close()
+            assert [i async for i in sub] == []
+            # The topic may be subscribed again.
+            again = await feed.subscribe(f"studies:{study}")
+            server.post(study, "queued")
+            (queued,) = await take(again, 1)
+        assert [i async for i in again] == []
+        with pytest.raises(pgfeed.ClosedError):
+            feed.subscribe("studies")
+
+    run(scenario())
