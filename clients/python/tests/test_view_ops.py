@@ -116,3 +116,21 @@ def test_a_refused_view_raises_from_its_first_window() -> None:
         assert sent.forgotten and v.closed
 
     run(scenario())
+
+
+def test_a_count_that_comes_after_the_rows_is_taken_from_a_delta_of_no_ops_at_the_same_cursor() -> None:
+    async def scenario() -> None:
+        sent = Sent()
+        v = new_view(sent)
+        first = window("e-5-1", [1, 2])
+        first["count"] = None
+        v._receive(first)
+        assert v.count is None
+        v._receive({"type": "view_delta", "view": "v1", "cursor": "e-5-1", "ops": [], "count": 1234})
+        assert (v.count, v.cursor, [r["id"] for r in v.rows]) == (1234, "e-5-1", [1, 2])
+        # An older delta with ops is still dropped.
+        v._receive({"type": "view_delta", "view": "v1", "cursor": "e-4-1", "ops": [
+            {"op": "exit", "key": "1", "from": 0, "why": "delete"}]})
+        assert [r["id"] for r in v.rows] == [1, 2]
+
+    run(scenario())
