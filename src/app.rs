@@ -111,7 +111,7 @@ impl App {
                 usize::try_from(config.max_snapshot).unwrap_or(usize::MAX),
                 config.max_resume_scan,
             )
-            .with_views(shutdown.token.clone());
+            .with_views(config.view_count_wait, shutdown.token.clone());
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
             tracing::warn!(
                 bind = %config.bind,

@@ -152,6 +152,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PGFEED_POLL_ABOVE", default_value_t = 1000)]
     pub poll_above: u32,
 
+    /// How long a live view's first frame waits for its `count` before it goes out with
+    /// `"count":null`, the count following in a delta (README "Live views").
+    #[arg(long, env = "PGFEED_VIEW_COUNT_WAIT", default_value = "20ms", value_parser = humantime::parse_duration, hide = true)]
+    pub view_count_wait: Duration,
+
     /// Interval of the server's WebSocket pings; a peer that misses one is dropped.
     #[arg(long, env = "PGFEED_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, hide = true)]
     pub ws_ping_interval: Duration,

@@ -54,32 +54,52 @@ pub struct WindowSql {
     pub count_binds: usize,
 }
 
-/// What a window read: its rows (JSON as the capture trigger renders them), its count, and the
-/// position of the log they reflect exactly (`snapshot::begin`).
-#[derive(Debug)]
-pub struct Loaded {
+/// A window's read, open: the position its rows reflect exactly (`snapshot::begin`), and the
+/// transaction in which its count may be read at that same position ([`Reading::count`]).
+pub struct Reading {
     pub at: Position,
-    pub rows: Vec<String>,
-    pub count: Option<i64>,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
 }
 
-pub async fn load(pool: &PgPool, sql: &WindowSql) -> Result<Loaded, sqlx::Error> {
+/// Reads a window's rows (JSON as the capture trigger renders them, in order) at a position of
+/// the log, and leaves the read open for its count.
+pub async fn read(pool: &PgPool, sql: &WindowSql) -> Result<(Reading, Vec<String>), sqlx::Error> {
+    let started = std::time::Instant::now();
     let (mut tx, at) = snapshot::begin(pool).await?;
+    let barrier = started.elapsed();
     let mut rows = sqlx::query_scalar::<_, String>(&sql.rows);
     for b in &sql.binds {
         rows = rows.bind(b);
     }
     let rows = rows.fetch_all(&mut *tx).await?;
-    let count = match &sql.count {
-        Some(count_sql) => {
-            let mut q = sqlx::query_scalar::<_, i64>(count_sql);
-            for b in &sql.binds[..sql.count_binds] {
-                q = q.bind(b);
-            }
-            Some(q.fetch_one(&mut *tx).await?)
+    tracing::debug!(
+        barrier_ms = barrier.as_secs_f64() * 1e3,
+        rows_ms = (started.elapsed() - barrier).as_secs_f64() * 1e3,
+        sql = %sql.rows,
+        "a live view's rows read"
+    );
+    Ok((Reading { at, tx }, rows))
+}
+
+impl Reading {
+    /// The count (`sql.count`, which must be set) at the read's position; ends the read.
+    pub async fn count(mut self, sql: &WindowSql) -> Result<i64, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let mut q = sqlx::query_scalar::<_, i64>(sql.count.as_deref().unwrap_or("select 0::int8"));
+        for b in &sql.binds[..sql.count_binds] {
+            q = q.bind(b);
         }
-        None => None,
-    };
-    tx.commit().await?;
-    Ok(Loaded { at, rows, count })
+        let n = q.fetch_one(&mut *self.tx).await?;
+        self.tx.commit().await?;
+        tracing::debug!(
+            count_ms = started.elapsed().as_secs_f64() * 1e3,
+            "a live view's count read"
+        );
+        Ok(n)
+    }
+
+    /// Ends the read without a count.
+    pub async fn end(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
 }

@@ -116,8 +116,9 @@ impl Feed {
     }
 
     /// Starts live views over this feed (their engine task runs until `stop`).
-    pub fn with_views(mut self, stop: tokio_util::sync::CancellationToken) -> Self {
-        self.views = Some(views::Views::start(self.clone(), stop));
+    /// `count_wait`: how long a view's first frame waits for its count (`--view-count-wait`).
+    pub fn with_views(mut self, count_wait: std::time::Duration, stop: tokio_util::sync::CancellationToken) -> Self {
+        self.views = Some(views::Views::start(self.clone(), count_wait, stop));
         self
     }
 

@@ -118,6 +118,7 @@ pub struct Server {
 impl Server {
     pub async fn start(binary: &std::path::Path, db: &BenchDb) -> anyhow::Result<Server> {
         let data_dir = std::env::temp_dir().join(format!("pgfeed-bench-data-{}", std::process::id()));
+        let verbose = std::env::var("PGFEED_BENCH_LOG").ok();
         let mut child = Command::new(binary)
             .args([
                 "serve",
@@ -129,7 +130,9 @@ impl Server {
             ])
             .arg(&data_dir)
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "pgfeed=info")
+            // PGFEED_BENCH_LOG: the server's RUST_LOG, for finding where time goes; its lines are
+            // then passed on whole.
+            .env("RUST_LOG", verbose.as_deref().unwrap_or("pgfeed=info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,7 +157,7 @@ impl Server {
         // Keep draining its log (a full pipe would stall the server); pass on what is not routine.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("WARN") || line.contains("ERROR") {
+                if verbose.is_some() || line.contains("WARN") || line.contains("ERROR") {
                     eprintln!("pgfeed: {line}");
                 }
             }

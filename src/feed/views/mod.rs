@@ -20,7 +20,7 @@ pub mod value;
 mod window;
 
 pub use def::Request;
-pub use window::{Frame, FrameKind};
+pub use window::{Counted, Frame, FrameKind};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +86,11 @@ struct Slot {
     waiting: Option<Vec<Arc<Event>>>,
     /// Changes were dropped while the read ran: read again.
     stale: bool,
+    /// The next read counts too: the first, and any after changes were lost (the count the
+    /// window keeps from changes is wrong then). Other reads keep the count.
+    recount: bool,
+    /// The read whose count is awaited (0: none); a count of any other read is dropped.
+    count_read: u64,
     subs: Vec<Sub>,
 }
 
@@ -124,11 +129,15 @@ struct Shared {
     feed: Feed,
     state: Mutex<State>,
     tables: Mutex<HashMap<String, Arc<Table>>>,
+    count_wait: Duration,
 }
 
 impl Views {
     /// The views over `feed`, with the engine task that applies the hub's events until `stop`.
-    pub fn start(feed: Feed, stop: CancellationToken) -> Views {
+    /// A window's first frame waits up to `count_wait` for its count: a count reads every
+    /// matching row, which on a big table takes far longer than the window's rows, so past that
+    /// the rows go out with `"count":null` and the count follows in a delta.
+    pub fn start(feed: Feed, count_wait: Duration, stop: CancellationToken) -> Views {
         let rx = feed.hub.tap();
         let views = Views {
             shared: Arc::new(Shared {
@@ -138,6 +147,7 @@ impl Views {
                 }),
                 feed,
                 tables: Mutex::default(),
+                count_wait,
             }),
         };
         let engine = views.clone();
@@ -189,27 +199,20 @@ impl Views {
     }
 
     /// Reads window `id` (in its own task, so a slow read holds up no other window), then
-    /// applies what waited meanwhile and tells its subscribers.
+    /// applies what waited meanwhile and tells its subscribers. A count that is not read within
+    /// `count_wait` (see [`Views::start`]) follows in a delta of its own.
     fn spawn_read(&self, id: Arc<str>) {
         let views = self.clone();
         tokio::spawn(async move {
             let mut tries = 0;
             loop {
-                let def = match views.lock().windows.get(&id) {
-                    Some(slot) => slot.def.clone(),
+                let (def, recount) = match views.lock().windows.get(&id) {
+                    Some(slot) => (slot.def.clone(), slot.def.count && slot.recount),
                     None => return,
                 };
                 let sql = def.sql(2 * def.limit);
-                match db::views::load(&views.shared.feed.pool, &sql).await {
-                    Ok(loaded) => {
-                        let mut reloads = Vec::new();
-                        let epoch = views.shared.feed.hub.epoch().clone();
-                        views.lock().install(&id, loaded, &epoch, &mut reloads);
-                        for id in reloads {
-                            views.spawn_read(id);
-                        }
-                        return;
-                    }
+                match views.read(&id, &sql, recount).await {
+                    Ok(()) => return,
                     Err(e) => {
                         tries += 1;
                         tracing::warn!(error = %e, tries, "reading a live view failed");
@@ -221,6 +224,88 @@ impl Views {
                 }
             }
         });
+    }
+
+    /// One read of window `id`: its rows installed, and its count when `recount`.
+    async fn read(&self, id: &Arc<str>, sql: &db::views::WindowSql, recount: bool) -> Result<(), sqlx::Error> {
+        let (reading, rows) = db::views::read(&self.shared.feed.pool, sql).await?;
+        let at = reading.at;
+        if !recount {
+            reading.end().await?;
+            self.install(id, at, rows, Counted::Kept);
+            return Ok(());
+        }
+        let wait = self.shared.count_wait;
+        let mut count = std::pin::pin!(reading.count(sql));
+        // (A wait of zero never waits, not even for a count that is quick.)
+        let early = match wait.is_zero() {
+            true => None,
+            false => tokio::time::timeout(wait, &mut count).await.ok(),
+        };
+        if let Some(n) = early {
+            self.install(id, at, rows, Counted::At(n?));
+            return Ok(());
+        }
+        // The rows go out now; the count follows.
+        let token = self.install(id, at, rows, Counted::Coming);
+        match count.await {
+            Ok(n) => self.counted(id, token, n),
+            Err(e) => {
+                tracing::warn!(error = %e, "counting a live view failed; it is read again");
+                self.recount(id, token);
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs a read (see [`State::install`]) and starts the reads it asks for; returns the
+    /// read's token for a count that is [`Counted::Coming`].
+    fn install(&self, id: &Arc<str>, at: Position, rows: Vec<String>, counted: Counted) -> u64 {
+        let mut reloads = Vec::new();
+        let epoch = self.shared.feed.hub.epoch().clone();
+        let token = self.lock().install(id, at, rows, counted, &epoch, &mut reloads);
+        for id in reloads {
+            self.spawn_read(id);
+        }
+        token
+    }
+
+    /// The count of read `token` of window `id` is `n`: its subscribers get it.
+    fn counted(&self, id: &Arc<str>, token: u64, n: i64) {
+        let epoch = self.shared.feed.hub.epoch().clone();
+        let mut reloads = Vec::new();
+        self.lock().counted(id, token, n, &epoch, &mut reloads);
+        for id in reloads {
+            self.spawn_read(id);
+        }
+    }
+
+    /// The count of read `token` of window `id` failed: the window is read again, with its count.
+    fn recount(&self, id: &Arc<str>, token: u64) {
+        let read = {
+            let mut state = self.lock();
+            match state.windows.get_mut(id) {
+                Some(slot) if slot.count_read == token => {
+                    slot.count_read = 0;
+                    slot.recount = true;
+                    // Unless a read runs already: it will be followed by one with the count.
+                    match slot.waiting {
+                        Some(_) => {
+                            slot.stale = true;
+                            false
+                        }
+                        None => {
+                            slot.waiting = Some(Vec::new());
+                            true
+                        }
+                    }
+                }
+                _ => false,
+            }
+        };
+        if read {
+            self.spawn_read(id.clone());
+        }
     }
 
     /// The table `topic` as views see it (checked with the feed first).
@@ -429,6 +514,8 @@ impl State {
                 window: None,
                 waiting: Some(Vec::new()),
                 stale: false,
+                recount: true,
+                count_read: 0,
                 subs: vec![sub],
             },
         );
@@ -493,6 +580,7 @@ impl State {
                 } else {
                     waiting.clear();
                     slot.stale = true;
+                    slot.recount = true;
                 }
                 continue;
             }
@@ -543,6 +631,8 @@ impl State {
         self.current = None;
         self.dirty.clear();
         for (id, slot) in &mut self.windows {
+            // Changes were lost: the count kept from them is no more.
+            slot.recount = true;
             match &mut slot.waiting {
                 // Already being read: read once more, as this read may predate the reset.
                 Some(w) => {
@@ -557,44 +647,59 @@ impl State {
         }
     }
 
-    /// A read of window `id` ended: the changes after its position are applied to it, and its
-    /// subscribers get their frames.
+    /// A read of window `id` at `at` ended: the changes that waited are applied to it (those at
+    /// or before its position are in its rows already, and change only a count it kept), and its
+    /// subscribers get their frames. Returns the read's token (for a count that is
+    /// [`Counted::Coming`]).
     fn install(
         &mut self,
         id: &Arc<str>,
-        loaded: db::views::Loaded,
+        at: Position,
+        rows: Vec<String>,
+        counted: Counted,
         epoch: &crate::event::Epoch,
         reloads: &mut Vec<Arc<str>>,
-    ) {
-        let Some(slot) = self.windows.get_mut(id) else { return };
+    ) -> u64 {
+        static NEXT_READ: AtomicU64 = AtomicU64::new(1);
+        let token = NEXT_READ.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = self.windows.get_mut(id) else {
+            return token;
+        };
         if std::mem::take(&mut slot.stale) {
             slot.waiting = Some(Vec::new());
             reloads.push(id.clone());
-            return;
+            return token;
+        }
+        match counted {
+            Counted::Kept => {}
+            Counted::At(_) => {
+                slot.recount = false;
+                slot.count_read = 0;
+            }
+            Counted::Coming => {
+                slot.recount = false;
+                slot.count_read = token;
+            }
         }
         let waiting = slot.waiting.take().unwrap_or_default();
         let first = slot.window.is_none();
         let w = match &mut slot.window {
             Some(w) => {
-                w.reload(loaded.at, loaded.rows, loaded.count);
+                w.reload(at, rows, counted);
                 w
             }
-            None => slot
-                .window
-                .insert(Window::new(slot.def.clone(), loaded.at, loaded.rows, loaded.count)),
+            None => slot.window.insert(Window::new(slot.def.clone(), at, rows, counted)),
         };
         let mut mid_commit = false;
         for ev in waiting {
-            if ev.at <= loaded.at {
-                continue;
-            }
+            // Those at or before the read's position change only a count kept from changes.
             Change::read(&slot.def.table, &[], &ev).apply(w, ev.at);
-            mid_commit |= Some(ev.at.seq) == self.current;
+            mid_commit |= ev.at > at && Some(ev.at.seq) == self.current;
         }
         if mid_commit {
             // The rest of the commit is still to come: its end sends the frames.
             self.dirty.insert(id.clone());
-            return;
+            return token;
         }
         w.at = w.at.max(self.relayed);
         let frame = if first {
@@ -607,13 +712,39 @@ impl State {
                 Finish::Reload => {
                     slot.waiting = Some(Vec::new());
                     reloads.push(id.clone());
-                    return;
+                    return token;
                 }
             }
         };
         slot.emit(frame, epoch);
         if slot.subs.is_empty() {
             self.drop_window(id);
+        }
+        token
+    }
+
+    /// The count of read `token` of window `id` is `n` (as of that read's position): the window
+    /// adds what changed since, and unless the current commit or a read will tell its subscribers,
+    /// a delta does now.
+    fn counted(&mut self, id: &Arc<str>, token: u64, n: i64, epoch: &crate::event::Epoch, reloads: &mut Vec<Arc<str>>) {
+        let Some(slot) = self.windows.get_mut(id) else { return };
+        if slot.count_read != token {
+            return;
+        }
+        slot.count_read = 0;
+        let Some(w) = &mut slot.window else { return };
+        w.counted(n);
+        if slot.waiting.is_some() || self.dirty.contains(id) {
+            return;
+        }
+        w.at = w.at.max(self.relayed);
+        match w.finish(w.at, epoch) {
+            Finish::Delta(frame) => slot.emit(Some(frame), epoch),
+            Finish::Quiet => {}
+            Finish::Reload => {
+                slot.waiting = Some(Vec::new());
+                reloads.push(id.clone());
+            }
         }
     }
 

@@ -45,6 +45,45 @@ struct Touch {
     member: bool,
 }
 
+/// A window's `count` (PROTOCOL §9), kept by its changes between reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// The definition asks for none.
+    Off,
+    /// Being read (a count over many rows is slow, and the rows go out without waiting for it):
+    /// the net change of the matching rows since the position the count is read at.
+    Reading(i64),
+    Known(i64),
+}
+
+impl Count {
+    fn add(&mut self, d: i64) {
+        match self {
+            Count::Off => {}
+            Count::Reading(n) | Count::Known(n) => *n += d,
+        }
+    }
+
+    fn known(self) -> Option<i64> {
+        match self {
+            Count::Known(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// What a read of a window tells of its count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Nothing: the count the window keeps from changes stands, and goes on from the last change
+    /// it counted (the read's rows may hold changes it has not counted yet).
+    Kept,
+    /// The count at the read's position.
+    At(i64),
+    /// The count at the read's position comes later ([`Window::counted`]).
+    Coming,
+}
+
 #[derive(Debug)]
 pub struct Window {
     pub def: Arc<Def>,
@@ -53,7 +92,9 @@ pub struct Window {
     keys: HashSet<Arc<str>>,
     /// `rows` holds every matching row past the start.
     complete: bool,
-    count: Option<i64>,
+    count: Count,
+    /// The log position the count reflects: changes after it are counted as they come.
+    counted_at: Position,
     /// The log position the rows reflect: changes at or before it are already in them.
     pub at: Position,
     shown: Vec<Shown>,
@@ -125,13 +166,14 @@ impl Frame {
 
 impl Window {
     /// A window of `def` from a read at `at`: `rows` as JSON in order, up to `2 × limit`.
-    pub fn new(def: Arc<Def>, at: Position, rows: Vec<String>, count: Option<i64>) -> Window {
+    pub fn new(def: Arc<Def>, at: Position, rows: Vec<String>, counted: Counted) -> Window {
         let mut w = Window {
             def,
             rows: Vec::new(),
             keys: HashSet::new(),
             complete: false,
-            count: None,
+            count: Count::Off,
+            counted_at: at,
             at,
             shown: Vec::new(),
             shown_keys: HashSet::new(),
@@ -142,7 +184,7 @@ impl Window {
             touched: HashMap::new(),
             reread: false,
         };
-        w.reload(at, rows, count);
+        w.reload(at, rows, counted);
         w
     }
 
@@ -153,7 +195,7 @@ impl Window {
 
     /// Replaces the rows by a read at `at`; what subscribers have, and what the current commit
     /// touched, stay (the next frame goes from what they have to this).
-    pub fn reload(&mut self, at: Position, rows: Vec<String>, count: Option<i64>) {
+    pub fn reload(&mut self, at: Position, rows: Vec<String>, counted: Counted) {
         let table = &self.def.table;
         self.complete = rows.len() < self.cap();
         self.rows = rows
@@ -167,24 +209,49 @@ impl Window {
             })
             .collect();
         self.keys = self.rows.iter().map(|e| e.row.key.clone()).collect();
-        self.count = count;
+        if self.def.count {
+            let count = match counted {
+                // The count kept from changes stands.
+                Counted::Kept if self.count != Count::Off => None,
+                Counted::Kept | Counted::Coming => Some(Count::Reading(0)),
+                Counted::At(n) => Some(Count::Known(n)),
+            };
+            if let Some(count) = count {
+                self.count = count;
+                self.counted_at = at;
+            }
+        }
         self.at = at;
         self.reread = true;
+    }
+
+    /// The count read at the position of the read that said [`Counted::Coming`] is `n`.
+    pub fn counted(&mut self, n: i64) {
+        if let Count::Reading(since) = self.count {
+            self.count = Count::Known(n + since);
+        }
     }
 
     /// Applies one change at `at` (in log order): the row before (none for an insert) and after
     /// (none for a delete), both of this window's table.
     pub fn apply(&mut self, at: Position, before: Option<&Arc<Parsed>>, after: Option<(&Arc<Parsed>, &Arc<str>)>) {
+        // A read's rows may be ahead of its count ([`Counted::Kept`]), or of the changes the
+        // engine has passed on (a read's position may be past them).
+        let for_count = at > self.counted_at;
+        if at <= self.at && !for_count {
+            return;
+        }
+        let def = &self.def;
+        let matched = before.is_some_and(|b| def.matches(&b.vals));
+        let matches = after.is_some_and(|(a, _)| def.matches(&a.vals));
+        if for_count {
+            self.count.add(matches as i64 - matched as i64);
+            self.counted_at = at;
+        }
         if at <= self.at {
             return;
         }
         self.at = at;
-        let def = &self.def;
-        let matched = before.is_some_and(|b| def.matches(&b.vals));
-        let matches = after.is_some_and(|(a, _)| def.matches(&a.vals));
-        if let Some(count) = &mut self.count {
-            *count += matches as i64 - matched as i64;
-        }
         let key = match (before, after) {
             (_, Some((a, _))) => a.key.clone(),
             (Some(b), None) => b.key.clone(),
@@ -244,7 +311,7 @@ impl Window {
     pub fn dirty(&self) -> bool {
         self.reread
             || !self.touched.is_empty()
-            || self.count != self.shown_count
+            || self.count.known() != self.shown_count
             || self.boundary().map(|e| &e.json) != self.shown_boundary.as_ref()
     }
 
@@ -278,8 +345,13 @@ impl Window {
             tail.push_str(&s.json);
         }
         tail.push(']');
-        if let Some(count) = self.shown_count {
-            let _ = write!(tail, r#","count":{count}"#);
+        // A count still being read is null; the delta that follows its read carries it.
+        match self.shown_count {
+            Some(count) => {
+                let _ = write!(tail, r#","count":{count}"#);
+            }
+            None if self.def.count => tail.push_str(r#","count":null"#),
+            None => {}
         }
         tail.push_str(r#","next":"#);
         push_opt_str(&mut tail, self.shown_next.as_deref());
@@ -302,7 +374,7 @@ impl Window {
             })
             .collect();
         self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
-        self.shown_count = self.count;
+        self.shown_count = self.count.known();
         self.shown_next = self.next();
         self.shown_boundary = self.boundary().map(|e| e.json.clone());
         self.shown_at = self.at;
@@ -406,7 +478,7 @@ impl Window {
         let boundary = self.boundary().map(|e| e.json.clone());
         let next_changed = boundary != self.shown_boundary;
         let next = if next_changed { self.next() } else { None };
-        let count_changed = self.count != self.shown_count;
+        let count_changed = self.count.known() != self.shown_count;
         self.touched.clear();
         self.reread = false;
         if n == 0 && !count_changed && !next_changed {
@@ -414,14 +486,14 @@ impl Window {
         }
         self.shown = target;
         self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
-        self.shown_count = self.count;
+        self.shown_count = self.count.known();
         self.shown_at = self.at;
         let cursor = epoch.cursor(self.at);
         let mut tail = self.head(&cursor);
         tail.push_str(r#","ops":["#);
         tail.push_str(&ops);
         tail.push(']');
-        if let Some(count) = self.count {
+        if let Some(count) = self.count.known() {
             let _ = write!(tail, r#","count":{count}"#);
         }
         if next_changed {
@@ -485,7 +557,69 @@ mod tests {
         let table = Arc::new(Table::new("t", "t", cols, &["id".to_owned()]).unwrap());
         let def = Arc::new(Def::by_key(table, limit));
         let rows = ids.iter().map(|i| format!(r#"{{"id":{i}}}"#)).collect();
-        Window::new(def, Position::end_of(1), rows, None)
+        Window::new(def, Position::end_of(1), rows, Counted::Kept)
+    }
+
+    fn counting_window(ids: &[i64], counted: Counted) -> Window {
+        let cols = vec![Column {
+            name: "id".into(),
+            pg_type: "bigint".into(),
+            not_null: true,
+        }];
+        let table = Arc::new(Table::new("t", "t", cols, &["id".to_owned()]).unwrap());
+        let mut def = Def::by_key(table, 2);
+        def.count = true;
+        let rows = ids.iter().map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        Window::new(Arc::new(def), Position::end_of(1), rows, counted)
+    }
+
+    fn insert(w: &mut Window, id: i64, at: Position) {
+        let json: Arc<str> = format!(r#"{{"id":{id}}}"#).into();
+        let row = Arc::new(w.def.table.parse(&json).unwrap());
+        w.apply(at, None, Some((&row, &json)));
+    }
+
+    #[test]
+    fn a_count_that_follows_adds_the_changes_after_its_position() {
+        let epoch = Epoch::new("e");
+        let mut w = counting_window(&[1, 2, 3], Counted::Coming);
+        assert!(w.show(&epoch).tail.contains(r#""count":null"#));
+        insert(&mut w, 9, Position { seq: 2, pos: 1 });
+        assert!(
+            matches!(w.finish(Position::end_of(2), &epoch), Finish::Quiet),
+            "no count yet"
+        );
+        // Read at seq 1: 3 rows; one insert since.
+        w.counted(3);
+        let Finish::Delta(frame) = w.finish(Position::end_of(2), &epoch) else {
+            panic!("the count must be told")
+        };
+        assert!(frame.tail.contains(r#""ops":[],"count":4"#), "{}", frame.tail);
+    }
+
+    #[test]
+    fn a_read_that_keeps_the_count_still_counts_the_changes_its_rows_are_ahead_of() {
+        let epoch = Epoch::new("e");
+        let mut w = counting_window(&[1, 2, 3], Counted::At(3));
+        w.show(&epoch);
+        // A read at seq 5 (its rows hold seq 4's insert of 8), before the engine passed seq 4 on.
+        w.reload(
+            Position::end_of(5),
+            ["1", "2", "3", "8"]
+                .iter()
+                .map(|i| format!(r#"{{"id":{i}}}"#))
+                .collect(),
+            Counted::Kept,
+        );
+        insert(&mut w, 8, Position { seq: 4, pos: 1 });
+        assert_eq!(w.held(), 4, "the rows hold it once");
+        let Finish::Delta(frame) = w.finish(Position::end_of(5), &epoch) else {
+            panic!("the count changed")
+        };
+        assert!(frame.tail.contains(r#""count":4"#), "{}", frame.tail);
+        // And a change the count already has is not counted twice.
+        insert(&mut w, 8, Position { seq: 4, pos: 1 });
+        assert!(matches!(w.finish(Position::end_of(5), &epoch), Finish::Quiet));
     }
 
     #[test]
@@ -497,7 +631,7 @@ mod tests {
         w.reload(
             Position::end_of(5),
             vec![r#"{"id":2}"#.into(), r#"{"id":3}"#.into()],
-            None,
+            Counted::Kept,
         );
         let Finish::Delta(frame) = w.finish(Position::end_of(5), &epoch) else {
             panic!("a read that changed the rows must be told")
