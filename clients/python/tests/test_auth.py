@@ -61,12 +61,19 @@ def test_a_member_may_follow_its_study_and_nothing_else(secured: Server) -> None
     run(scenario())
 
 
-def test_a_token_function_is_asked_again_when_the_token_expires_and_nothing_is_lost(secured: Server) -> None:
+def test_a_token_function_is_asked_again_when_the_token_expires_or_it_fails_and_nothing_is_lost(secured: Server) -> None:
     study = secured.new_study()
     issued: list[int] = []
 
-    def fresh() -> str:
-        # The first token lives 2 seconds; the server closes the socket then (4001).
+    calls = 0
+
+    async def fresh() -> str:
+        # The first token lives 2 seconds; the server closes the socket then (4001). The token
+        # service then fails once, and the client asks again.
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("token service briefly away")
         exp = later(2) if not issued else later()
         issued.append(exp)
         return token({"role": "member", "studies": [study], "exp": exp})
@@ -78,7 +85,7 @@ def test_a_token_function_is_asked_again_when_the_token_expires_and_nothing_is_l
             got = await take(sub, 1)
             await eventually(lambda: feed.connections >= 2, "a reconnect after the token expired")
             assert feed.last_close_code == 4001
-            assert len(issued) >= 2
+            assert len(issued) >= 2 and calls >= 3
             secured.post(study, "two")
             got += await take(sub, 1)
             assert [i.data["body"] for i in got if isinstance(i, pgfeed.Event)] == ["one", "two"]

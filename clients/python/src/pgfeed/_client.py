@@ -454,7 +454,12 @@ class Feed:
         return token
 
     async def _open(self) -> ClientConnection:
-        token = await self._token_now()
+        try:
+            token = await self._token_now()
+        except Exception as e:
+            # A token service that is briefly away must not end the feed: a function is asked
+            # again, with backoff (see `_run`).
+            raise AuthError(f"the token function failed: {e!r}") from e
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             return await ws_connect(
