@@ -8,5 +8,6 @@
 pub mod frames;
 pub mod poll;
 pub mod session;
+pub mod socketio;
 pub mod sse;
 pub mod views;
