@@ -110,3 +110,123 @@ async fn python_socketio_passes_its_suite_over_polling_and_websocket() {
     )
     .await;
 }
+
+/// A raw engine.io v4 long-polling client: the protocol by hand, so a test can be the client
+/// that stops reading.
+struct Polling {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Polling {
+    /// Opens an engine.io session and joins the default namespace with `auth`.
+    async fn connect(app: &TestApp, auth: serde_json::Value) -> Polling {
+        let http = reqwest::Client::new();
+        let base = app.url("/socket.io/?EIO=4&transport=polling");
+        let open = http
+            .get(&base)
+            .send()
+            .await
+            .expect("handshake")
+            .text()
+            .await
+            .expect("body");
+        let handshake: serde_json::Value =
+            serde_json::from_str(open.strip_prefix('0').expect("an open packet")).expect("handshake JSON");
+        let url = format!("{base}&sid={}", handshake["sid"].as_str().expect("sid"));
+        let mut client = Polling { http, url };
+        client.post(&format!("40{auth}")).await;
+        let connect = client.packets().await;
+        assert!(
+            connect.iter().any(|p| p.starts_with("40{")),
+            "not connected: {connect:?}"
+        );
+        client
+    }
+
+    async fn post(&self, packet: &str) {
+        let status = self
+            .http
+            .post(&self.url)
+            .body(packet.to_owned())
+            .send()
+            .await
+            .expect("POST")
+            .status();
+        assert!(status.is_success(), "POST {packet:?}: {status}");
+    }
+
+    /// One GET: the packets waiting (or the next one); answers the server's pings.
+    async fn packets(&mut self) -> Vec<String> {
+        let body = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body");
+        let packets: Vec<String> = body.split('\u{1e}').map(str::to_owned).collect();
+        if packets.iter().any(|p| p == "2") {
+            self.post("3").await;
+        }
+        packets
+    }
+}
+
+#[tokio::test]
+async fn a_socket_that_falls_too_far_behind_is_told_4008_and_disconnected() {
+    // Arrange: a client subscribed to `studies` that reads nothing more.
+    let app = server().await;
+    let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
+    let mut client = Polling::connect(&app, json!({ "token": admin })).await;
+    client.post(r#"420["subscribe",{"topic":"studies"}]"#).await;
+    let answer = client.packets().await;
+    assert!(answer.iter().any(|p| p.starts_with(r#"430[{"cursor""#)), "{answer:?}");
+
+    // Act: one commit of more events than a connection's queue holds, then read again.
+    app.psql("insert into studies(label, title) select 'slow-' || g, 't' from generate_series(1, 6000) g");
+    let mut closing = None;
+    let mut events = 0;
+    tokio::time::timeout(PATIENCE * 3, async {
+        loop {
+            for p in client.packets().await {
+                if p.starts_with(r#"42["study_created""#) {
+                    events += 1;
+                } else if let Some(json) = p.strip_prefix(r#"42["closing","#) {
+                    closing = Some(json.trim_end_matches(']').to_owned());
+                } else if p == "41" {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the socket was never disconnected");
+
+    // Assert: it was told why, got fewer events than were written, and was counted.
+    let closing: serde_json::Value = serde_json::from_str(&closing.expect("a closing event")).unwrap();
+    assert_eq!(closing["code"], 4008, "{closing}");
+    assert!(events < 6000, "{events} events");
+    assert_eq!(
+        metric(&app, r#"pgfeed_slow_consumer_closes_total{transport="socketio"}"#).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn without_a_secret_another_site_cannot_open_a_socket() {
+    let app = TestApp::spawn().await;
+    let base = app.url("/socket.io/?EIO=4&transport=polling");
+    let http = reqwest::Client::new();
+    let foreign = http
+        .get(&base)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(foreign.status().as_u16(), 403);
+    let own = http.get(&base).send().await.expect("GET");
+    assert!(own.status().is_success());
+}
