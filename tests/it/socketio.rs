@@ -158,20 +158,17 @@ impl Polling {
 
     /// One GET: the packets waiting (or the next one); answers the server's pings.
     async fn packets(&mut self) -> Vec<String> {
-        let body = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .expect("GET")
-            .text()
-            .await
-            .expect("body");
+        self.try_packets().await.expect("GET")
+    }
+
+    /// [`Polling::packets`], or `None` once the server is gone.
+    async fn try_packets(&mut self) -> Option<Vec<String>> {
+        let body = self.http.get(&self.url).send().await.ok()?.text().await.ok()?;
         let packets: Vec<String> = body.split('\u{1e}').map(str::to_owned).collect();
         if packets.iter().any(|p| p == "2") {
             self.post("3").await;
         }
-        packets
+        Some(packets)
     }
 }
 
@@ -229,4 +226,41 @@ async fn without_a_secret_another_site_cannot_open_a_socket() {
     assert_eq!(foreign.status().as_u16(), 403);
     let own = http.get(&base).send().await.expect("GET");
     assert!(own.status().is_success());
+}
+
+#[tokio::test]
+async fn a_shutdown_tells_each_socket_1001_and_does_not_wait_on_its_polling_request() {
+    // Arrange: a polling socket whose GET is waiting when the server is told to stop.
+    let app = server().await;
+    let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
+    let mut client = Polling::connect(&app, json!({ "token": admin })).await;
+    client.post(r#"420["subscribe",{"topic":"studies"}]"#).await;
+    let answer = client.packets().await;
+    assert!(answer.iter().any(|p| p.starts_with("430[")), "{answer:?}");
+    let waiting = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !seen.iter().any(|p| p == "41") {
+            match client.try_packets().await {
+                Some(packets) => seen.extend(packets),
+                None => break,
+            }
+        }
+        seen
+    });
+
+    // Act: stop (TestApp::stop fails the test unless the server ends within PATIENCE).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    app.stop().await;
+
+    // Assert: the socket was told why before its namespace disconnect.
+    let seen = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("the polling client never saw its disconnect")
+        .expect("client task");
+    let closing = seen
+        .iter()
+        .find_map(|p| p.strip_prefix(r#"42["closing","#))
+        .unwrap_or_else(|| panic!("no closing event in {seen:?}"));
+    let closing: serde_json::Value = serde_json::from_str(closing.trim_end_matches(']')).unwrap();
+    assert_eq!(closing["code"], 1001, "{closing}");
 }

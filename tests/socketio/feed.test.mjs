@@ -93,6 +93,11 @@ for (const transports of [["polling"], ["websocket"]]) {
       assert.deepEqual(snap.args[0].data.messages.map((m) => m.id), [first]);
       assert.equal(snap.args[0].id, undefined, "no internal id leaks into the snapshot");
 
+      // A refresh answers with the new snapshot's cursor, and sends it.
+      const refreshed = await ack(s, "refresh", { topic: `studies:${study}` });
+      assert.equal(typeof refreshed.cursor, "string", JSON.stringify(refreshed));
+      await seen(s, (e) => e.event === "snapshot" && e.args[0].cursor === refreshed.cursor);
+
       const live = newMessage(study, "live");
       sql(`update messages set body = 'edited' where id = ${live}`);
       const updated = await seen(s, (e) => e.event === "message_updated");
