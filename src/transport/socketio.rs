@@ -269,7 +269,9 @@ pub struct Bridge {
 struct Head<'a> {
     #[serde(rename = "type", borrow)]
     kind: std::borrow::Cow<'a, str>,
-    id: Option<u64>,
+    /// Ours on an answer; on a change event, the row's key, whatever JSON that is.
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
     #[serde(borrow)]
     cursor: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
@@ -282,6 +284,13 @@ struct Head<'a> {
     message: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Head<'_> {
+    /// The id of the client frame this answers (ids are ours: see [`receive`]).
+    fn answers(&self) -> Option<u64> {
+        self.id?.get().parse().ok()
+    }
 }
 
 fn broken(e: impl std::fmt::Display) -> axum::Error {
@@ -318,13 +327,13 @@ impl Bridge {
         let raw = |text: &str| RawValue::from_string(text.to_owned()).map_err(broken);
         match head.kind.as_ref() {
             "subscribed" => {
-                if let Some(ack) = self.owed(head.id) {
+                if let Some(ack) = self.owed(head.answers()) {
                     self.blocked
                         .push_back(Out::Ack(ack, json!({"cursor": head.cursor, "topic": head.topic})));
                 }
             }
             "unsubscribed" => {
-                if let Some(ack) = self.owed(head.id) {
+                if let Some(ack) = self.owed(head.answers()) {
                     let answer = match &head.view {
                         Some(view) => json!({"view": view}),
                         None => json!({"topic": head.topic}),
@@ -333,7 +342,7 @@ impl Bridge {
                 }
             }
             "pong" => {
-                if let Some(ack) = self.owed(head.id) {
+                if let Some(ack) = self.owed(head.answers()) {
                     self.blocked.push_back(Out::Ack(ack, json!({})));
                 }
             }
@@ -341,7 +350,7 @@ impl Bridge {
                 let error = json!({"code": head.code, "message": head.message});
                 // A frame refused for the rate is answered without its id: it is the oldest one
                 // still waiting that is not a view's (the session answers frames in order).
-                let owed = match head.id {
+                let owed = match head.answers() {
                     Some(id) => self.owed(Some(id)),
                     None if head.code.as_deref() == Some("rate_limited") => {
                         let mut acks = self.link.acks();
@@ -365,7 +374,7 @@ impl Bridge {
             }
             "refresh_needed" => {
                 let frame = json!({"type": "refresh_needed", "topic": head.topic, "reason": head.reason});
-                if let Some(ack) = self.owed(head.id) {
+                if let Some(ack) = self.owed(head.answers()) {
                     let message = format!(
                         "{}: subscribe again with snapshot: true (or without since)",
                         head.reason.as_deref().unwrap_or("cursor_unknown")
@@ -377,14 +386,14 @@ impl Bridge {
                     .push_back(Out::Emit("refresh_needed".into(), raw(&frame.to_string())?));
             }
             "snapshot" => {
-                let ack = self.owed(head.id);
+                let ack = self.owed(head.answers());
                 if let Some(ack) = ack {
                     // A refresh: its snapshot is its answer.
                     self.blocked
                         .push_back(Out::Ack(ack, json!({"cursor": head.cursor, "topic": head.topic})));
                 }
                 // Our id goes, the client's frame comes: it is the snapshot's last field.
-                let body = match head.id {
+                let body = match head.answers() {
                     Some(id) => match text.as_str().strip_suffix(&format!(",\"id\":{id}}}")) {
                         Some(rest) => format!("{rest}}}"),
                         None => text.as_str().to_owned(),

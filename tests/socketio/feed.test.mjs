@@ -225,6 +225,21 @@ for (const transports of [["polling"], ["websocket"]]) {
   });
 }
 
+test("a tracked table with a text key: its events come under <table>_created", async () => {
+  const table = `gadgets_${randomUUID().slice(0, 8)}`;
+  sql(`create table ${table}(code text primary key, name text not null); select pgfeed.track('${table}')`);
+  const s = await connected(open(["websocket"], { token: ADMIN }));
+  try {
+    assert.ok((await ack(s, "subscribe", { topic: table })).cursor);
+    sql(`insert into ${table} values ('abc-1', 'sprocket')`);
+    const e = await seen(s, (e) => e.event === `${table}_created`);
+    assert.equal(e.args[0].id, "abc-1");
+    assert.equal(e.args[0].data.name, "sprocket");
+  } finally {
+    s.disconnect();
+  }
+});
+
 test("auth: no token, a bad token, or a forged one is a connect_error saying why", async () => {
   for (const auth of [{}, { token: "not-a-jwt" }, { token: ADMIN.slice(0, -2) + "xx" }]) {
     const s = open(["websocket"], auth);
