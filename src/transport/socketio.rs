@@ -133,6 +133,8 @@ fn receive(link: &Link, s: &SioSocket, v: &mut Value, ack: Option<i64>) {
             }
         }
     };
+    // The ack recorded for this event, to undo if the event cannot be queued.
+    let mut recorded = None;
     let text = match v.as_str() {
         // The session closes a connection over the frame limit, as it closes a WebSocket with 1009.
         Some(t) if t.len() > MAX_CLIENT_FRAME => t.to_string(),
@@ -162,6 +164,7 @@ fn receive(link: &Link, s: &SioSocket, v: &mut Value, ack: Option<i64>) {
                     _ => None,
                 };
                 acks.owed.insert(id, (ack, view));
+                recorded = Some(id);
                 frame.insert("id".into(), Json::from(id));
             } else {
                 frame.remove("id");
@@ -171,10 +174,8 @@ fn receive(link: &Link, s: &SioSocket, v: &mut Value, ack: Option<i64>) {
     };
     if link.0.frames.try_send(Message::Text(text.into())).is_err() {
         // Undo the ack just recorded: it is answered here.
-        if ack.is_some() {
-            let mut acks = link.acks();
-            let id = acks.next;
-            acks.owed.remove(&id);
+        if let Some(id) = recorded {
+            link.acks().owed.remove(&id);
         }
         refuse("rate_limited", "too many events waiting; slow down");
     }
@@ -249,18 +250,24 @@ enum Out {
 }
 
 /// One socket as a session's `Sink + Stream` of WebSocket messages (see the module doc).
-pub struct Bridge {
+struct Bridge {
     socket: SioSocket,
+    /// Shared with the socket's handlers: the acks owed, and whether the socket is gone.
     link: Link,
+    /// Client events as session frames, in arrival order.
     rx: mpsc::Receiver<Message>,
+    /// Ready once the socket disconnected: the session's stream ends.
     gone: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The session pinged: its pong is due (engine.io has its own heartbeat; the session's is
     /// answered here).
     pong: bool,
     /// Packets of the last message that found the socket's buffer full, in order.
     blocked: VecDeque<Out>,
+    /// When to try the socket's buffer again, while it is full.
     retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The next wait for room: doubled per full try up to [`MAX_BACKOFF`], reset once all is sent.
     backoff: Duration,
+    /// The session's Close went out as a namespace disconnect.
     disconnected: bool,
 }
 

@@ -264,3 +264,46 @@ async fn a_shutdown_tells_each_socket_1001_and_does_not_wait_on_its_polling_requ
     let closing: serde_json::Value = serde_json::from_str(closing.trim_end_matches(']')).unwrap();
     assert_eq!(closing["code"], 1001, "{closing}");
 }
+
+#[tokio::test]
+async fn sockets_count_against_the_per_client_connection_limit() {
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.max_connections_per_ip = 2;
+    })
+    .await;
+    let auth = json!({ "token": token(json!({"role": "admin", "exp": in_an_hour()})) });
+    let first = Polling::connect(&app, auth.clone()).await;
+    let _second = Polling::connect(&app, auth.clone()).await;
+
+    // A third is refused with a connect_error that says why.
+    let http = reqwest::Client::new();
+    let base = app.url("/socket.io/?EIO=4&transport=polling");
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let handshake: serde_json::Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let mut third = Polling {
+        http,
+        url: format!("{base}&sid={}", handshake["sid"].as_str().unwrap()),
+    };
+    third.post(&format!("40{auth}")).await;
+    let refusal = third.packets().await;
+    let error = refusal
+        .iter()
+        .find_map(|p| p.strip_prefix("44"))
+        .unwrap_or_else(|| panic!("no connect_error in {refusal:?}"));
+    assert!(error.contains("too_many_connections"), "{error}");
+
+    // Once one leaves, its slot is free again.
+    first.post("41").await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            third.post(&format!("40{auth}")).await;
+            if third.packets().await.iter().any(|p| p.starts_with("40{")) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the slot of a socket that left was never freed");
+}
