@@ -172,25 +172,38 @@ impl Polling {
     }
 }
 
+/// The event of a `42["study_created",{…}]` packet.
+fn study_created(packet: &str) -> Option<serde_json::Value> {
+    let json = packet.strip_prefix(r#"42["study_created","#)?;
+    Some(serde_json::from_str(json.strip_suffix(']')?).expect("event JSON"))
+}
+
 #[tokio::test]
-async fn a_socket_that_falls_too_far_behind_is_told_4008_and_disconnected() {
+async fn a_socket_that_falls_too_far_behind_is_told_4008_and_resumes_without_loss() {
     // Arrange: a client subscribed to `studies` that reads nothing more.
     let app = server().await;
-    let admin = token(json!({"role": "admin", "exp": in_an_hour()}));
-    let mut client = Polling::connect(&app, json!({ "token": admin })).await;
+    let auth = json!({ "token": token(json!({"role": "admin", "exp": in_an_hour()})) });
+    let mut client = Polling::connect(&app, auth.clone()).await;
     client.post(r#"420["subscribe",{"topic":"studies"}]"#).await;
     let answer = client.packets().await;
-    assert!(answer.iter().any(|p| p.starts_with(r#"430[{"cursor""#)), "{answer:?}");
+    let subscribed: serde_json::Value = answer
+        .iter()
+        .find_map(|p| p.strip_prefix("430"))
+        .map(|a| serde_json::from_str(a).expect("ack JSON"))
+        .unwrap_or_else(|| panic!("no ack in {answer:?}"));
 
     // Act: one commit of more events than a connection's queue holds, then read again.
-    app.psql("insert into studies(label, title) select 'slow-' || g, 't' from generate_series(1, 6000) g");
+    const ROWS: usize = 6000;
+    app.psql(&format!(
+        "insert into studies(label, title) select 'slow-' || g, 't' from generate_series(1, {ROWS}) g"
+    ));
     let mut closing = None;
-    let mut events = 0;
+    let mut events = Vec::new();
     tokio::time::timeout(PATIENCE * 3, async {
         loop {
             for p in client.packets().await {
-                if p.starts_with(r#"42["study_created""#) {
-                    events += 1;
+                if let Some(event) = study_created(&p) {
+                    events.push(event);
                 } else if let Some(json) = p.strip_prefix(r#"42["closing","#) {
                     closing = Some(json.trim_end_matches(']').to_owned());
                 } else if p == "41" {
@@ -205,11 +218,37 @@ async fn a_socket_that_falls_too_far_behind_is_told_4008_and_disconnected() {
     // Assert: it was told why, got fewer events than were written, and was counted.
     let closing: serde_json::Value = serde_json::from_str(&closing.expect("a closing event")).unwrap();
     assert_eq!(closing["code"], 4008, "{closing}");
-    assert!(events < 6000, "{events} events");
+    assert!(events.len() < ROWS, "{} events", events.len());
     assert_eq!(
         metric(&app, r#"pgfeed_slow_consumer_closes_total{transport="socketio"}"#).await,
         1.0
     );
+
+    // And it resumes: a new socket subscribed with the last cursor it got gets the rest, each
+    // once, in commit order.
+    let mut again = Polling::connect(&app, auth).await;
+    let since = events
+        .last()
+        .map_or(subscribed[0]["cursor"].clone(), |e| e["cursor"].clone());
+    again
+        .post(&format!(
+            "421{}",
+            json!(["subscribe", {"topic": "studies", "since": since}])
+        ))
+        .await;
+    tokio::time::timeout(PATIENCE * 3, async {
+        while events.len() < ROWS {
+            events.extend(again.packets().await.iter().filter_map(|p| study_created(p)));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} events of {ROWS} after the resume", events.len()));
+    let labels: Vec<String> = events
+        .iter()
+        .map(|e| e["data"]["label"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (1..=ROWS).map(|g| format!("slow-{g}")).collect();
+    assert_eq!(labels, expected);
 }
 
 #[tokio::test]
