@@ -211,3 +211,30 @@ def test_a_view_sends_rows_then_deltas(transports):
         assert [(o["op"], int(o["key"]), o["to"]) for o in delta["ops"]] == [("enter", m2, 0)]
     finally:
         c.close()
+
+
+def test_the_server_disconnects_at_exp_and_since_resumes_exactly(transports):
+    study = new_study()
+    c = Recorder(transports, admin(seconds=3)).connect()
+    try:
+        c.call("subscribe", {"topic": f"studies:{study}"})
+        m1 = new_message(study, "one")
+        _, (got1,) = c.wait_for(lambda e, a: e == "message_created" and a[0]["id"] == m1)
+        # At the token's exp: told why, then disconnected by the server.
+        _, (closing,) = c.wait_for(lambda e, a: e == "closing")
+        assert closing["code"] == 4001
+        deadline = time.monotonic() + PATIENCE
+        while c.sio.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not c.sio.connected
+    finally:
+        c.close()
+    m2 = new_message(study, "missed")
+    again = Recorder(transports, admin()).connect()
+    try:
+        again.call("subscribe", {"topic": f"studies:{study}", "since": got1["cursor"]})
+        m3 = new_message(study, "three")
+        again.wait_for(lambda e, a: e == "message_created" and a[0]["id"] == m3)
+        assert [a[0]["id"] for _, a in again.messages(study)] == [m2, m3]
+    finally:
+        again.close()
