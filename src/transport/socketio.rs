@@ -368,7 +368,21 @@ impl Bridge {
                             .map(|(id, _)| *id);
                         first.and_then(|id| acks.owed.remove(&id)).map(|(ack, _)| ack)
                     }
-                    None => None,
+                    // A view that failed before its first frame is answered with its name
+                    // (`session::views`): the subscribe waiting for that frame gets the error.
+                    None => {
+                        let message = head.message.as_deref().unwrap_or_default();
+                        let mut acks = self.link.acks();
+                        let first = acks
+                            .owed
+                            .iter()
+                            .find(|(_, (_, view))| {
+                                view.as_ref()
+                                    .is_some_and(|v| message.starts_with(&format!("view {v:?}: ")))
+                            })
+                            .map(|(id, _)| *id);
+                        first.and_then(|id| acks.owed.remove(&id)).map(|(ack, _)| ack)
+                    }
                 };
                 match owed {
                     Some(ack) => self.blocked.push_back(Out::Ack(ack, json!({"error": error}))),
