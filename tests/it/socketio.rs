@@ -52,6 +52,8 @@ async fn suite(app: &TestApp, dir: &str, program: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    // Shown with --nocapture: what the suite ran.
+    println!("{text}");
 }
 
 /// One series of `/metrics`, read with an admin token.
