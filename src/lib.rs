@@ -7,7 +7,7 @@
 //!   wake-up and (re)connect, and publishes each event once to the
 //! - [`hub`]: topic → subscribers, one bounded queue per connection, a ring of recent events;
 //! - [`feed`]: topics, cursors, snapshots, and resume joined to the live stream;
-//! - [`transport`]: WebSocket sessions (and the fallbacks) that frame it for clients;
+//! - [`transport`]: WebSocket sessions (and the fallbacks, and Socket.IO) that frame it for clients;
 //!
 //! beside [`db`] (the pool, migrations, queries) and [`http`] (router, REST, health).
 //! [`app`] assembles them; [`tail`] is the command-line client; [`embedded`] runs a private PostgreSQL when no URL is given.

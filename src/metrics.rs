@@ -20,6 +20,7 @@ pub enum Transport {
     Ws,
     Sse,
     Poll,
+    SocketIo,
 }
 
 impl Transport {
@@ -28,6 +29,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::SocketIo => "socketio",
         }
     }
 }

@@ -11,7 +11,7 @@
 //!   `[::1]`, any port), or the host of an origin listed in `--allowed-origins`. A rebinding page
 //!   always sends its own DNS name, so it is refused. With `--insecure-no-auth` (a deliberate
 //!   non-loopback bind) any IP address is accepted too: an address is never a rebinding name.
-//! - a stream (`/ws`, `/events`, `/api/changes`) or a write (any method but GET, HEAD, OPTIONS)
+//! - a stream (`/ws`, `/events`, `/api/changes`, `/socket.io/`) or a write (any method but GET, HEAD, OPTIONS)
 //!   whose `Origin` is present must come from the same host (a loopback origin on the `Host`'s
 //!   port, or the `Host` itself) or from a listed origin. Reads from another site are let through:
 //!   without CORS headers its page cannot see the answer.
@@ -31,7 +31,7 @@ use super::error::ApiError;
 use super::AppState;
 
 /// Routes that stream, or wait, whatever their method: a cross-site page must not hold them open.
-const STREAMS: &[&str] = &["/ws", "/events", "/api/changes"];
+const STREAMS: &[&str] = &["/ws", "/events", "/api/changes", "/socket.io/", "/socket.io"];
 
 pub async fn local_only(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.auth.enabled() {

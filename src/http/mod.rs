@@ -13,6 +13,7 @@ pub mod observe;
 pub mod openapi;
 pub mod rate;
 pub mod serve;
+pub mod socketio;
 pub mod streams;
 pub mod studies;
 pub mod web;
@@ -173,6 +174,9 @@ pub fn router(state: AppState) -> Router {
         .merge(web::router())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // `/socket.io/` (README "Socket.IO"): inside the layers below, so it is counted, traced,
+        // and held to the same Host and Origin rules as the other streams.
+        .layer(socketio::layer(&state))
         .layer(Extension(doc))
         // Without a secret, only loopback names, and no other site's streams or writes: otherwise
         // any page the local user visits could use pgfeed as a relay (README "Security: auth and

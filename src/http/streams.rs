@@ -77,16 +77,17 @@ pub struct ChangesQuery {
 }
 
 /// A client let in: who it is, until when (the token's `exp`), and its connection slot.
-struct Admitted {
-    access: Access,
-    expires: Option<u64>,
+pub(super) struct Admitted {
+    pub(super) access: Access,
+    pub(super) expires: Option<u64>,
     /// Its slot in the connection limits; the stream (or the poll) holds it, and dropping it frees
     /// the slot.
-    permit: ConnPermit,
+    pub(super) permit: ConnPermit,
 }
 
-/// The checks every stream makes before it starts: origin, auth, connection limits.
-fn admit(state: &AppState, headers: &HeaderMap, peer: SocketAddr, token: Option<&str>) -> Result<Admitted> {
+/// The checks every stream makes before it starts: origin, auth, connection limits. Socket.IO's
+/// connect (`socketio.rs`) makes the same ones.
+pub(super) fn admit(state: &AppState, headers: &HeaderMap, peer: SocketAddr, token: Option<&str>) -> Result<Admitted> {
     if !state.origin_allowed(headers) {
         return Err(ApiError::Forbidden("origin not allowed".into()));
     }

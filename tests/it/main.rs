@@ -26,6 +26,7 @@ mod rest_schema;
 mod rest_studies;
 mod resume;
 mod snapshot;
+mod socketio;
 mod sse;
 mod tail;
 mod views;
