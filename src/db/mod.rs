@@ -11,6 +11,7 @@ pub mod studies;
 pub mod timestamp;
 pub mod tracked;
 pub mod views;
+pub mod watermark;
 
 use std::time::Duration;
 

@@ -160,7 +160,7 @@ impl Views {
             let lost = self.shared.feed.hub.tap_lost();
             {
                 let mut state = self.lock();
-                let epoch = self.shared.feed.hub.epoch().clone();
+                let epoch = self.shared.feed.hub.epoch();
                 match item {
                     Relayed::Event(ev) => state.on_event(ev, &epoch, &mut reloads),
                     Relayed::Upto(at) => state.on_upto(at, &epoch, &mut reloads),
@@ -203,7 +203,7 @@ impl Views {
                 match db::views::load(&views.shared.feed.pool, &sql).await {
                     Ok(loaded) => {
                         let mut reloads = Vec::new();
-                        let epoch = views.shared.feed.hub.epoch().clone();
+                        let epoch = views.shared.feed.hub.epoch();
                         views.lock().install(&id, loaded, &epoch, &mut reloads);
                         for id in reloads {
                             views.spawn_read(id);
@@ -276,7 +276,7 @@ impl Views {
             needs_view: true,
         };
         let id = sub.id;
-        let epoch = self.shared.feed.hub.epoch().clone();
+        let epoch = self.shared.feed.hub.epoch();
         let read = self.lock().add(def, sub, &epoch)?;
         if let Some(window) = read {
             self.spawn_read(window);
