@@ -108,8 +108,9 @@ fn spawn_client(
 
 /// Writes rows labelled `<prefix>-0` … `<prefix>-(n-1)`, one commit each, in order, through psql.
 fn write(db: &TestDb, prefix: &str, n: usize) {
+    // Explicit transactions: a multi-statement string is otherwise one transaction.
     let sql: String = (0..n)
-        .map(|i| format!("insert into studies (label, title) values ('{prefix}-{i}', 't');"))
+        .map(|i| format!("begin; insert into studies (label, title) values ('{prefix}-{i}', 't'); commit;"))
         .collect();
     db.psql(&sql);
 }
@@ -239,7 +240,9 @@ async fn lossy_failover(durable: bool) {
     // The standby has everything so far (the watermark covering pre-9 included), then is cut off.
     pair.wait_caught_up().await;
     pair.cut_standby_off().await;
-    write(&db, "lost", 10);
+    // More commits than the 32 seqs PostgreSQL WAL-logs ahead: the new primary hands some of
+    // their seqs out again, to other commits.
+    write(&db, "lost", 50);
     if durable {
         // Nothing the standby lacks is delivered; the leader says it waits.
         let deadline = Instant::now() + PATIENCE;
@@ -259,7 +262,7 @@ async fn lossy_failover(durable: bool) {
         }
     } else {
         for (rec, _) in &live {
-            wait_seen(rec, "lost-9").await;
+            wait_seen(rec, "lost-49").await;
         }
     }
     pair.primary.stop("immediate");
@@ -268,7 +271,19 @@ async fn lossy_failover(durable: bool) {
         // The new primary has no standby yet: events wait for one, as they should.
         pair.standby_for_new_primary().await;
     }
-    write(&db, "post", 10);
+    write(&db, "post", 30);
+    if !durable {
+        // The live clients are told before the last row is written: after `log_diverged` they go
+        // on live (a real client takes a snapshot), from whatever is newest by then.
+        let deadline = Instant::now() + PATIENCE;
+        while live.iter().any(|(rec, _)| rec.lock().unwrap().refreshes.is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "live clients were never told the log diverged"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     db.psql("insert into studies (label, title) values ('end', 't')");
 
     // The early clients come back with their cursors: before the divergence, so they go on
@@ -278,7 +293,7 @@ async fn lossy_failover(durable: bool) {
         .enumerate()
         .map(|(i, c)| spawn_client(&addrs[(i + 1) % 2..=(i + 1) % 2], Some(c), "end"))
         .collect();
-    let mut expected_after_pre = series("post", 10);
+    let mut expected_after_pre = series("post", 30);
     expected_after_pre.push("end".into());
     for (rec, task) in &back {
         tokio::time::timeout(Duration::from_secs(60), async {
@@ -316,10 +331,23 @@ async fn lossy_failover(durable: bool) {
         } else {
             // They saw commits the new primary never got: told so, never silently skipped.
             assert_eq!(rec.refreshes, ["log_diverged"], "{rec:?}");
-            let lost_at = labels.iter().position(|l| *l == "lost-9").expect("saw lost-9");
+            let lost_at = labels.iter().position(|l| *l == "lost-49").expect("saw lost-49");
             assert_eq!(
                 labels[..=lost_at].to_vec(),
-                [series("pre", 10), series("lost", 10)].concat()
+                [series("pre", 10), series("lost", 50)].concat()
+            );
+            // The case that matters: the new primary gave some of those seqs to other commits.
+            let lost_seqs: Vec<String> = rec.events[10..=lost_at]
+                .iter()
+                .map(|(c, _)| crate::support::position(&json!(c)).seq.to_string())
+                .collect();
+            let reused = pair.db().psql(&format!(
+                "select count(*) from pgfeed.commits where txid <> '0' and seq in ({})",
+                lost_seqs.join(",")
+            ));
+            assert_ne!(
+                reused, "0",
+                "the failover reissued none of the lost seqs: the test proves nothing"
             );
             // After the refresh they go on live: whatever they see is the new primary's, in order.
             let rest: Vec<&str> = labels[lost_at + 1..].to_vec();
