@@ -24,6 +24,8 @@ use crate::support::{Seen, TestApp, TestDb, WsClient, PATIENCE};
 struct Record {
     events: Vec<(String, String)>,
     refreshes: Vec<String>,
+    /// Subscribed live again after a refresh: what is committed from now on reaches it.
+    live_again: bool,
 }
 
 impl Record {
@@ -76,6 +78,12 @@ async fn client(addrs: Vec<SocketAddr>, since: Option<String>, until: String, re
                     since = None;
                     if ws.stream.send(subscribe(&since)).await.is_err() {
                         break;
+                    }
+                }
+                Some("subscribed") => {
+                    let mut rec = rec.lock().unwrap();
+                    if since.is_none() && !rec.refreshes.is_empty() {
+                        rec.live_again = true;
                     }
                 }
                 // A server still moving to the new generation, or its database away: again later.
@@ -276,7 +284,7 @@ async fn lossy_failover(durable: bool) {
         // The live clients are told before the last row is written: after `log_diverged` they go
         // on live (a real client takes a snapshot), from whatever is newest by then.
         let deadline = Instant::now() + PATIENCE;
-        while live.iter().any(|(rec, _)| rec.lock().unwrap().refreshes.is_empty()) {
+        while live.iter().any(|(rec, _)| !rec.lock().unwrap().live_again) {
             assert!(
                 Instant::now() < deadline,
                 "live clients were never told the log diverged"
