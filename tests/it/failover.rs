@@ -373,6 +373,48 @@ async fn lossy_failover(durable: bool) {
         .chain(live.iter().map(|(r, _)| r))
         .collect();
     assert_one_event_per_cursor(&all);
+    if !durable {
+        // On long-poll too: a cursor past the divergence is a 410 `log_diverged`, one before it
+        // reads on; a generation this log never had is `cursor_unknown`.
+        let live0 = live[0].0.lock().unwrap();
+        let diverged = live0
+            .events
+            .iter()
+            .find(|(_, l)| l == "lost-0")
+            .expect("lost-0")
+            .0
+            .clone();
+        let good = live0
+            .events
+            .iter()
+            .find(|(_, l)| l == "pre-9")
+            .expect("pre-9")
+            .0
+            .clone();
+        drop(live0);
+        let (status, v) = a
+            .get_json(&format!("/api/changes?topics=studies&since={diverged}&wait=0"))
+            .await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (410, Some("log_diverged")),
+            "{v}"
+        );
+        let (status, v) = b
+            .get_json(&format!("/api/changes?topics=studies&since={good}&wait=0"))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["events"][0]["data"]["label"], "post-0", "{v}");
+        let epoch = pair.db().psql("select epoch from pgfeed.meta");
+        let (status, v) = a
+            .get_json(&format!("/api/changes?topics=studies&since={epoch}g9-1-1&wait=0"))
+            .await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (410, Some("cursor_unknown")),
+            "{v}"
+        );
+    }
     a.stop().await;
     b.stop().await;
 }
