@@ -376,22 +376,12 @@ async fn lossy_failover(durable: bool) {
     if !durable {
         // On long-poll too: a cursor past the divergence is a 410 `log_diverged`, one before it
         // reads on; a generation this log never had is `cursor_unknown`.
-        let live0 = live[0].0.lock().unwrap();
-        let diverged = live0
-            .events
-            .iter()
-            .find(|(_, l)| l == "lost-0")
-            .expect("lost-0")
-            .0
-            .clone();
-        let good = live0
-            .events
-            .iter()
-            .find(|(_, l)| l == "pre-9")
-            .expect("pre-9")
-            .0
-            .clone();
-        drop(live0);
+        let cursor_of = |label: &str| {
+            let rec = live[0].0.lock().unwrap();
+            rec.events.iter().find(|(_, l)| l == label).expect(label).0.clone()
+        };
+        let diverged = cursor_of("lost-0");
+        let good = cursor_of("pre-9");
         let (status, v) = a
             .get_json(&format!("/api/changes?topics=studies&since={diverged}&wait=0"))
             .await;
