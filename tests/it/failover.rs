@@ -450,6 +450,9 @@ async fn killing_the_leader_moves_leadership_within_seconds_with_no_loss() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let scrape = b.metrics().await;
+    assert_eq!(scrape.value("pgfeed_leader"), 1.0);
+    assert_eq!(scrape.value("pgfeed_generation"), 1.0);
     writer.await.expect("writer");
     db.psql("insert into studies (label, title) values ('end', 't')");
     let last = tokio::time::timeout(Duration::from_secs(30), task)
