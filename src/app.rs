@@ -196,6 +196,7 @@ impl App {
             poll_above: config.poll_above,
             durable: config.durable_watermark,
             durable_standby: config.durable_standby.clone(),
+            multi_host_url: crate::db::primary::is_multi_host(&database.url).then(|| database.url.clone()),
         };
         shutdown.tracker.spawn(listener::run(relay, shutdown.token.clone()));
         shutdown

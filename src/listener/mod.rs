@@ -129,6 +129,9 @@ pub struct Listener {
     /// `--durable-watermark`, and `--durable-standby`: what the leader's watermark waits for.
     pub durable: DurableWatermark,
     pub durable_standby: Option<String>,
+    /// A `--database-url` naming several hosts: at each connect, the pool is pointed at the one
+    /// that is the primary now (`db::primary`).
+    pub multi_host_url: Option<String>,
 }
 
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
@@ -270,6 +273,9 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         // costs one round trip, where a pool checkout first pings the connection (another round
         // trip, and a wake-up of its backend, per commit under load). It fails and is replaced
         // together with the LISTEN session.
+        if let Some(url) = &listener.multi_host_url {
+            crate::db::repoint(pool, url).await.context("finding the primary")?;
+        }
         let options = (*pool.connect_options())
             .clone()
             .application_name(READER_APPLICATION_NAME);

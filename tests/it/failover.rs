@@ -468,3 +468,35 @@ async fn killing_the_leader_moves_leadership_within_seconds_with_no_loss() {
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_given_both_hosts_follows_the_primary_through_a_switchover() {
+    let pair = Pair::start().await;
+    let url = pair.multi_host_url();
+    let node = TestApp::spawn_with(pair.db(), |c| c.db.database_url = Some(url.clone())).await;
+    let (rec, task) = spawn_client(&[node.addr], None, "end");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write(&pair.primary.db(), "before", 5);
+    wait_seen(&rec, "before-4").await;
+    pair.wait_caught_up().await;
+    pair.primary.stop("fast");
+    pair.standby.promote();
+    let new_primary = pair.standby.db();
+    write(&new_primary, "after", 5);
+    new_primary.psql("insert into studies (label, title) values ('end', 't')");
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the client saw everything")
+        .expect("client");
+    {
+        let rec = rec.lock().unwrap();
+        assert!(rec.refreshes.is_empty(), "{rec:?}");
+        let expected = [series("before", 5), series("after", 5), vec!["end".into()]].concat();
+        assert_eq!(rec.labels(), expected);
+    }
+    // REST reads and writes go to the new primary too.
+    let (status, _) = node.get_json("/api/studies?limit=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(health(&node).await["generation"], 2);
+    node.stop().await;
+}

@@ -164,6 +164,14 @@ impl Pair {
         format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.proxy.port)
     }
 
+    /// Both hosts in one URL, libpq style: whichever is the primary takes the connection.
+    pub fn multi_host_url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{DATABASE}?target_session_attrs=read-write",
+            self.primary.port, self.standby.port
+        )
+    }
+
     /// psql through the proxy (the current primary).
     pub fn db(&self) -> Arc<TestDb> {
         Arc::new(TestDb::external(DATABASE, self.url()))
