@@ -595,3 +595,42 @@ $$;
 -- No pgfeed function is PUBLIC's to call (README "Security: auth and limits"): the owner (pgfeed's
 -- own role) and superusers track tables, prune and read; triggers fire without EXECUTE rights.
 revoke execute on all functions in schema pgfeed from public;
+
+-- ---------------------------------------------------------------------------------------------
+-- Many servers and failover (README "Running many servers and failing over"). Appended as its own
+-- block: nothing above depends on it.
+--
+-- One leader per database: the pgfeed listener holding session advisory lock 7133004 on its
+-- LISTEN session. It alone settles and joins the idle set; after each batch it reads, and before
+-- any node delivers that batch, it writes the watermark below on that same session (a leader that
+-- lost its session cannot write it) and notifies `pgfeed_watermark`. Every node delivers only up
+-- to the watermark.
+--
+-- `pending` is written first, when every commit up to it is committed here; `seq` is what nodes
+-- may deliver: equal to `pending` at once with `--durable-watermark local`, and only once the
+-- named standby has flushed the WAL holding `pending` with `--durable-watermark standby`. The row
+-- is written after the commits it covers, so a standby holding it holds them: after a failover,
+-- greatest(seq, pending) of the row the new primary holds is a seq certainly in its log.
+create table if not exists pgfeed.watermark (
+    singleton  boolean primary key default true check (singleton),
+    seq        bigint not null default 0,
+    pending    bigint not null default 0,
+    gen        int not null default 1,
+    timeline   int,
+    lsn        pg_lsn,
+    written_at timestamptz
+);
+insert into pgfeed.watermark default values on conflict do nothing;
+
+-- Generations: a new one starts when the leader finds the database on another timeline (a standby
+-- promoted) or another system (a different cluster under the same log). `last_good_seq` is the
+-- newest seq the new generation's log certainly shares with the one before (the watermark row it
+-- inherited). A cursor of generation g resumes exactly when its seq is at most the smallest
+-- `last_good_seq` of every generation after g; else the client is told `log_diverged`.
+create table if not exists pgfeed.generations (
+    gen           int primary key,
+    started_at    timestamptz not null default clock_timestamp(),
+    timeline      int not null,
+    system_id     bigint not null,
+    last_good_seq bigint
+);

@@ -103,6 +103,18 @@ impl App {
         let head = log::held_head(&mut *pool.acquire().await?)
             .await
             .context("reading the log's head")?;
+        // Never ahead of the watermark: other servers deliver up to it (README "Running many
+        // servers and failing over").
+        let head = crate::db::watermark::start(&pool, head)
+            .await
+            .context("reading the watermark")?;
+        // The generation the database's watermark is in: this server's cursors name it.
+        let epoch = epoch.with_gen(
+            crate::db::watermark::read(&pool)
+                .await
+                .context("reading the watermark")?
+                .gen,
+        );
         let hub = Arc::new(Hub::new(epoch, head));
         let feed = Feed::new(pool.clone(), hub)
             .await
@@ -111,6 +123,7 @@ impl App {
                 usize::try_from(config.max_snapshot).unwrap_or(usize::MAX),
                 config.max_resume_scan,
             )
+            .bounded_by_watermark(config.durable_watermark == crate::config::DurableWatermark::Standby)
             .with_views(config.view_count_wait, shutdown.token.clone());
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
             tracing::warn!(
@@ -181,6 +194,9 @@ impl App {
             status: state.listener.clone(),
             metrics: state.metrics.clone(),
             poll_above: config.poll_above,
+            durable: config.durable_watermark,
+            durable_standby: config.durable_standby.clone(),
+            multi_host_url: crate::db::primary::is_multi_host(&database.url).then(|| database.url.clone()),
         };
         shutdown.tracker.spawn(listener::run(relay, shutdown.token.clone()));
         shutdown

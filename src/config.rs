@@ -211,6 +211,38 @@ pub struct ServeConfig {
     /// resume goes on read by read, so a quiet topic with an old cursor costs bounded reads.
     #[arg(long, env = "PGFEED_MAX_RESUME_SCAN", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_resume_scan: i64,
+
+    /// What the leader's watermark waits for before any server delivers a commit (README
+    /// "Running many servers and failing over"): `local`, its commit on the primary; `standby`,
+    /// also its flush on the standby (`--durable-standby`), so a failover to that standby costs
+    /// no client a refresh, at the price of a standby round trip per batch, and of events
+    /// waiting while that standby is away.
+    #[arg(long, env = "PGFEED_DURABLE_WATERMARK", default_value = "local", value_enum)]
+    pub durable_watermark: DurableWatermark,
+
+    /// With `--durable-watermark standby`: the `application_name` of the standby in
+    /// `pg_stat_replication` (its `cluster_name`, or `application_name` in its
+    /// `primary_conninfo`). Without it, every standby connected must have flushed, and at least
+    /// one must be connected.
+    #[arg(long, env = "PGFEED_DURABLE_STANDBY", value_parser = parse_standby_name)]
+    pub durable_standby: Option<String>,
+}
+
+/// `--durable-watermark`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurableWatermark {
+    /// Deliver what is committed on the primary.
+    Local,
+    /// Deliver what the standby has flushed too.
+    Standby,
+}
+
+/// A standby's `application_name`: what PostgreSQL keeps of one (`NAMEDATALEN - 1` bytes, printable ASCII).
+fn parse_standby_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!("{s:?} is no standby name: 1 to 63 printable ASCII characters"));
+    }
+    Ok(s.to_owned())
 }
 
 impl ServeConfig {
@@ -274,6 +306,35 @@ mod tests {
         assert!(c.max_tcp_connections > c.max_connections);
         assert!(c.max_tcp_connections_per_ip > c.max_connections_per_ip);
         assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.durable_watermark, DurableWatermark::Local);
+        assert_eq!(c.durable_standby, None);
+    }
+
+    #[test]
+    fn the_durable_watermark_is_local_or_standby_and_a_standby_name_is_bounded() {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let c = Only::try_parse_from([
+            "pgfeed",
+            "--durable-watermark",
+            "standby",
+            "--durable-standby",
+            "replica1",
+        ])
+        .unwrap();
+        assert_eq!(c.serve.durable_watermark, DurableWatermark::Standby);
+        assert_eq!(c.serve.durable_standby.as_deref(), Some("replica1"));
+        assert!(Only::try_parse_from(["pgfeed", "--durable-watermark", "remote"]).is_err());
+        let long = "x".repeat(64);
+        for bad in ["", long.as_str(), "a\nb"] {
+            assert!(
+                Only::try_parse_from(["pgfeed", "--durable-standby", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -26,22 +26,50 @@ impl Position {
     }
 }
 
-/// The log's identity: cursors carry it, so a cursor from another database is recognised.
+/// The log's identity and generation: cursors carry both, so a cursor from another database is
+/// recognised, and one from before a failover is judged against where the logs diverged.
+///
+/// A generation starts when the log's database changed under it (a standby promoted, see
+/// `listener::leader`). Generation 1 writes today's `<epoch>-<seq>-<pos>`, so cursors from before
+/// generations existed stay valid; later ones write `<epoch>g<gen>-<seq>-<pos>` (an epoch is hex,
+/// and the epoch is known when parsing, so the two never mix).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Epoch(Arc<str>);
+pub struct Epoch {
+    id: Arc<str>,
+    gen: i32,
+}
 
 impl Epoch {
+    /// Generation 1 of the log `s`.
     pub fn new(s: &str) -> Self {
-        Epoch(s.into())
+        Epoch { id: s.into(), gen: 1 }
     }
 
-    /// The opaque cursor string for `at` in this log: `<epoch>-<seq>-<pos>`.
+    /// The same log in generation `gen` (at least 1).
+    pub fn with_gen(&self, gen: i32) -> Self {
+        Epoch {
+            id: self.id.clone(),
+            gen: gen.max(1),
+        }
+    }
+
+    pub fn gen(&self) -> i32 {
+        self.gen
+    }
+
+    /// The opaque cursor string for `at` in this log: `<epoch>-<seq>-<pos>` in generation 1,
+    /// `<epoch>g<gen>-<seq>-<pos>` after.
     pub fn cursor(&self, at: Position) -> String {
-        format!("{}-{}-{}", self.0, at.seq, at.pos)
+        if self.gen == 1 {
+            format!("{}-{}-{}", self.id, at.seq, at.pos)
+        } else {
+            format!("{}g{}-{}-{}", self.id, self.gen, at.seq, at.pos)
+        }
     }
 
     /// Reads a client's cursor. Garbage is `Err`; a well-formed cursor of another log is
-    /// `Ok(Foreign)`, which the transports answer with `refresh_needed`.
+    /// `Ok(Foreign)`, which the transports answer with `refresh_needed`; one of this log in
+    /// another generation is `Ok(Other)`, judged against the generations (`feed`).
     pub fn parse_cursor(&self, s: &str) -> Result<CursorCheck, CursorError> {
         let mut parts = s.rsplitn(3, '-');
         let (pos, seq, epoch) = match (parts.next(), parts.next(), parts.next()) {
@@ -55,24 +83,50 @@ impl Epoch {
         if at.seq < 0 || at.pos < 0 || epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(CursorError);
         }
-        Ok(if *epoch == *self.0 {
+        let gen = if *epoch == *self.id {
+            1
+        } else {
+            // Only the canonical form: digits, no leading zero, 2 or more.
+            match epoch.strip_prefix(&*self.id).and_then(|rest| rest.strip_prefix('g')) {
+                Some(g) if !g.starts_with('0') && g.bytes().all(|b| b.is_ascii_digit()) => match g.parse::<i32>() {
+                    Ok(gen) if gen >= 2 => gen,
+                    _ => return Ok(CursorCheck::Foreign),
+                },
+                _ => return Ok(CursorCheck::Foreign),
+            }
+        };
+        Ok(if gen == self.gen {
             CursorCheck::Ours(at)
         } else {
-            CursorCheck::Foreign
+            CursorCheck::Other { gen, at }
         })
     }
 }
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CursorCheck {
+    /// This log, this generation.
     Ours(Position),
+    /// This log, another generation (before a failover, or after one this server has not seen yet).
+    Other {
+        gen: i32,
+        at: Position,
+    },
     Foreign,
+}
+
+/// Whether a cursor of generation `gen` at `seq` still names the same event in generation
+/// `current`, given `good`, the smallest `last_good_seq` of the generations after `gen` up to
+/// `current` (`None` when there is none to judge by). Every commit up to that seq is the same in
+/// every one of them; past it, the log may hold another commit under the same seq.
+pub fn same_in_generation(gen: i32, seq: i64, current: i32, good: Option<i64>) -> bool {
+    gen == current || (gen < current && good.is_some_and(|good| seq <= good))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -464,6 +518,41 @@ mod tests {
             assert_eq!(e.parse_cursor(bad), Err(CursorError), "{bad:?}");
         }
         assert_eq!(e.parse_cursor("ff00-1-1"), Ok(CursorCheck::Foreign));
+    }
+
+    #[test]
+    fn generation_1_keeps_the_old_cursor_form_and_later_ones_name_themselves() {
+        let g1 = Epoch::new("ab12");
+        let g3 = g1.with_gen(3);
+        let at = Position { seq: 41, pos: 3 };
+        assert_eq!(g1.cursor(at), "ab12-41-3");
+        assert_eq!(g3.cursor(at), "ab12g3-41-3");
+        assert_eq!(g3.parse_cursor("ab12g3-41-3"), Ok(CursorCheck::Ours(at)));
+        assert_eq!(g3.parse_cursor("ab12-41-3"), Ok(CursorCheck::Other { gen: 1, at }));
+        assert_eq!(g1.parse_cursor("ab12g3-41-3"), Ok(CursorCheck::Other { gen: 3, at }));
+        // Not canonical, or no generation at all: another log's.
+        for other in [
+            "ab12g03-41-3",
+            "ab12g1-41-3",
+            "ab12g0-41-3",
+            "ab12g-41-3",
+            "ab12gx-41-3",
+            "ab12g99999999999-1-1",
+        ] {
+            assert_eq!(g3.parse_cursor(other), Ok(CursorCheck::Foreign), "{other}");
+        }
+    }
+
+    #[test]
+    fn an_older_generation_s_cursor_is_the_same_only_up_to_the_last_good_seq() {
+        // Same generation: always (the log's own rules apply).
+        assert!(same_in_generation(2, 1_000, 2, None));
+        // Older: up to the smallest last good seq of every later generation, inclusive.
+        assert!(same_in_generation(1, 50, 3, Some(50)));
+        assert!(!same_in_generation(1, 51, 3, Some(50)));
+        assert!(!same_in_generation(1, 1, 2, None), "no bound known: never assume");
+        // Newer than the server's generation: not judged here.
+        assert!(!same_in_generation(3, 1, 2, Some(100)));
     }
 
     #[test]

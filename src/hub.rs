@@ -155,12 +155,13 @@ pub const TAP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Hub {
-    epoch: Epoch,
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// The log and its generation, which the cursors of what is published from now on name.
+    epoch: Epoch,
     /// The newest relayed position.
     last: Position,
     /// `ring` holds every event after `floor`.
@@ -188,6 +189,7 @@ impl Hub {
     /// A hub whose feed starts after `head`.
     pub fn new(epoch: Epoch, head: Position) -> Self {
         let inner = Inner {
+            epoch,
             last: head,
             floor: head,
             ring: VecDeque::new(),
@@ -196,13 +198,33 @@ impl Hub {
             tap_lost: false,
         };
         Hub {
-            epoch,
             inner: Mutex::new(inner),
         }
     }
 
-    pub fn epoch(&self) -> &Epoch {
-        &self.epoch
+    /// The log and the generation this server serves now.
+    pub fn epoch(&self) -> Epoch {
+        self.lock().epoch.clone()
+    }
+
+    /// Moves to generation `gen` (README "Running many servers and failing over"), `good` being
+    /// the smallest `last_good_seq` of the generations after the current one: what was relayed
+    /// up to it is the same in the new generation, what was relayed past it may not be. Past it,
+    /// the feed starts over after `good` ([`Hub::reset`]): every subscriber resumes with its
+    /// cursor and is told `log_diverged` or continues exactly. Returns whether it started over.
+    pub fn set_generation(&self, gen: i32, good: Option<i64>) -> bool {
+        let mut inner = self.lock();
+        if gen <= inner.epoch.gen() {
+            return false;
+        }
+        inner.epoch = inner.epoch.with_gen(gen);
+        let good = Position::end_of(good.unwrap_or(0));
+        if inner.last <= good {
+            return false;
+        }
+        drop(inner);
+        self.reset(good);
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -411,6 +433,27 @@ mod tests {
         assert!(!fast.overflowed());
         assert_eq!(std::iter::from_fn(|| fast_rx.try_recv().ok()).count(), 5);
         assert_eq!(hub.counts(), (1, 1), "the overflowed outbox is dropped");
+    }
+
+    #[test]
+    fn a_new_generation_starts_the_feed_over_only_past_the_last_good_seq() {
+        // Relayed up to 10, the new generation agrees up to 12: subscribers go on, under the new name.
+        let hub = Hub::new(Epoch::new("e"), Position::default());
+        hub.publish((1..=10).map(|s| event(s, &["studies"])));
+        let (outbox, _rx) = Outbox::new(16);
+        hub.subscribe("studies", &outbox, None);
+        assert!(!hub.set_generation(2, Some(12)));
+        assert_eq!(hub.epoch().gen(), 2);
+        assert!(!outbox.overflowed());
+        assert_eq!(hub.last().seq, 10);
+        // An older or the same generation changes nothing.
+        assert!(!hub.set_generation(2, Some(0)));
+        // Relayed past the last good seq: every subscriber resumes (and is judged by its cursor),
+        // and the feed goes on from the last good seq.
+        assert!(hub.set_generation(3, Some(7)));
+        assert!(outbox.overflowed());
+        assert_eq!(hub.last(), Position::end_of(7));
+        assert_eq!(hub.epoch().cursor(Position { seq: 8, pos: 1 }), "eg3-8-1");
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub struct Metrics {
     pub listener_polling: Gauge,
     pub listener_polls: Counter,
     pub last_relayed_seq: Gauge,
+    /// 1 on the node that leads (settles and writes the watermark), 0 on followers.
+    pub leader: Gauge,
+    pub generation: Gauge,
+    pub watermark_seq: Gauge,
+    /// 1 while the leader waits for the durable standby to flush (`--durable-watermark standby`).
+    pub watermark_waiting: Gauge,
     pub log_events: Gauge,
     pub oldest_event_age: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -93,6 +99,10 @@ impl Metrics {
             listener_polling: Gauge::default(),
             listener_polls: Counter::default(),
             last_relayed_seq: Gauge::default(),
+            leader: Gauge::default(),
+            generation: Gauge::default(),
+            watermark_seq: Gauge::default(),
+            watermark_waiting: Gauge::default(),
             log_events: Gauge::default(),
             oldest_event_age: Gauge::default(),
             http_requests: Family::default(),
@@ -135,6 +145,26 @@ impl Metrics {
             "last_relayed_seq",
             "Commit seq of the newest relayed event",
             m.last_relayed_seq.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 on the server that leads its database (settles the log, writes the watermark), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "generation",
+            "The log generation this server serves (a new one after each failover)",
+            m.generation.clone(),
+        );
+        registry.register(
+            "watermark_seq",
+            "The newest watermark this server knows: it delivers nothing past it",
+            m.watermark_seq.clone(),
+        );
+        registry.register(
+            "watermark_waiting",
+            "1 while the leader waits for the durable standby to flush (--durable-watermark standby)",
+            m.watermark_waiting.clone(),
         );
         registry.register("log_events", "Events kept in the log (estimate)", m.log_events.clone());
         registry.register(

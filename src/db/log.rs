@@ -185,6 +185,13 @@ pub async fn read_all(db: impl PgExecutor<'_>, after: Position, limit: i64) -> R
     read(db, after, None, limit, after.seq, None).await
 }
 
+/// A follower's read: up to `limit` events after `after`, up to `upto` and no further (the
+/// watermark: every seq up to it is final), whatever the log holds beyond. `upto` must not be
+/// before `after.seq`. Unless the page is full, it holds every event up to `upto`.
+pub async fn read_upto(db: impl PgExecutor<'_>, after: Position, limit: i64, upto: i64) -> Result<Read, sqlx::Error> {
+    read(db, after, None, limit, upto, Some(upto - after.seq)).await
+}
+
 /// Up to `limit` events after `after` published on any of `topics`, in commit order, each event
 /// once (one row per event, whatever the number of its topics that match); and the read's bound,
 /// the newest final commit seq of the same snapshot. When fewer than `limit` rows come back, the

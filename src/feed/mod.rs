@@ -17,8 +17,8 @@ use sqlx::PgPool;
 
 use crate::auth::Access;
 use crate::db::log::{self, Page, Standing};
-use crate::db::{snapshot, tracked::Tracked};
-use crate::event::{CursorCheck, Event, Position, Topic};
+use crate::db::{snapshot, tracked::Tracked, watermark};
+use crate::event::{same_in_generation, CursorCheck, Epoch, Event, Position, Topic};
 use crate::hub::{Delivery, Hub};
 
 /// Why the feed refused or failed a request: the client's mistakes (`BadRequest`, `UnknownTopic`,
@@ -59,6 +59,10 @@ impl FeedError {
     pub const UNAVAILABLE: &'static str = "the database is unavailable or failed; try again later";
 }
 
+/// What a resume is told while the log's new generation is not settled yet after a failover.
+const MOVING: &str =
+    "the database failed over a moment ago and this server is still moving to its new generation; try again";
+
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Start<'a> {
@@ -92,6 +96,8 @@ pub struct Feed {
     resume_scan: i64,
     /// Live views ([`views`]), once started ([`Feed::with_views`]).
     pub views: Option<views::Views>,
+    /// `--durable-watermark standby`: log reads stop at the watermark ([`Feed::changes`]).
+    bounded: bool,
 }
 
 impl Feed {
@@ -112,6 +118,7 @@ impl Feed {
             max_snapshot: MAX_SNAPSHOT,
             resume_scan: log::RESUME_SCAN,
             views: None,
+            bounded: false,
         }
     }
 
@@ -133,6 +140,12 @@ impl Feed {
     pub fn with_limits(mut self, max_snapshot: usize, resume_scan: i64) -> Self {
         self.max_snapshot = max_snapshot;
         self.resume_scan = resume_scan.max(1);
+        self
+    }
+
+    /// With `--durable-watermark standby`: log reads never pass the watermark.
+    pub fn bounded_by_watermark(mut self, bounded: bool) -> Self {
+        self.bounded = bounded;
         self
     }
 
@@ -195,17 +208,49 @@ impl Feed {
     }
 
     /// Reads a client's cursor: garbage is a bad request; another log's cursor, one that
-    /// retention has passed, or one from the future needs a snapshot.
+    /// retention has passed, or one from the future needs a snapshot. One of an older generation
+    /// (from before a failover) resumes exactly where the new generation's log agrees with the
+    /// old one, and is told `log_diverged` past that (`event::same_in_generation`).
     pub async fn parse_cursor(&self, cursor: &str) -> Result<Position, FeedError> {
-        match self.hub.epoch().parse_cursor(cursor) {
-            Err(_) => Err(FeedError::BadRequest(format!("malformed cursor {cursor:?}"))),
-            Ok(CursorCheck::Foreign) => Err(FeedError::Refresh("cursor_unknown")),
-            Ok(CursorCheck::Ours(at)) => match log::standing(&self.pool, at).await? {
-                Standing::Kept => Ok(at),
-                Standing::Expired => Err(FeedError::Refresh("cursor_expired")),
-                Standing::Unknown => Err(FeedError::Refresh("cursor_unknown")),
-            },
+        let epoch = self.hub.epoch();
+        self.settled_generation(&epoch).await?;
+        let at = match epoch.parse_cursor(cursor) {
+            Err(_) => return Err(FeedError::BadRequest(format!("malformed cursor {cursor:?}"))),
+            Ok(CursorCheck::Foreign) => return Err(FeedError::Refresh("cursor_unknown")),
+            Ok(CursorCheck::Ours(at)) => at,
+            Ok(CursorCheck::Other { gen, at }) if gen < epoch.gen() => {
+                let good = watermark::good_after(&self.pool, gen).await?;
+                if !same_in_generation(gen, at.seq, epoch.gen(), good) {
+                    return Err(FeedError::Refresh("log_diverged"));
+                }
+                at
+            }
+            Ok(CursorCheck::Other { gen, .. }) => {
+                // Newer than this server's: a generation it has not moved to yet, or none at all.
+                return Err(if watermark::known(&self.pool, gen).await? {
+                    FeedError::Busy(MOVING)
+                } else {
+                    FeedError::Refresh("cursor_unknown")
+                });
+            }
+        };
+        match log::standing(&self.pool, at).await? {
+            Standing::Kept => Ok(at),
+            Standing::Expired => Err(FeedError::Refresh("cursor_expired")),
+            Standing::Unknown => Err(FeedError::Refresh("cursor_unknown")),
         }
+    }
+
+    /// The database's watermark, once this server serves the database's generation: while a
+    /// failover is not settled (a standby promoted a moment ago, whose new generation no leader
+    /// has recorded yet, or one this server has not moved to), nothing is read from the log, since
+    /// it could not be told apart from what diverged; the client is told to try again.
+    async fn settled_generation(&self, epoch: &Epoch) -> Result<watermark::Watermark, FeedError> {
+        let wm = watermark::read(&self.pool).await?;
+        if wm.moved || wm.gen != epoch.gen() {
+            return Err(FeedError::Busy(MOVING));
+        }
+        Ok(wm)
     }
 
     pub fn cursor(&self, at: Position) -> String {
@@ -216,6 +261,10 @@ impl Feed {
     /// (never before what the hub relayed). Where a live subscription starts.
     pub async fn head(&self) -> Result<Position, FeedError> {
         let last = self.hub.last();
+        if self.bounded {
+            // Nothing past the watermark, which the hub never passes.
+            return Ok(last);
+        }
         Ok(log::final_head(&self.pool, last.seq).await?.max(last))
     }
 
@@ -233,14 +282,26 @@ impl Feed {
         limit: i64,
     ) -> Result<(Vec<Delivery>, Position, bool), FeedError> {
         let known = self.hub.last().seq;
-        let read = log::read_after_any(&self.pool, after, topics, limit, known, self.resume_scan).await?;
-        let (scanned, upto) = (read.scanned, read.upto);
+        let epoch = self.hub.epoch();
+        let wm = self.settled_generation(&epoch).await?;
+        // With `--durable-watermark standby`, never past the watermark: what the standby has not
+        // flushed is delivered by no one. (With `local`, a commit final on the primary may be
+        // read at once: should it be lost in a failover, its cursor is past the new
+        // generation's last good seq and is told `log_diverged`.)
+        let (scan, cap) = if self.bounded {
+            let cap = known.min(wm.seq).max(after.seq);
+            (self.resume_scan.min(cap - after.seq), cap)
+        } else {
+            (self.resume_scan, i64::MAX)
+        };
+        let read = log::read_after_any(&self.pool, after, topics, limit, known, scan).await?;
+        let (scanned, upto) = (read.scanned, read.upto.min(cap));
         let rows = match read.page {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
             Page::Rows(rows) => rows,
         };
         let full = rows.len() as i64 >= limit;
-        let epoch = self.hub.epoch();
+        let epoch = &epoch;
         let mut next = after;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {

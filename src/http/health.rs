@@ -1,4 +1,6 @@
 //! `GET /healthz` (README "Operating it"): 200 when the database and the listener are up, else 503.
+//! It also says whether this server leads its database, which generation of the log it serves,
+//! and whether events wait for the durable standby (README "Running many servers and failing over").
 
 use std::time::Duration;
 
@@ -22,5 +24,15 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"database": db, "listener": listener})))
+    (
+        status,
+        Json(json!({
+            "database": db,
+            "listener": listener,
+            "role": if state.listener.is_leader() { "leader" } else { "follower" },
+            "generation": state.feed.hub.epoch().gen(),
+            "relayed_seq": state.feed.hub.last().seq,
+            "waiting_for_standby": state.listener.is_waiting_for_standby(),
+        })),
+    )
 }

@@ -21,6 +21,14 @@
 //! the key at once when it succeeds; sql/capture.sql). A listener joining the set then waits for
 //! every commit in flight, since those may have found the set empty, and reads once more before
 //! it waits for wake-ups: nothing committed without a NOTIFY is left unread.
+//!
+//! With several servers on one database, one listener leads ([`leader`]): it alone does all of
+//! the above, and before it publishes a page, it writes the watermark covering it. The others
+//! follow: they wait on the leader's `pgfeed_watermark` wake-ups, read the log up to the
+//! watermark and no further, never settle and never join the idle set (so writers notify only
+//! while the leader waits, however many servers run), and try to take the lead every second.
+//! No server, the leader included, delivers past the watermark; that is what keeps a cursor
+//! valid across a failover (see [`leader`], "Generations").
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -35,7 +43,10 @@ use tokio::time::Instant;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::log;
+pub mod leader;
+
+use crate::config::DurableWatermark;
+use crate::db::{log, watermark};
 use crate::event::{Event, Position};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -65,17 +76,40 @@ const RATE_WINDOW: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Whether the listener holds a live LISTEN session (for `/healthz`).
+/// Whether the listener holds a live LISTEN session, whether it leads, and whether the leader's
+/// watermark waits for the standby (for `/healthz`).
 #[derive(Debug, Default)]
-pub struct ListenerStatus(AtomicBool);
+pub struct ListenerStatus {
+    up: AtomicBool,
+    leader: AtomicBool,
+    waiting: AtomicBool,
+}
 
 impl ListenerStatus {
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed)
+        self.up.store(up, Ordering::Relaxed)
+    }
+
+    /// Whether this server leads its database (see [`leader`]).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.leader.store(leader, Ordering::Relaxed)
+    }
+
+    /// Whether events wait for the durable standby (`--durable-watermark standby`) for longer than a moment.
+    pub fn is_waiting_for_standby(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed)
     }
 }
 
@@ -92,6 +126,12 @@ pub struct Listener {
     pub metrics: Arc<Metrics>,
     /// `--poll-above`: the commit rate above which it polls rather than waits for wake-ups.
     pub poll_above: u32,
+    /// `--durable-watermark`, and `--durable-standby`: what the leader's watermark waits for.
+    pub durable: DurableWatermark,
+    pub durable_standby: Option<String>,
+    /// A `--database-url` naming several hosts: at each connect, the pool is pointed at the one
+    /// that is the primary now (`db::primary`).
+    pub multi_host_url: Option<String>,
 }
 
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
@@ -200,6 +240,7 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         status,
         metrics,
         poll_above,
+        ..
     } = listener;
     let poll_above = *poll_above;
     let mut config = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
@@ -232,12 +273,36 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         // costs one round trip, where a pool checkout first pings the connection (another round
         // trip, and a wake-up of its backend, per commit under load). It fails and is replaced
         // together with the LISTEN session.
+        if let Some(url) = &listener.multi_host_url {
+            crate::db::repoint(pool, url).await.context("finding the primary")?;
+        }
         let options = (*pool.connect_options())
             .clone()
             .application_name(READER_APPLICATION_NAME);
         let mut reader = PgConnection::connect_with(&options)
             .await
             .context("connecting the listener's log reader")?;
+        // One leader per database; the others follow until the lead is free.
+        if !leader::try_lead(&client).await? {
+            status.set(true);
+            tracing::info!("listener connected; following the leader");
+            follow(&client, &mut reader, listener, &announced, &mut driver).await?;
+        }
+        status.set_leader(true);
+        metrics.leader.set(1);
+        let mut lead = Lead {
+            client: &client,
+            status,
+            publisher: leader::Publisher {
+                durable: listener.durable,
+                standby: listener.durable_standby.clone(),
+                published: 0,
+            },
+        };
+        // Before anything is relayed: the generation it is relayed under, and a watermark
+        // covering what this server relayed (every seq up to it is final).
+        lead.check_generation(hub, metrics).await?;
+        lead.publish(hub.last().seq, metrics).await?;
         client
             .batch_execute(&format!("listen {CHANNEL}"))
             .await
@@ -246,12 +311,12 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         // keep it from joining, it polls first.)
         let joined = join_idle_set(&client, &mut reader).await?;
         status.set(true);
-        tracing::info!("listener connected");
+        tracing::info!("listener connected; leading");
         // Everything committed before that is read now; everything after it wakes us.
         if joined {
-            relay(&mut reader, hub, metrics).await?;
+            relay(&mut reader, hub, metrics, &mut lead).await?;
         } else {
-            poll(&client, &mut reader, hub, metrics, PollFrom::FailedJoin).await?;
+            poll(&mut reader, hub, metrics, &mut lead, PollFrom::FailedJoin).await?;
         }
         let mut tick = tokio::time::interval(SAFETY_TICK);
         let mut rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
@@ -263,26 +328,167 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
                         continue;
                     }
                     if rate.above(Instant::now(), relayed) {
-                        poll(&client, &mut reader, hub, metrics, PollFrom::IdleSet).await?;
+                        poll(&mut reader, hub, metrics, &mut lead, PollFrom::IdleSet).await?;
                         rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
                     } else {
-                        relay(&mut reader, hub, metrics).await?;
+                        relay(&mut reader, hub, metrics, &mut lead).await?;
                     }
                 }
-                _ = tick.tick() => relay(&mut reader, hub, metrics).await?,
-                ended = &mut driver => {
-                    return match ended {
-                        Ok(Ok(())) => Err(anyhow::anyhow!("connection closed")),
-                        Ok(Err(e)) => Err(e).context("listener connection"),
-                        Err(e) => Err(e).context("listener connection task"),
-                    };
+                _ = tick.tick() => {
+                    lead.check_generation(hub, metrics).await?;
+                    relay(&mut reader, hub, metrics, &mut lead).await?
                 }
+                ended = &mut driver => return connection_ended(ended),
             }
         }
     }
     .await;
     driver.abort();
+    status.set_leader(false);
+    metrics.leader.set(0);
     result
+}
+
+/// The error a listener connection's end is.
+fn connection_ended(ended: Result<Result<(), tokio_postgres::Error>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match ended {
+        Ok(Ok(())) => Err(anyhow::anyhow!("connection closed")),
+        Ok(Err(e)) => Err(e).context("listener connection"),
+        Err(e) => Err(e).context("listener connection task"),
+    }
+}
+
+/// What the leader relays with: the session that holds the lead, which alone writes the
+/// watermark, and how it writes it.
+struct Lead<'a> {
+    client: &'a tokio_postgres::Client,
+    status: &'a ListenerStatus,
+    publisher: leader::Publisher,
+}
+
+impl Lead<'_> {
+    /// Records a new generation if the database changed under the log, and moves the hub to it.
+    async fn check_generation(&mut self, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
+        let serving = hub.epoch().gen();
+        let current = leader::generation(self.client, serving).await?;
+        if current.gen != serving {
+            // The feed may start over before what was published: publish from there again.
+            self.publisher.published = 0;
+        }
+        move_to_generation(hub, metrics, current.gen, current.good_after);
+        Ok(())
+    }
+
+    async fn publish(&mut self, upto: i64, metrics: &Metrics) -> anyhow::Result<()> {
+        self.publisher.publish(self.client, upto, self.status, metrics).await
+    }
+}
+
+/// Moves the hub to generation `gen` when it is newer than the one it serves.
+fn move_to_generation(hub: &Hub, metrics: &Metrics, gen: i32, good_after: Option<i64>) {
+    let serving = hub.epoch().gen();
+    if gen > serving {
+        let restarted = hub.set_generation(gen, good_after);
+        tracing::warn!(
+            from = serving,
+            to = gen,
+            last_good_seq = good_after,
+            restarted,
+            "serving a new generation of the log"
+        );
+    }
+    metrics.generation.set(i64::from(hub.epoch().gen()));
+}
+
+/// A follower's life on one connection: it listens for the leader's watermark wake-ups and
+/// delivers up to the watermark ([`follow_relay`]); it never settles and never joins the idle
+/// set. Every [`leader::TAKEOVER_TRY`] it tries to take the lead, and returns once it holds it.
+async fn follow(
+    client: &tokio_postgres::Client,
+    reader: &mut PgConnection,
+    listener: &Listener,
+    announced: &Announced,
+    driver: &mut tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> anyhow::Result<()> {
+    let Listener { hub, metrics, .. } = listener;
+    client
+        .batch_execute(&format!("listen {}", leader::WATERMARK_CHANNEL))
+        .await
+        .context("LISTEN")?;
+    follow_relay(reader, hub, metrics).await?;
+    let mut tick = tokio::time::interval(leader::TAKEOVER_TRY);
+    loop {
+        tokio::select! {
+            _ = announced.wake.notified() => {
+                if announced.pending(hub.last().seq) {
+                    follow_relay(reader, hub, metrics).await?;
+                }
+            }
+            _ = tick.tick() => {
+                if leader::try_lead(client).await? {
+                    tracing::info!("the lead was free: this server leads now");
+                    client
+                        .batch_execute(&format!("unlisten {}", leader::WATERMARK_CHANNEL))
+                        .await
+                        .context("UNLISTEN")?;
+                    return Ok(());
+                }
+                follow_relay(reader, hub, metrics).await?;
+            }
+            ended = &mut *driver => return connection_ended(ended),
+        }
+    }
+}
+
+/// A follower's read: moves to the watermark's generation, then publishes every event after the
+/// hub's last position up to the watermark, a page at a time. Every seq up to the watermark is
+/// final, so nothing is settled; nothing past it is delivered.
+pub async fn follow_relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
+    let wm = watermark::read(&mut *reader).await.context("reading the watermark")?;
+    let serving = hub.epoch().gen();
+    if wm.gen > serving {
+        let good = watermark::good_after(&mut *reader, serving)
+            .await
+            .context("reading the generations")?;
+        move_to_generation(hub, metrics, wm.gen, good);
+    } else if wm.gen < serving {
+        // A database behind this server's generation (the old primary, back after a failover):
+        // nothing it holds can be told apart from what diverged.
+        return Ok(());
+    }
+    metrics.watermark_seq.set(wm.seq);
+    loop {
+        let after = hub.last();
+        if after >= Position::end_of(wm.seq) {
+            return Ok(());
+        }
+        let read = log::read_upto(&mut *reader, after, log::PAGE, wm.seq.max(after.seq))
+            .await
+            .context("reading the log")?;
+        let rows = match read.page {
+            log::Page::Rows(rows) => rows,
+            log::Page::Expired => {
+                tracing::error!(
+                    ?after,
+                    "the log was pruned past the listener's position; subscribers must refresh"
+                );
+                hub.reset(Position::end_of(wm.seq));
+                return Ok(());
+            }
+        };
+        let full = rows.len() as i64 == log::PAGE;
+        metrics.events_relayed.inc_by(rows.len() as u64);
+        if let Some(last) = rows.last() {
+            metrics.last_relayed_seq.set(last.seq);
+        }
+        let epoch = hub.epoch();
+        hub.tap_room(rows.len() + 1).await;
+        hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
+        if !full {
+            hub.advance(Position::end_of(wm.seq));
+            return Ok(());
+        }
+    }
 }
 
 /// Polls under load: leaves the idle set (writers stop notifying unless another listener waits),
@@ -293,12 +499,13 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
 /// no NOTIFY), so the last read sees them all; every later commit notifies. A lost LISTEN session
 /// loses its lock with it, and the reconnect reads.
 async fn poll(
-    client: &tokio_postgres::Client,
     reader: &mut PgConnection,
     hub: &Hub,
     metrics: &Metrics,
+    lead: &mut Lead<'_>,
     from: PollFrom,
 ) -> anyhow::Result<()> {
+    let client = lead.client;
     if from == PollFrom::IdleSet {
         leave_idle_set(client).await?;
     }
@@ -314,7 +521,7 @@ async fn poll(
         while empty < EMPTY_POLLS_TO_IDLE || Instant::now() < join_after {
             let started = Instant::now();
             let before = hub.last().seq;
-            relay(reader, hub, metrics).await?;
+            relay(reader, hub, metrics, lead).await?;
             empty = if hub.last().seq == before { empty + 1 } else { 0 };
             tokio::time::sleep_until(started + READ_GAP).await;
         }
@@ -324,7 +531,7 @@ async fn poll(
         join_after = Instant::now() + JOIN_RETRY;
     }
     metrics.listener_polling.set(0);
-    relay(reader, hub, metrics).await
+    relay(reader, hub, metrics, lead).await
 }
 
 /// Where [`poll`] starts from.
@@ -370,8 +577,10 @@ async fn leave_idle_set(client: &tokio_postgres::Client) -> anyhow::Result<()> {
 
 /// Publishes every event after the hub's last position, in log order, a page at a time, up to
 /// the newest commit; a seq missing below it is settled first (`log::settle`), and reading stops
-/// before one still in flight after that (the next read goes on from there).
-pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> anyhow::Result<()> {
+/// before one still in flight after that (the next read goes on from there). Each page is
+/// covered by the watermark before this server publishes it ([`leader::Publisher`]), so no
+/// server delivers past the watermark, the leader included.
+async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics, lead: &mut Lead<'_>) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
         let read = log::read_all(&mut *reader, after, log::PAGE)
@@ -390,15 +599,23 @@ pub async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics) -> a
                     "the log was pruned past the listener's position; subscribers must refresh"
                 );
                 hub.reset(head);
+                lead.publish(head.seq, metrics).await?;
                 continue;
             }
         };
         let full = rows.len() as i64 == log::PAGE;
+        // A full page ends within its last commit, which is final (every seq up to the bound is);
+        // a page that is not full holds everything up to the bound.
+        let covered = match rows.last() {
+            Some(last) if full => last.seq,
+            _ => read.upto,
+        };
+        lead.publish(covered, metrics).await?;
         metrics.events_relayed.inc_by(rows.len() as u64);
         if let Some(last) = rows.last() {
             metrics.last_relayed_seq.set(last.seq);
         }
-        let epoch = hub.epoch().clone();
+        let epoch = hub.epoch();
         hub.tap_room(rows.len() + 1).await;
         hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
         if full {

@@ -178,7 +178,8 @@ pub async fn poll(
         None => None,
         Some(c) => match feed.hub.epoch().parse_cursor(c) {
             Ok(crate::event::CursorCheck::Ours(at)) => Some(at),
-            Ok(crate::event::CursorCheck::Foreign) => None,
+            // Another log's, or another generation's: the view's whole state is sent again.
+            Ok(crate::event::CursorCheck::Foreign | crate::event::CursorCheck::Other { .. }) => None,
             Err(_) => return Err(FeedError::BadRequest(format!("malformed cursor {c:?}"))),
         },
     };

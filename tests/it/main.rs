@@ -13,6 +13,7 @@ mod browser;
 mod capture;
 mod cli;
 mod delivery;
+mod failover;
 mod faults;
 mod fuzz;
 mod listener;

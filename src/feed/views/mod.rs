@@ -187,7 +187,7 @@ impl Views {
             let lost = self.shared.feed.hub.tap_lost();
             {
                 let mut state = self.lock();
-                let epoch = self.shared.feed.hub.epoch().clone();
+                let epoch = self.shared.feed.hub.epoch();
                 match item {
                     Relayed::Event(ev) => state.on_event(ev, &epoch, &mut reloads),
                     Relayed::Upto(at) => state.on_upto(at, &epoch, &mut reloads),
@@ -378,7 +378,7 @@ impl Views {
             needs_view: true,
         };
         let id = sub.id;
-        let epoch = self.shared.feed.hub.epoch().clone();
+        let epoch = self.shared.feed.hub.epoch();
         let read = self.lock().add(def, sub, &epoch)?;
         if let Some(window) = read {
             self.spawn_read(window);

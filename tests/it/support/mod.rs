@@ -10,6 +10,7 @@ pub mod browser;
 pub mod db;
 pub mod events;
 pub mod process;
+pub mod replica;
 pub mod rest;
 pub mod sse;
 pub mod views;

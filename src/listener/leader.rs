@@ -1,0 +1,235 @@
+//! One leader per database (README "Running many servers and failing over").
+//!
+//! Every server's listener tries session advisory lock [`LEADER_LOCK`] on its LISTEN session; the
+//! one that holds it leads, the others follow (`listener::follow`) and try again every
+//! [`TAKEOVER_TRY`], so leadership moves within about that long after the leader's session dies.
+//! Only the leader joins the idle set (writers NOTIFY only while it waits), settles, and writes
+//! the watermark: on the session that holds the lock, so a leader that lost its session (and with
+//! it the lock) can no longer write one, and two leaders never write at once.
+//!
+//! # Generations
+//! On taking the lock, and at every safety tick, the leader compares the database's timeline and
+//! system identifier with the newest generation. The timeline comes from the WAL file name of the
+//! current LSN (as Patroni does: the control file's lags after a fast promotion). When either
+//! differs, a standby was promoted (or the log moved to another cluster): the commits the old
+//! primary handed out past what the standby received are gone, and the sequence hands their seqs
+//! out again to other commits. The new generation's `last_good_seq` is the watermark row this
+//! database holds: written after the commits it covers, so it holds them too. A too low bound
+//! costs some clients a needless refresh; it is never too high. The seqs the old primary handed out
+//! past it that this database never saw are holes the leader settles as never committed, as any
+//! other (`pgfeed.settle`).
+//!
+//! Writers that commit on the new primary before its leader looks take seqs past the promoted
+//! sequence value; no server delivers them before a watermark covers them, and the leader writes
+//! none before it has recorded the new generation, so they are delivered under it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_postgres::Client;
+
+use crate::config::DurableWatermark;
+use crate::metrics::Metrics;
+
+use super::ListenerStatus;
+
+/// The advisory lock the leader holds on its LISTEN session, for as long as it leads.
+pub const LEADER_LOCK: i64 = 7133004;
+/// The channel the leader notifies after each watermark it writes; followers LISTEN on it.
+pub const WATERMARK_CHANNEL: &str = "pgfeed_watermark";
+/// How often a follower tries to take the lead (and reads the watermark, should a wake-up be lost).
+pub const TAKEOVER_TRY: Duration = Duration::from_secs(1);
+/// How often the leader asks whether the standby has flushed (`--durable-watermark standby`).
+const STANDBY_POLL: Duration = Duration::from_millis(5);
+/// A wait for the standby longer than this shows in `/healthz` and the log.
+const WAIT_IS_NEWS: Duration = Duration::from_secs(1);
+
+/// Takes the lead when nobody holds it; true when this session now leads.
+pub async fn try_lead(client: &Client) -> anyhow::Result<bool> {
+    let row = client
+        .query_one(&format!("select pg_try_advisory_lock({LEADER_LOCK})"), &[])
+        .await
+        .context("trying the leader lock")?;
+    Ok(row.get(0))
+}
+
+/// The generation the leader serves, and what a server in an older one must know to move to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub gen: i32,
+    /// The smallest `last_good_seq` of the generations after the one asked about.
+    pub good_after: Option<i64>,
+}
+
+/// Records a new generation when the database's timeline or system identifier differs from the
+/// newest one's (or none exists), and returns the current one, judged from `serving`, the
+/// generation the caller serves now. Runs on the leader's session only.
+pub async fn generation(client: &Client, serving: i32) -> anyhow::Result<Generation> {
+    let here = client
+        .query_one(
+            r#"select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,
+                      (select system_identifier from pg_control_system())"#,
+            &[],
+        )
+        .await
+        .context("reading the timeline")?;
+    let (timeline, system_id): (i32, i64) = (here.get(0), here.get(1));
+    let newest = client
+        .query_opt(
+            "select gen, timeline, system_id from pgfeed.generations order by gen desc limit 1",
+            &[],
+        )
+        .await
+        .context("reading the generations")?;
+    match newest {
+        Some(row) if row.get::<_, i32>(1) == timeline && row.get::<_, i64>(2) == system_id => {}
+        newest => {
+            let gen = newest.map_or(1, |r| r.get::<_, i32>(0) + 1);
+            // One transaction: the generation and the watermark's move to it.
+            client.batch_execute("begin").await?;
+            let written = async {
+                client
+                    .execute(
+                        r#"insert into pgfeed.generations (gen, timeline, system_id, last_good_seq)
+                           select $1, $2, $3, case when $1 = 1 then null else greatest(seq, pending) end
+                           from pgfeed.watermark"#,
+                        &[&gen, &timeline, &system_id],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "update pgfeed.watermark set gen = $1, timeline = $2, seq = greatest(seq, pending)",
+                        &[&gen, &timeline],
+                    )
+                    .await?;
+                client.batch_execute("commit").await
+            }
+            .await;
+            if let Err(e) = written {
+                let _ = client.batch_execute("rollback").await;
+                return Err(e).context("recording a new generation");
+            }
+            tracing::warn!(
+                gen,
+                timeline,
+                system_id,
+                "the database changed under the log: a new generation starts"
+            );
+        }
+    }
+    let row = client
+        .query_one(
+            r#"select (select max(gen) from pgfeed.generations),
+                      (select min(coalesce(last_good_seq, 0)) from pgfeed.generations where gen > $1)"#,
+            &[&serving],
+        )
+        .await
+        .context("reading the generations")?;
+    Ok(Generation {
+        gen: row.get(0),
+        good_after: row.get(1),
+    })
+}
+
+/// Writes the watermark for the leader, and waits for the standby when it must.
+#[derive(Debug)]
+pub struct Publisher {
+    pub durable: DurableWatermark,
+    /// `--durable-standby`: the standby to wait for (every connected one when `None`).
+    pub standby: Option<String>,
+    /// The newest seq published.
+    pub published: i64,
+}
+
+impl Publisher {
+    /// Lets every server deliver commits up to `upto` (all final, all read by the leader): writes
+    /// the watermark on the leader's session and wakes the followers. With
+    /// `--durable-watermark standby`, only once the standby has flushed the WAL that holds the
+    /// row's `pending` (and so every commit up to it); until then this waits, and `/healthz` says so.
+    pub async fn publish(
+        &mut self,
+        client: &Client,
+        upto: i64,
+        status: &ListenerStatus,
+        metrics: &Metrics,
+    ) -> anyhow::Result<()> {
+        if upto <= self.published {
+            return Ok(());
+        }
+        if self.durable == DurableWatermark::Standby {
+            let row = client
+                .query_one(
+                    r#"update pgfeed.watermark set pending = greatest(pending, $1), written_at = clock_timestamp()
+                       returning pending"#,
+                    &[&upto],
+                )
+                .await
+                .context("writing the pending watermark")?;
+            let _: i64 = row.get(0);
+            // Read after that commit: the WAL up to here holds the row.
+            let lsn: String = client
+                .query_one("select pg_current_wal_lsn()::text", &[])
+                .await
+                .context("reading the WAL position")?
+                .get(0);
+            self.wait_for_standby(client, &lsn, status, metrics).await?;
+        }
+        client
+            .query_one(
+                r#"with w as (
+                       update pgfeed.watermark
+                       set seq = greatest(seq, $1), pending = greatest(pending, $1),
+                           lsn = pg_current_wal_lsn(), written_at = clock_timestamp()
+                       returning seq
+                   )
+                   select pg_notify($2, (select seq from w)::text)"#,
+                &[&upto, &WATERMARK_CHANNEL],
+            )
+            .await
+            .context("writing the watermark")?;
+        self.published = upto;
+        metrics.watermark_seq.set(upto);
+        Ok(())
+    }
+
+    /// Waits until the standby has flushed the WAL up to `lsn`.
+    async fn wait_for_standby(
+        &self,
+        client: &Client,
+        lsn: &str,
+        status: &ListenerStatus,
+        metrics: &Metrics,
+    ) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let row = client
+                .query_one(
+                    r#"select count(*) filter (where flush_lsn >= $1::text::pg_lsn), count(*)
+                       from pg_stat_replication
+                       where $2::text is null or application_name = $2"#,
+                    &[&lsn, &self.standby],
+                )
+                .await
+                .context("asking whether the standby flushed")?;
+            let (flushed, connected): (i64, i64) = (row.get(0), row.get(1));
+            if connected > 0 && flushed == connected {
+                break;
+            }
+            // A standby flushes within a few ms; only a longer wait is news.
+            if !waited && started.elapsed() >= WAIT_IS_NEWS {
+                waited = true;
+                status.set_waiting(true);
+                metrics.watermark_waiting.set(1);
+                tracing::warn!(standby = ?self.standby, connected, "events wait for the durable standby to flush");
+            }
+            tokio::time::sleep(STANDBY_POLL).await;
+        }
+        if waited {
+            status.set_waiting(false);
+            metrics.watermark_waiting.set(0);
+            tracing::info!("the durable standby caught up");
+        }
+        Ok(())
+    }
+}
