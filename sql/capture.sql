@@ -191,17 +191,23 @@ $$;
 --   `pos` numbered on from the transaction's previous events in the order the statement changed
 --   its rows (updates: the order of the new rows), each update paired with the row as it was by
 --   primary key.
--- Why one row takes its own road: the set-based insert costs a 1-row statement about 20 µs (an
--- insert) to 50 µs (an update) more backend CPU than `insert … values` (per statement, one
--- transaction each, interleaved: insert 168 against 142 µs, update 254 against 202 µs, the
--- statement against the row trigger of earlier versions; fsync off), and a row trigger cannot
--- be skipped for large statements without its per-row call (PostgreSQL can't tell the row count
--- before the statement). Counting the transition table (`limit 2`) is what the choice costs.
+-- Why one row takes its own road, and what it still costs (backend CPU per 1-row statement, one
+-- transaction each, 3,000-4,000 in a row, interleaved, fsync off, on a box loaded by builds): the
+-- set-based insert made a 1-row insert 168 µs against 142 µs with the per-row trigger of earlier
+-- versions, a 1-row update 254 against 202 µs; the 1-row road (one query that counts up to 2 rows
+-- and renders the first) measured 193-293 against 163-247 µs (insert) and 290-317 against
+-- 243-347 µs (update) in another run (load average 11). A row trigger still does less for one
+-- row (it gets its row without a query), but one kept for small statements would fire for every
+-- row of a bulk statement as well (PostgreSQL can't tell the row count before the statement), or
+-- need a count per statement that another statement on the same table (a nested one) can upset,
+-- losing events; this version takes the statement road for every statement.
 --
 -- An update that changes a row's primary key cannot be paired by key (and two rows may even swap
 -- keys): the row trigger `pgfeed_capture_rekey`, whose WHEN clause sees the key change, logs such
 -- a row from OLD and NEW and marks the table's setting `pgfeed.rekey_<table oid>` with its pos;
--- the statement trigger that follows leaves out the new rows it logged (by their key).
+-- the statement trigger that follows leaves out the new rows it logged (by their key). Known
+-- limit: a key-changing update of the same table run by a trigger between those two (nested in
+-- the first statement's trigger phase) would clear the mark early.
 --
 -- Every writer runs this, so it is written for cost as much as for safety:
 -- - `security definer` lets writers that cannot touch the pgfeed schema still be captured. It has
