@@ -11,6 +11,7 @@ mod attack_streams;
 mod auth;
 mod browser;
 mod capture;
+mod capture_bulk;
 mod cli;
 mod delivery;
 mod failover;
