@@ -49,8 +49,8 @@ pub struct Args {
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub pass: Duration,
 
-    /// `writers`: rounds per writer count, each one pass of every variant in turn; the median
-    /// of the per-round ratios is reported.
+    /// `writers`: rounds per writer count, each one pass of every variant in turn; `bulk`: rounds
+    /// of the statements on each table. The median of the per-round ratios is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
 
@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<u32>,
 
-    /// Rows inserted by `burst` (default 20000), replayed by `catchup` (default 100000), or the
+    /// Rows inserted by `burst` (default 20000), replayed by `catchup` (default 100000), per
+    /// statement of `bulk` (default 100000), or the
     /// studies `views` and `admin-page` run on (default 1000000).
     #[arg(long)]
     pub rows: Option<usize>,
@@ -94,6 +95,9 @@ pub enum Scenario {
     Idle,
     Catchup,
     Writers,
+    /// 100,000-row insert, update and delete with and without capture, then `writers`. Not part
+    /// of `all`, which runs `writers` already.
+    Bulk,
     Views,
     /// Not part of `all`: needs node and Chromium.
     AdminPage,

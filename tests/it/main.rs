@@ -12,6 +12,7 @@ mod auth;
 mod bench;
 mod browser;
 mod capture;
+mod capture_bulk;
 mod cli;
 mod delivery;
 mod failover;

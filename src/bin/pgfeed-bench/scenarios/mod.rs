@@ -2,6 +2,7 @@
 //! measures, stops it, and prints a table and one JSON line.
 
 mod admin_page;
+mod bulk;
 mod catchup;
 mod idle;
 mod streams;
@@ -19,6 +20,7 @@ use crate::report;
 use crate::setup::{self, BenchDb, Server};
 use crate::{Args, Scenario};
 use admin_page::admin_page;
+use bulk::bulk;
 use catchup::catchup;
 use idle::idle;
 use streams::{stream_scenario, Load};
@@ -65,6 +67,11 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
         Scenario::Idle => idle(args.subscribers.unwrap_or(10_000), args, db, &server).await,
         Scenario::Catchup => catchup(args.rows.unwrap_or(100_000), args, db, &server).await,
         Scenario::Writers => writers(args, db, &server).await,
+        // Bulk statements, then the 1-row writers beside them (issue 19 sets targets for both).
+        Scenario::Bulk => match bulk(args, db, &server).await {
+            Ok(()) => writers(args, db, &server).await,
+            Err(e) => Err(e),
+        },
         Scenario::Views => views(args, db, &server).await,
         Scenario::AdminPage => admin_page(args, db, &server).await,
         Scenario::All => unreachable!("expanded by the caller"),

@@ -247,9 +247,10 @@ pub(super) async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyho
         table.push((
             format!("{w:>2} writers"),
             format!(
-                "no trigger {p:>6.0} · bare NOTIFY {n:>6.0} ({:.2}×) · capture {c:>6.0} TPS = {ratio:.2}× bare NOTIFY \
+                "no trigger {p:>6.0} · bare NOTIFY {n:>6.0} ({:.2}×) · capture {c:>6.0} TPS ({:.2}×) = {ratio:.2}× bare NOTIFY \
                  (rounds {})",
                 n / p.max(1e-9),
+                c / p.max(1e-9),
                 per_round
                     .iter()
                     .map(|r| format!("{r:.2}"))
@@ -304,7 +305,7 @@ pub(super) async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyho
         rows.push(json!({
             "stamp_gap_us": {"p10": gap(0).round(), "p50": gap(1).round(), "p90": gap(2).round()},
             "writers": w, "no_trigger_tps": p.round(), "notify_tps": n.round(), "capture_tps": c.round(),
-            "capture_vs_notify": report::round(ratio),
+            "capture_vs_notify": report::round(ratio), "capture_vs_no_trigger": report::round(c / p.max(1e-9)),
             "capture_vs_notify_rounds": per_round.iter().map(|r| report::round(*r)).collect::<Vec<_>>(),
             "cpu_us_per_txn": {"no_trigger": cpu(plain).round(), "notify": cpu(notify).round(), "capture": cpu(capture).round(),
                 "capture_pgfeed_process": report::median(&capture.pgfeed_us).round(),
