@@ -3,7 +3,7 @@
 //! Each scenario starts the `pgfeed` binary that sits next to this one (build both with
 //! `cargo build --release`), pointed at the bench's own PostgreSQL: a private, durable cluster in a
 //! temp dir (fsync on, like production), or `--database-url`. Writers are separate PostgreSQL
-//! connections, never calls into pgfeed; subscribers are WebSocket clients on loopback, spread over
+//! connections, never calls into pgfeed; subscribers are WebSocket (or Socket.IO, `--transport socketio`) clients on loopback, spread over
 //! 127.0.0.2… source addresses so that a per-IP connection limit never caps a scenario.
 //!
 //! Every scenario is bounded in time and count and prints a human table, then one JSON line.
@@ -29,12 +29,19 @@ pub struct Args {
     /// Which scenario to run; `all` runs each in turn.
     pub scenario: Scenario,
 
+    /// What the subscribers of latency, fanout, burst and idle speak: `ws` (`/ws`) or `socketio`
+    /// (`/socket.io/`, Engine.IO 4 over WebSocket; not long-polling). With `socketio`, `all`
+    /// runs only those four.
+    #[arg(long, value_enum, default_value_t = client::Transport::Ws)]
+    pub transport: client::Transport,
+
     /// PostgreSQL to use (a scratch database: the bench writes rows and tables into it).
     /// Without it, the bench runs a private durable cluster in a temp dir and removes it afterwards.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// How long `latency` and `fanout` write for (default 20 s), or `views` updates (default 30 s).
+    /// How long `latency` and `fanout` write for (default 20 s), `views` updates (default 30 s), or
+    /// `idle` connections sit idle before one row wakes them (default 2 s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
@@ -118,8 +125,10 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     setup::raise_file_limit();
-    let db = setup::BenchDb::open(args.database_url.as_deref()).await?;
     let list = match args.scenario {
+        Scenario::All if args.transport == client::Transport::Socketio => {
+            vec![Scenario::Latency, Scenario::Fanout, Scenario::Burst, Scenario::Idle]
+        }
         Scenario::All => vec![
             Scenario::Latency,
             Scenario::Fanout,
@@ -132,6 +141,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ],
         one => vec![one],
     };
+    if let Some(other) = list.iter().find(|s| !scenarios::over_any_transport(**s)) {
+        if args.transport != client::Transport::Ws {
+            anyhow::bail!("--transport socketio applies to latency, fanout, burst and idle, not {other:?}");
+        }
+    }
+    let db = setup::BenchDb::open(args.database_url.as_deref()).await?;
     let mut result = Ok(());
     for scenario in list {
         let r = scenarios::run(scenario, &args, &db).await;

@@ -9,6 +9,7 @@ mod attack_edge;
 mod attack_files;
 mod attack_streams;
 mod auth;
+mod bench;
 mod browser;
 mod capture;
 mod capture_bulk;

@@ -1,4 +1,12 @@
-//! WebSocket subscribers: real sockets to the real server, from 127.0.0.2… source addresses.
+//! Subscribers: real sockets to the real server, from 127.0.0.2… source addresses, speaking
+//! pgfeed's own protocol on `/ws` or Socket.IO on `/socket.io/` ([`Transport`]).
+//!
+//! Socket.IO is spoken here by hand, over the same tokio-tungstenite socket, rather than through a
+//! Socket.IO client crate: the few packets the bench needs (Engine.IO 4 open `0{…}`, ping `2` and
+//! pong `3`; Socket.IO 5 connect `40`, event `42[…]`, ack `43<id>[…]`, disconnect `41`) are a
+//! prefix each, the client then costs what the `/ws` one costs (the figures are the server's, not
+//! a client library's), and events are read with the same no-parse [`parse_event`]. Only the
+//! WebSocket transport is spoken: HTTP long-polling is not measured.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +23,40 @@ use tokio_tungstenite::WebSocketStream;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// Which protocol the subscribers speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// pgfeed's own protocol on `/ws`.
+    #[default]
+    Ws,
+    /// Socket.IO 5 over Engine.IO 4's WebSocket transport on `/socket.io/` (README "Socket.IO").
+    Socketio,
+}
+
+impl Transport {
+    /// Its `--transport` value, for the JSON lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Socketio => "socketio",
+        }
+    }
+
+    /// How the tables name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Ws => "WebSocket /ws",
+            Transport::Socketio => "Socket.IO (Engine.IO 4 over WebSocket)",
+        }
+    }
+}
+
+/// A subscriber's socket and the protocol it speaks on it.
+pub struct Sub {
+    pub ws: Ws,
+    pub transport: Transport,
+}
+
 /// Connections per loopback source address: below the planned per-IP limit (256 by default), so
 /// every scenario stays valid once that limit exists. All of 127.0.0.0/8 is loopback on Linux.
 const PER_SOURCE: usize = 200;
@@ -28,6 +70,33 @@ pub fn now_us() -> i64 {
 
 /// Opens subscriber number `index`'s WebSocket to `/ws`, from 127.0.0.(2 + index / 200).
 pub async fn connect(server: SocketAddr, index: usize) -> anyhow::Result<Ws> {
+    open(server, index, "/ws").await
+}
+
+/// Opens subscriber number `index` over `transport`; a Socket.IO one has joined the default
+/// namespace when this returns.
+pub async fn connect_over(server: SocketAddr, index: usize, transport: Transport) -> anyhow::Result<Sub> {
+    let ws = match transport {
+        Transport::Ws => connect(server, index).await?,
+        Transport::Socketio => {
+            let mut ws = open(server, index, "/socket.io/?EIO=4&transport=websocket").await?;
+            sio_join(&mut ws).await?;
+            ws
+        }
+    };
+    Ok(Sub { ws, transport })
+}
+
+/// Subscribes `sub` to `topic` and waits for the answer; returns its cursor.
+pub async fn subscribe_over(sub: &mut Sub, topic: &str) -> anyhow::Result<String> {
+    match sub.transport {
+        Transport::Ws => subscribe(&mut sub.ws, topic, None).await,
+        Transport::Socketio => sio_subscribe(&mut sub.ws, topic).await,
+    }
+}
+
+/// A WebSocket to `path` (and query) on `server`, from subscriber `index`'s source address.
+async fn open(server: SocketAddr, index: usize, path: &str) -> anyhow::Result<Ws> {
     let third = 2 + index / PER_SOURCE;
     if third > 254 * 256 {
         bail!("too many subscribers for the loopback source addresses");
@@ -42,7 +111,7 @@ pub async fn connect(server: SocketAddr, index: usize) -> anyhow::Result<Ws> {
     // Small, because tungstenite zero-fills the read buffer before each read, and 10,000 of them
     // live in this process during `idle`.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{server}/ws"), stream, Some(config))
+    let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{server}{path}"), stream, Some(config))
         .await
         .context("WebSocket handshake")?;
     Ok(ws)
@@ -142,16 +211,127 @@ pub struct Tally {
     pub other: u64,
 }
 
+/// Waits for Engine.IO's open packet, then joins the default namespace (no `auth`: the bench's
+/// server runs without `--jwt-secret`).
+async fn sio_join(ws: &mut Ws) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let text = next_text(ws).await?;
+            match packet(&text) {
+                Packet::Open => ws.send(Message::text("40")).await?,
+                Packet::Ping => ws.send(Message::text("3")).await?,
+                Packet::Connected => return Ok(()),
+                Packet::Refused(why) => bail!("Socket.IO connect refused: {why}"),
+                Packet::Gone => bail!("disconnected before joining the namespace"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("not connected to the Socket.IO namespace within 30 s")?
+}
+
+/// `emit("subscribe", {topic}, ack)`, waiting for the ack; returns its cursor.
+async fn sio_subscribe(ws: &mut Ws, topic: &str) -> anyhow::Result<String> {
+    // The one ack this socket asks for: its id is 0.
+    let emit = format!("420{}", json!(["subscribe", {"topic": topic}]));
+    ws.send(Message::text(emit)).await?;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let text = next_text(ws).await?;
+            match packet(&text) {
+                Packet::Ping => ws.send(Message::text("3")).await?,
+                Packet::Ack(0, args) => {
+                    let v: serde_json::Value = serde_json::from_str(args)?;
+                    match v[0]["cursor"].as_str() {
+                        Some(cursor) if v[0]["error"].is_null() => return Ok(cursor.to_owned()),
+                        _ => bail!("subscribe to {topic} answered {v}"),
+                    }
+                }
+                Packet::Event("closing", why) => bail!("closed before the ack: {why}"),
+                Packet::Gone => bail!("disconnected before the ack"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("no subscribe ack within 30 s")?
+}
+
+/// The next text message, skipping WebSocket control frames.
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    while let Some(msg) = ws.next().await {
+        match msg? {
+            Message::Text(t) => return Ok(t.as_str().to_owned()),
+            Message::Close(frame) => bail!("the server closed the WebSocket: {frame:?}"),
+            _ => {}
+        }
+    }
+    bail!("connection closed")
+}
+
+/// One Engine.IO 4 / Socket.IO 5 packet of the default namespace, as far as the bench reads it.
+#[derive(Debug, PartialEq, Eq)]
+enum Packet<'a> {
+    /// Engine.IO open `0{sid, pingInterval, …}`.
+    Open,
+    /// Engine.IO ping `2`: unanswered, the server closes the connection after its ping timeout.
+    Ping,
+    /// Socket.IO connect `40{sid}`: the namespace is joined.
+    Connected,
+    /// Socket.IO connect error `44{message}`.
+    Refused(&'a str),
+    /// Socket.IO event `42["name",data]`: its name, and the rest after the name (`,data]`).
+    Event(&'a str, &'a str),
+    /// Socket.IO ack `43<id>[args]`: its id and its arguments array.
+    Ack(u64, &'a str),
+    /// Engine.IO close `1` or Socket.IO disconnect `41`.
+    Gone,
+    Other,
+}
+
+fn packet(text: &str) -> Packet<'_> {
+    match text.as_bytes() {
+        [b'0', ..] => Packet::Open,
+        [b'1'] | [b'4', b'1', ..] => Packet::Gone,
+        [b'2'] => Packet::Ping,
+        [b'4', b'0', ..] => Packet::Connected,
+        [b'4', b'4', ..] => Packet::Refused(&text[2..]),
+        // Event names are pgfeed's types and `closing`: plain words, never an escaped quote.
+        [b'4', b'2', ..] => text[2..]
+            .strip_prefix("[\"")
+            .and_then(|rest| rest.find('"').map(|end| Packet::Event(&rest[..end], &rest[end + 1..])))
+            .unwrap_or(Packet::Other),
+        [b'4', b'3', ..] => {
+            let rest = &text[2..];
+            let digits = rest.find('[').unwrap_or(rest.len());
+            rest[..digits]
+                .parse()
+                .map_or(Packet::Other, |id| Packet::Ack(id, &rest[digits..]))
+        }
+        _ => Packet::Other,
+    }
+}
+
 /// Reads events until the count published on `target` is reached, the server closes, or
-/// `deadline` passes.
-pub async fn receive(mut ws: Ws, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
-    let tally = receive_on(&mut ws, target, deadline).await;
-    let _ = ws.close(None).await;
+/// `deadline` passes; then closes the socket.
+pub async fn receive(mut sub: Sub, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
+    let tally = receive_frames(&mut sub.ws, sub.transport, target, deadline).await;
+    let _ = sub.ws.close(None).await;
     tally
 }
 
-/// [`receive`] on a socket that stays open afterwards.
-pub async fn receive_on(ws: &mut Ws, mut target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
+/// [`receive`] on a `/ws` socket that stays open afterwards.
+pub async fn receive_on(ws: &mut Ws, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
+    receive_frames(ws, Transport::Ws, target, deadline).await
+}
+
+async fn receive_frames(
+    ws: &mut Ws,
+    transport: Transport,
+    mut target: watch::Receiver<Option<usize>>,
+    deadline: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let mut last = (i64::MIN, i32::MIN);
     loop {
@@ -162,26 +342,37 @@ pub async fn receive_on(ws: &mut Ws, mut target: watch::Receiver<Option<usize>>,
         }
         tokio::select! {
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => match parse_event(t.as_str()) {
-                    Some(seen) => {
-                        let at = now_us();
-                        if (seen.seq, seen.pos) <= last {
-                            tally.out_of_order += 1;
-                        }
-                        last = (seen.seq, seen.pos);
-                        tally.ids.push(seen.id);
-                        if let Some(stamp) = seen.stamp_us {
-                            tally.latencies_us.push((at - stamp).clamp(0, u32::MAX as i64) as u32);
-                        }
-                        if let Some(c) = seen.committed_us {
-                            tally.relay_us.push((at - c).clamp(0, u32::MAX as i64) as u32);
-                        }
-                        tally.last_at_us = at;
+                Some(Ok(Message::Text(t))) => {
+                    let event = match transport {
+                        Transport::Ws => Some(t.as_str()),
+                        Transport::Socketio => match packet(t.as_str()) {
+                            // Before the namespace disconnect, the `/ws` close code.
+                            Packet::Event("closing", why) => {
+                                tally.closed = Some(number_after(why, "\"code\":").map_or(1005, |c| c as u16));
+                                continue;
+                            }
+                            Packet::Event(_, data) => Some(data),
+                            Packet::Ping => {
+                                if ws.send(Message::text("3")).await.is_err() {
+                                    tally.closed.get_or_insert(1006);
+                                    break;
+                                }
+                                continue;
+                            }
+                            Packet::Gone => {
+                                tally.closed.get_or_insert(1005);
+                                break;
+                            }
+                            _ => None,
+                        },
+                    };
+                    match event.and_then(parse_event) {
+                        Some(seen) => tally.record(seen, &mut last),
+                        None => tally.other += 1,
                     }
-                    None => tally.other += 1,
-                },
+                }
                 Some(Ok(Message::Close(frame))) => {
-                    tally.closed = Some(frame.map_or(1005, |f| f.code.into()));
+                    tally.closed.get_or_insert(frame.map_or(1005, |f| f.code.into()));
                     break;
                 }
                 Some(Ok(_)) => {}
@@ -195,6 +386,25 @@ pub async fn receive_on(ws: &mut Ws, mut target: watch::Receiver<Option<usize>>,
         }
     }
     tally
+}
+
+impl Tally {
+    /// Counts one event; `last` is the (seq, pos) of the one before.
+    fn record(&mut self, seen: Seen, last: &mut (i64, i32)) {
+        let at = now_us();
+        if (seen.seq, seen.pos) <= *last {
+            self.out_of_order += 1;
+        }
+        *last = (seen.seq, seen.pos);
+        self.ids.push(seen.id);
+        if let Some(stamp) = seen.stamp_us {
+            self.latencies_us.push((at - stamp).clamp(0, u32::MAX as i64) as u32);
+        }
+        if let Some(c) = seen.committed_us {
+            self.relay_us.push((at - c).clamp(0, u32::MAX as i64) as u32);
+        }
+        self.last_at_us = at;
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +421,33 @@ mod tests {
         );
         assert_eq!(seen.committed_us, Some(1_700_000_000_123_457));
         assert!(parse_event(r#"{"type":"pong"}"#).is_none());
+    }
+
+    #[test]
+    fn socketio_packets_are_told_apart_by_their_prefix() {
+        assert_eq!(packet(r#"0{"sid":"x","pingInterval":25000}"#), Packet::Open);
+        assert_eq!(packet("2"), Packet::Ping);
+        assert_eq!(packet(r#"40{"sid":"y"}"#), Packet::Connected);
+        assert_eq!(
+            packet(r#"44{"message":"unauthorized: no token"}"#),
+            Packet::Refused(r#"{"message":"unauthorized: no token"}"#)
+        );
+        assert_eq!(
+            packet(r#"430[{"cursor":"c","topic":"t"}]"#),
+            Packet::Ack(0, r#"[{"cursor":"c","topic":"t"}]"#)
+        );
+        assert_eq!(packet("41"), Packet::Gone);
+        assert_eq!(packet("1"), Packet::Gone);
+        assert_eq!(packet("3"), Packet::Other);
+        let frame = r#"42["message_created",{"type":"message_created","cursor":"ab12-41-3","id":7,"data":{"id":7,"body":"1700000000123456"}}]"#;
+        let Packet::Event(name, data) = packet(frame) else {
+            panic!("not an event: {frame}");
+        };
+        assert_eq!(name, "message_created");
+        let seen = parse_event(data).unwrap();
+        assert_eq!(
+            (seen.seq, seen.pos, seen.id, seen.stamp_us),
+            (41, 3, 7, Some(1_700_000_000_123_456))
+        );
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::{stream, StreamExt};
 use serde_json::json;
 
-use crate::client::{self, Ws};
+use crate::client::{self, Sub, Transport};
 use crate::report;
 use crate::setup::{self, BenchDb, Server};
 use crate::{Args, Scenario};
@@ -64,7 +64,7 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
             };
             stream_scenario("burst", args.subscribers.unwrap_or(10), load, args, db, &server).await
         }
-        Scenario::Idle => idle(args.subscribers.unwrap_or(10_000), db, &server).await,
+        Scenario::Idle => idle(args.subscribers.unwrap_or(10_000), args, db, &server).await,
         Scenario::Catchup => catchup(args.rows.unwrap_or(100_000), args, db, &server).await,
         Scenario::Writers => writers(args, db, &server).await,
         // Bulk statements, then the 1-row writers beside them (issue 19 sets targets for both).
@@ -78,6 +78,14 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
     };
     server.stop().await?;
     outcome
+}
+
+/// Whether `scenario` runs over `--transport socketio` too (the others speak `/ws` only).
+pub fn over_any_transport(scenario: Scenario) -> bool {
+    matches!(
+        scenario,
+        Scenario::Latency | Scenario::Fanout | Scenario::Burst | Scenario::Idle
+    )
 }
 
 /// The machine, for the README's performance section and the top of a run.
@@ -110,17 +118,23 @@ pub async fn machine(db: &BenchDb) -> serde_json::Value {
     json!({"cores": cores, "memory_gib": report::round(mem_kib as f64 / 1048576.0), "cpu": cpu, "postgresql": pg, "loadavg_1m": load})
 }
 
-/// Opens `n` subscribers, each subscribed to `topic`.
-pub(super) async fn subscribers(server: &Server, n: usize, topic: &str, concurrency: usize) -> anyhow::Result<Vec<Ws>> {
+/// Opens `n` subscribers over `transport`, each subscribed to `topic`.
+pub(super) async fn subscribers(
+    server: &Server,
+    transport: Transport,
+    n: usize,
+    topic: &str,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Sub>> {
     let addr = server.addr;
     let topic: Arc<str> = topic.into();
-    let all: Vec<anyhow::Result<Ws>> = stream::iter(0..n)
+    let all: Vec<anyhow::Result<Sub>> = stream::iter(0..n)
         .map(|i| {
             let topic = topic.clone();
             async move {
-                let mut ws = client::connect(addr, i).await?;
-                client::subscribe(&mut ws, &topic, None).await?;
-                Ok(ws)
+                let mut sub = client::connect_over(addr, i, transport).await?;
+                client::subscribe_over(&mut sub, &topic).await?;
+                Ok(sub)
             }
         })
         .buffered(concurrency)

@@ -1,0 +1,93 @@
+//! `pgfeed-bench --transport socketio` as the lead runs it, briefly: its hand-spoken Socket.IO
+//! subscribers must see every row once and in order, or its figures mean nothing. Only the
+//! counts are asserted, never a timing.
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::support::process::BIN;
+use crate::support::TestDb;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_pgfeed-bench");
+
+/// Runs the bench on `db` and returns the JSON line its scenario printed last.
+async fn bench(db: &TestDb, args: &[&str]) -> Value {
+    let out = Command::new(BENCH)
+        .args(args)
+        .args(["--transport", "socketio", "--database-url", &db.url, "--pgfeed", BIN])
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("running pgfeed-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgfeed-bench {args:?} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in:\n{stdout}"));
+    serde_json::from_str(line).expect("the bench's JSON line")
+}
+
+#[tokio::test]
+async fn bench_socketio_subscribers_receive_every_row_once_and_in_order() {
+    let db = TestDb::create().await;
+    let r = bench(
+        &db,
+        &[
+            "latency",
+            "--duration",
+            "1s",
+            "--rate",
+            "40",
+            "--subscribers",
+            "3",
+            "--writers",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(r["transport"], "socketio");
+    assert!(r["rows"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["deliveries"], r["expected"], "{r}");
+    assert_eq!(
+        (&r["lost"], &r["doubled"], &r["out_of_order"], &r["short_subscribers"]),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
+        "{r}"
+    );
+    assert_eq!(r["meets_target"], true, "{r}");
+}
+
+#[tokio::test]
+async fn bench_socketio_idle_sockets_are_all_woken_by_one_row() {
+    let db = TestDb::create().await;
+    let r = bench(&db, &["idle", "--subscribers", "5", "--duration", "1s"]).await;
+    assert_eq!((&r["transport"], &r["reached"]), (&"socketio".into(), &6.into()), "{r}");
+}
+
+#[tokio::test]
+async fn bench_refuses_socketio_for_a_scenario_that_speaks_ws_only() {
+    let out = Command::new(BENCH)
+        .args([
+            "catchup",
+            "--transport",
+            "socketio",
+            "--database-url",
+            "postgres://unused.invalid/x",
+        ])
+        .output()
+        .await
+        .expect("running pgfeed-bench");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--transport socketio applies to latency"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
