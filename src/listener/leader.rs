@@ -109,12 +109,16 @@ pub async fn generation(client: &Client, serving: i32) -> anyhow::Result<Generat
                 let _ = client.batch_execute("rollback").await;
                 return Err(e).context("recording a new generation");
             }
-            tracing::warn!(
-                gen,
-                timeline,
-                system_id,
-                "the database changed under the log: a new generation starts"
-            );
+            if gen == 1 {
+                tracing::info!(gen, timeline, system_id, "the log's first generation starts");
+            } else {
+                tracing::warn!(
+                    gen,
+                    timeline,
+                    system_id,
+                    "the database changed under the log: a new generation starts"
+                );
+            }
         }
     }
     let row = client

@@ -79,7 +79,7 @@ pub struct State {
     pub since_mark: SinceMark,
     last_cursor: Option<String>,
     /// The last `view` came with `"count":null`: its count follows in a delta of no ops at the
-    /// same cursor, which is not a second delta for one commit.
+    /// cursor of the frame before it, which is not a second delta for one commit.
     count_coming: bool,
 }
 
@@ -222,7 +222,11 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 if ops.len() > 2 * limit {
                     s.oversized += 1;
                 }
-                let count_came = std::mem::take(&mut s.count_coming) && ops.is_empty() && frame.count.is_some();
+                // (A delta of the view's first commits may come before the count does.)
+                let count_came = s.count_coming && ops.is_empty() && frame.count.is_some();
+                if frame.count.is_some() {
+                    s.count_coming = false;
+                }
                 if frame.cursor.is_some() && frame.cursor == s.last_cursor && !count_came {
                     s.repeated_cursors += 1;
                 }
