@@ -290,17 +290,6 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         }
         status.set_leader(true);
         metrics.leader.set(1);
-        // With `--durable-watermark local`, the leader's own commits (the watermark after each
-        // page, a new generation) do not wait for a WAL flush: the watermark is on every
-        // delivery's path, and one lost in a crash only sets it back to a seq that is just as true
-        // (every commit it covers is durable itself). (With `standby`, the WAL must reach the
-        // standby at once: an asynchronous commit's waits for the WAL writer.)
-        if listener.durable == crate::config::DurableWatermark::Local {
-            client
-                .batch_execute("set synchronous_commit = off")
-                .await
-                .context("setting up the leader's session")?;
-        }
         let mut lead = Lead {
             client: &client,
             status,
