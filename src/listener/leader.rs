@@ -43,6 +43,13 @@ pub const TAKEOVER_TRY: Duration = Duration::from_secs(1);
 const STANDBY_POLL: Duration = Duration::from_millis(5);
 /// A wait for the standby longer than this shows in `/healthz` and the log.
 const WAIT_IS_NEWS: Duration = Duration::from_secs(1);
+/// With `--durable-watermark local` and no other server following, the watermark is written at
+/// most this often: nobody reads it but a new generation's `last_good_seq` after a failover, for
+/// which an older one is as true (only more cursors are judged diverged). Each write is a commit
+/// of its own, and at low load one per writer's commit: a second WAL flush for each.
+const ALONE_EVERY: Duration = Duration::from_secs(1);
+/// How often the leader looks whether other servers follow it.
+const FOLLOWERS_EVERY: Duration = Duration::from_secs(1);
 
 /// Takes the lead when nobody holds it; true when this session now leads.
 pub async fn try_lead(client: &Client) -> anyhow::Result<bool> {
@@ -143,6 +150,44 @@ pub struct Publisher {
     pub standby: Option<String>,
     /// The newest seq published.
     pub published: i64,
+    /// Whether other servers' listeners were connected when last looked, and when that was.
+    pub followers: Option<(bool, tokio::time::Instant)>,
+    /// When the watermark was last written.
+    pub written: Option<tokio::time::Instant>,
+}
+
+impl Publisher {
+    pub fn new(durable: DurableWatermark, standby: Option<String>) -> Publisher {
+        Publisher {
+            durable,
+            standby,
+            published: 0,
+            followers: None,
+            written: None,
+        }
+    }
+
+    /// Whether another server's listener is connected to this database (looked up at most every
+    /// [`FOLLOWERS_EVERY`]).
+    async fn followed(&mut self, client: &Client) -> anyhow::Result<bool> {
+        if let Some((followed, at)) = self.followers {
+            if at.elapsed() < FOLLOWERS_EVERY {
+                return Ok(followed);
+            }
+        }
+        let followed: bool = client
+            .query_one(
+                r#"select exists (select from pg_stat_activity
+                                  where application_name = $1 and datname = current_database()
+                                    and pid <> pg_backend_pid())"#,
+                &[&super::APPLICATION_NAME],
+            )
+            .await
+            .context("looking for followers")?
+            .get(0);
+        self.followers = Some((followed, tokio::time::Instant::now()));
+        Ok(followed)
+    }
 }
 
 impl Publisher {
@@ -158,6 +203,12 @@ impl Publisher {
         metrics: &Metrics,
     ) -> anyhow::Result<()> {
         if upto <= self.published {
+            return Ok(());
+        }
+        if self.durable == DurableWatermark::Local
+            && self.written.is_some_and(|at| at.elapsed() < ALONE_EVERY)
+            && !self.followed(client).await?
+        {
             return Ok(());
         }
         if self.durable == DurableWatermark::Standby {
@@ -192,6 +243,7 @@ impl Publisher {
             .await
             .context("writing the watermark")?;
         self.published = upto;
+        self.written = Some(tokio::time::Instant::now());
         metrics.watermark_seq.set(upto);
         Ok(())
     }

@@ -293,11 +293,7 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         let mut lead = Lead {
             client: &client,
             status,
-            publisher: leader::Publisher {
-                durable: listener.durable,
-                standby: listener.durable_standby.clone(),
-                published: 0,
-            },
+            publisher: leader::Publisher::new(listener.durable, listener.durable_standby.clone()),
         };
         // Before anything is relayed: the generation it is relayed under, and a watermark
         // covering what this server relayed (every seq up to it is final).
