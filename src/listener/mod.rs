@@ -473,13 +473,7 @@ pub async fn follow_relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metric
             }
         };
         let full = rows.len() as i64 == log::PAGE;
-        metrics.events_relayed.inc_by(rows.len() as u64);
-        if let Some(last) = rows.last() {
-            metrics.last_relayed_seq.set(last.seq);
-        }
-        let epoch = hub.epoch();
-        hub.tap_room(rows.len() + 1).await;
-        hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
+        publish_page(hub, metrics, rows).await;
         if !full {
             hub.advance(Position::end_of(wm.seq));
             return Ok(());
@@ -607,13 +601,7 @@ async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics, lead: &m
             _ => read.upto,
         };
         lead.publish(covered, metrics).await?;
-        metrics.events_relayed.inc_by(rows.len() as u64);
-        if let Some(last) = rows.last() {
-            metrics.last_relayed_seq.set(last.seq);
-        }
-        let epoch = hub.epoch();
-        hub.tap_room(rows.len() + 1).await;
-        hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
+        publish_page(hub, metrics, rows).await;
         if full {
             continue;
         }
@@ -629,6 +617,17 @@ async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics, lead: &m
             return Ok(());
         }
     }
+}
+
+/// Hands a page of the log to the hub (leader and followers alike), once the views have room.
+async fn publish_page(hub: &Hub, metrics: &Metrics, rows: Vec<crate::event::LogRow>) {
+    metrics.events_relayed.inc_by(rows.len() as u64);
+    if let Some(last) = rows.last() {
+        metrics.last_relayed_seq.set(last.seq);
+    }
+    let epoch = hub.epoch();
+    hub.tap_room(rows.len() + 1).await;
+    hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
 }
 
 #[cfg(test)]
