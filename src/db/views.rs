@@ -67,10 +67,11 @@ pub async fn read(pool: &PgPool, sql: &WindowSql) -> Result<(Reading, Vec<String
     let started = std::time::Instant::now();
     let (mut tx, at) = snapshot::begin(pool).await?;
     let barrier = started.elapsed();
-    // Unnamed statements (`persistent(false)`): PostgreSQL plans each with its values. A prepared
-    // one goes to a generic plan after five runs, which cannot see that `label >= 'L5'` matches
-    // nothing or that an `ilike` pattern has a prefix, and then walks the order's whole index
-    // (seen: 5 to 9 s for a window on 1,000,000 studies that the planner answers in 0.2 ms).
+    // Planned with its values (`snapshot::begin` sets `plan_cache_mode`): a generic plan cannot
+    // see that `label >= 'L5'` matches nothing or that an `ilike` pattern has a prefix, and walks
+    // the order's whole index (seen: 1.5 to 9 s for a window on 1,000,000 studies that the planner
+    // answers in 0.2 ms with the value). Unnamed (`persistent(false)`): each definition's text
+    // runs once or at a refill, so caching it per connection would only fill the cache.
     let mut rows = sqlx::query_scalar::<_, String>(&sql.rows).persistent(false);
     for b in &sql.binds {
         rows = rows.bind(b);
