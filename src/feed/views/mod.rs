@@ -94,6 +94,13 @@ struct Slot {
     subs: Vec<Sub>,
 }
 
+/// Maps and sets on the engine's hot path (every change × every window it may touch): foldhash,
+/// several times faster than std's SipHash on short keys. Its seeds are random per map, and what
+/// a client or writer can fill these with is bounded (a window's key sets hold at most 3 × limit
+/// keys; windows are bounded by [`MAX_HELD_ROWS`]), so even crafted collisions cost a bounded scan.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// A window, by a number: a change of a table touches many windows, and a definition's text
 /// (its key in `by_def`) is long to hash and compare for each.
 type WinId = u64;
@@ -102,7 +109,7 @@ type WinId = u64;
 #[derive(Debug)]
 struct TableViews {
     table: Arc<Table>,
-    by_value: HashMap<(usize, String), Vec<WinId>>,
+    by_value: FastMap<(usize, String), Vec<WinId>>,
     /// The columns `by_value` is keyed on.
     pinned: Vec<usize>,
     others: Vec<WinId>,
@@ -118,7 +125,7 @@ impl TableViews {
 
 #[derive(Debug, Default)]
 struct State {
-    windows: HashMap<WinId, Slot>,
+    windows: FastMap<WinId, Slot>,
     /// Each definition's window (`Def::id`).
     by_def: HashMap<Arc<str>, WinId>,
     next_id: WinId,
@@ -126,7 +133,7 @@ struct State {
     /// The seq whose changes are being applied.
     current: Option<i64>,
     /// Windows the current commit changed.
-    dirty: HashSet<WinId>,
+    dirty: FastSet<WinId>,
     /// Just after the last whole commit applied.
     relayed: Position,
     /// Rows the windows may hold together (twice each limit).
@@ -512,7 +519,7 @@ impl State {
             .entry(def.table.topic.clone())
             .or_insert_with(|| TableViews {
                 table: def.table.clone(),
-                by_value: HashMap::new(),
+                by_value: FastMap::default(),
                 pinned: Vec::new(),
                 others: Vec::new(),
             });

@@ -355,10 +355,8 @@ impl Op {
             Op::NotNull => true,
             Op::IsTrue => matches!(v, Val::Bool(true)),
             Op::IsFalse => matches!(v, Val::Bool(false)),
-            Op::Like(pattern) => matches!(v, Val::Text(s) if like(s, pattern)),
-            Op::ILike(pattern) => {
-                matches!(v, Val::Text(s) if like(&s.to_ascii_lowercase(), &pattern.to_ascii_lowercase()))
-            }
+            Op::Like(pattern) => matches!(v, Val::Text(s) if like(s, pattern, false)),
+            Op::ILike(pattern) => matches!(v, Val::Text(s) if like(s, pattern, true)),
         }
     }
 
@@ -419,26 +417,36 @@ fn like_pattern(pattern: &str) -> String {
     out
 }
 
-/// `text` against a pattern whose only wildcard is `*`, matching any run of characters. The
-/// pieces between stars are literal, so the leftmost match of each is never worse than a later
-/// one; byte matching is character matching, since UTF-8 never matches mid-character.
-fn like(text: &str, pattern: &str) -> bool {
-    let mut pieces = pattern.split('*');
+/// `text` against a pattern whose only wildcard is `*`, matching any run of characters; `fold`
+/// compares ASCII letters case-insensitively (ILIKE under `C` folds ASCII only), without lowered
+/// copies of either (it runs for every change and window). The pieces between stars are literal,
+/// so the leftmost match of each is never worse than a later one; byte matching is character
+/// matching, since UTF-8 never matches mid-character.
+fn like(text: &str, pattern: &str, fold: bool) -> bool {
+    let eq = |a: &[u8], b: &[u8]| if fold { a.eq_ignore_ascii_case(b) } else { a == b };
+    let mut pieces = pattern.as_bytes().split(|&b| b == b'*');
+    let text = text.as_bytes();
     let first = pieces.next().unwrap_or_default();
-    let rest: Vec<&str> = pieces.collect();
-    let Some((last, middle)) = rest.split_last() else {
-        return text == first;
+    let Some(mut last) = pieces.next() else {
+        return eq(text, first);
     };
-    let Some(mut s) = text.strip_prefix(first) else {
+    if text.len() < first.len() || !eq(&text[..first.len()], first) {
         return false;
-    };
-    for piece in middle {
-        match s.find(piece) {
-            Some(i) => s = &s[i + piece.len()..],
+    }
+    let mut s = &text[first.len()..];
+    for piece in pieces {
+        // `last` was a middle piece (empty between two stars).
+        let found = match last.is_empty() {
+            true => Some(0),
+            false => s.windows(last.len()).position(|w| eq(w, last)),
+        };
+        match found {
+            Some(i) => s = &s[i + last.len()..],
             None => return false,
         }
+        last = piece;
     }
-    s.ends_with(last)
+    s.len() >= last.len() && eq(&s[s.len() - last.len()..], last)
 }
 
 /// A JSON integer (`-?(0|[1-9][0-9]*)`).
@@ -748,7 +756,10 @@ mod tests {
             ("𝄞é", "*é", true),
         ];
         for (text, pattern, expected) in cases {
-            assert_eq!(like(text, pattern), expected, "{text:?} like {pattern:?}");
+            assert_eq!(like(text, pattern, false), expected, "{text:?} like {pattern:?}");
+        }
+        for (text, pattern, expected) in [("ABC", "a*c", true), ("xAbCx", "*b**C*", true), ("ab", "*B*B*", false)] {
+            assert_eq!(like(text, pattern, true), expected, "{text:?} ilike {pattern:?}");
         }
         assert_eq!(like_pattern(r"50%_\*"), r"50\%\_\\%");
         let text = Val::Text("Ünïcode SLEEP".into());

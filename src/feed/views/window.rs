@@ -13,11 +13,11 @@
 //! with its first `limit` rows and writes the operations between them: at most `limit` exits and
 //! `limit` enters or moves, however many rows the commit changed (PROTOCOL §9).
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::def::{Def, Parsed};
+use super::{FastMap, FastSet};
 use crate::event::{Epoch, Position};
 
 /// One loaded row: its values (shared by every window of its table), key, and JSON.
@@ -89,7 +89,7 @@ pub struct Window {
     pub def: Arc<Def>,
     rows: Vec<Entry>,
     /// Keys of `rows`.
-    keys: HashSet<Arc<str>>,
+    keys: FastSet<Arc<str>>,
     /// `rows` holds every matching row past the start.
     complete: bool,
     count: Count,
@@ -99,7 +99,7 @@ pub struct Window {
     pub at: Position,
     shown: Vec<Shown>,
     /// Keys of `shown`.
-    shown_keys: HashSet<Arc<str>>,
+    shown_keys: FastSet<Arc<str>>,
     shown_count: Option<i64>,
     shown_next: Option<String>,
     /// The row `shown_next` was made from: a change of it is a change of `next`, found without
@@ -107,7 +107,7 @@ pub struct Window {
     shown_boundary: Option<Arc<str>>,
     /// The position of what subscribers have.
     pub shown_at: Position,
-    touched: HashMap<Arc<str>, Touch>,
+    touched: FastMap<Arc<str>, Touch>,
     /// The rows were read again since subscribers were last told: compare them, even if no change
     /// was applied (a read after the views fell behind the feed holds changes never applied).
     reread: bool,
@@ -172,18 +172,18 @@ impl Window {
         let mut w = Window {
             def,
             rows: Vec::new(),
-            keys: HashSet::new(),
+            keys: FastSet::default(),
             complete: false,
             count: Count::Off,
             counted_at: at,
             at,
             shown: Vec::new(),
-            shown_keys: HashSet::new(),
+            shown_keys: FastSet::default(),
             shown_count: None,
             shown_next: None,
             shown_boundary: None,
             shown_at: at,
-            touched: HashMap::new(),
+            touched: FastMap::default(),
             reread: false,
         };
         w.reload(at, rows, counted);
@@ -264,13 +264,20 @@ impl Window {
                 self.rows.remove(i);
             }
         }
+        let mut loaded = false;
         let member = match after {
             Some((a, json)) if matches && def.past_start(&a.vals) => {
-                let i = self
-                    .rows
-                    .partition_point(|e| def.cmp(&e.row.vals, &a.vals) == std::cmp::Ordering::Less);
-                // Beyond the last loaded row is what the window does not know.
-                if i < self.rows.len() || self.complete {
+                // Beyond the last loaded row is what the window does not know: most changes of a
+                // big table sort there, found with one comparison instead of a search.
+                let beyond = !self.complete
+                    && self
+                        .rows
+                        .last()
+                        .is_none_or(|e| def.cmp(&e.row.vals, &a.vals) == std::cmp::Ordering::Less);
+                if !beyond {
+                    let i = self
+                        .rows
+                        .partition_point(|e| def.cmp(&e.row.vals, &a.vals) == std::cmp::Ordering::Less);
                     self.rows.insert(
                         i,
                         Entry {
@@ -279,6 +286,7 @@ impl Window {
                         },
                     );
                     self.keys.insert(key.clone());
+                    loaded = true;
                 }
                 true
             }
@@ -296,8 +304,11 @@ impl Window {
         // Only a row subscribers have, or one the window holds, can be in the next delta: what a
         // commit did to any other is forgotten, so a statement over 100,000 rows leaves each
         // window at most 3 × limit of them to remember, not all 100,000.
-        if !self.shown_keys.contains(&key) && !self.keys.contains(&key) {
-            self.touched.remove(&key);
+        let held = loaded && self.keys.contains(&key);
+        if !held && !self.shown_keys.contains(&key) {
+            if !self.touched.is_empty() {
+                self.touched.remove(&key);
+            }
             return;
         }
         let touch = self.touched.entry(key).or_insert(Touch {
@@ -424,8 +435,8 @@ impl Window {
                 json: e.json.clone(),
             })
             .collect();
-        let wanted: HashSet<&str> = target.iter().map(|s| &*s.key).collect();
-        let had: HashMap<&str, &Shown> = self.shown.iter().map(|s| (&*s.key, s)).collect();
+        let wanted: FastSet<&str> = target.iter().map(|s| &*s.key).collect();
+        let had: FastMap<&str, &Shown> = self.shown.iter().map(|s| (&*s.key, s)).collect();
         let mut ops = String::new();
         let mut n = 0;
         let mut sep = |ops: &mut String| {
