@@ -654,3 +654,78 @@ async fn a_member_is_refused_an_unconfined_view_before_its_values_are_read() {
         .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_takes_its_view_frames_is_closed_with_4008_and_its_view_resumes_whole() {
+    use crate::support::{ws_over, Seen};
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = TestApp::spawn().await;
+    seed(&app, 20);
+    let def = json!({"topic": "studies", "order": "title.desc", "limit": 5});
+    let (filter, order) = ("true", r#"title collate "C" desc, id"#);
+
+    // A client whose receive buffer is tiny and which stops reading after its `view`.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = ws_over(socket.connect(app.addr).await.unwrap(), app.addr).await;
+    let mut frame = json!({"action": "subscribe", "view": "main"});
+    for (k, v) in def.as_object().unwrap() {
+        frame[k] = v.clone();
+    }
+    stuck
+        .stream
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    let mut stuck_rows = ViewRows::default();
+    stuck_rows.apply(&stuck.next_json().await);
+    let mut healthy = app.ws().await;
+    let mut v = ViewRows::default();
+    v.apply(&healthy.open_view("main", def.clone()).await);
+
+    // 3,000 commits by psql, each moving a 4 KB row to the top of the window: one delta of about
+    // 4 KB each, past what the sockets buffer and the 1,024 view frames a connection may have
+    // waiting.
+    const COMMITS: usize = 3_000;
+    let writer = app.db.psql_script(format!(
+        "do $$ begin for i in 1..{COMMITS} loop \
+           update studies set title = 'z' || lpad(i::text, 5, '0') || repeat('.', 4000) where id = 1 + i % 20; \
+           commit; \
+         end loop; end $$;"
+    ));
+    for _ in 0..COMMITS {
+        delta(&mut healthy, &mut v, "main").await;
+    }
+    writer.await.expect("writer");
+    assert_rows(&v, &app.oracle("studies", filter, order, 5), "the healthy client");
+
+    // The stuck client reads now: what was buffered for it, then 4008.
+    let code = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stuck.next_seen().await {
+                Seen::Closed(code) => return code,
+                Seen::Frame(f) => stuck_rows.apply(&f),
+            }
+        }
+    })
+    .await
+    .expect("the stuck client was not closed");
+    assert_eq!(code, Some(4008));
+    assert!(
+        stuck_rows.deltas < COMMITS,
+        "it fell behind, so not every delta reached it"
+    );
+
+    // It resumes its view with its cursor: the view comes whole and exact.
+    let mut ws = app.ws().await;
+    let mut resumed = def.clone();
+    resumed["since"] = json!(stuck_rows.cursor);
+    stuck_rows.apply(&ws.open_view("main", resumed).await);
+    assert_rows(
+        &stuck_rows,
+        &app.oracle("studies", filter, order, 5),
+        "resumed after 4008",
+    );
+}

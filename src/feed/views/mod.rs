@@ -16,6 +16,8 @@
 //! The read is the only database work, once per window, never per subscriber.
 
 pub mod def;
+#[cfg(test)]
+mod tests;
 pub mod value;
 mod window;
 
