@@ -573,9 +573,11 @@ async fn leave_idle_set(client: &tokio_postgres::Client) -> anyhow::Result<()> {
 async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics, lead: &mut Lead<'_>) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
+        let started = Instant::now();
         let read = log::read_all(&mut *reader, after, log::PAGE)
             .await
             .context("reading the log")?;
+        tracing::trace!(read_ms = started.elapsed().as_secs_f64() * 1e3, "a log page read");
         let rows = match read.page {
             log::Page::Rows(rows) => rows,
             log::Page::Expired => {
@@ -626,8 +628,17 @@ async fn publish_page(hub: &Hub, metrics: &Metrics, rows: Vec<crate::event::LogR
         metrics.last_relayed_seq.set(last.seq);
     }
     let epoch = hub.epoch();
+    let started = Instant::now();
     hub.tap_room(rows.len() + 1).await;
+    let waited = started.elapsed();
+    let n = rows.len();
     hub.publish(rows.into_iter().map(|row| Event::from_row(row, &epoch)));
+    tracing::trace!(
+        events = n,
+        views_wait_ms = waited.as_secs_f64() * 1e3,
+        publish_ms = (started.elapsed() - waited).as_secs_f64() * 1e3,
+        "a log page published"
+    );
 }
 
 #[cfg(test)]

@@ -68,6 +68,16 @@ pub struct Col {
 pub struct Parsed {
     pub vals: Vec<Val>,
     pub key: Arc<str>,
+    /// [`key_hash`] of `key`.
+    pub hash: u64,
+}
+
+/// The hash of a row key, the same in every window (one random seed per process): computed once
+/// per row, so the windows a change meets probe their key sets without hashing it again each.
+pub fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::LazyLock<foldhash::fast::RandomState> = std::sync::LazyLock::new(Default::default);
+    SEED.hash_one(key)
 }
 
 impl Table {
@@ -138,7 +148,11 @@ impl Table {
             })
             .collect::<Vec<_>>()
             .join(",");
-        Some(Parsed { vals, key: key.into() })
+        Some(Parsed {
+            vals,
+            hash: key_hash(&key),
+            key: key.into(),
+        })
     }
 
     /// The JSON text of column `i` in a row, as rendered (for `next` tokens).

@@ -50,6 +50,8 @@ pub const MAX_HELD_ROWS: usize = 1_000_000;
 const MAX_WAITING: usize = 100_000;
 /// Relayed items the engine applies per hold of its lock.
 const BATCH: usize = 256;
+/// Commits of at least this many changes are logged (at debug) with how long views took.
+const BIG_COMMIT: usize = 10_000;
 /// Pause between tries of a window's read that failed (the database is down).
 const RETRY: Duration = Duration::from_secs(1);
 /// A window's first read is tried this often before its subscribers are told it failed.
@@ -134,6 +136,9 @@ struct State {
     tables: HashMap<String, TableViews>,
     /// The seq whose changes are being applied.
     current: Option<i64>,
+    /// When its first change came, and how many came (for the debug log of big commits).
+    current_since: Option<std::time::Instant>,
+    current_changes: usize,
     /// Windows the current commit changed.
     dirty: FastSet<WinId>,
     /// Just after the last whole commit applied.
@@ -586,7 +591,12 @@ impl State {
         if self.current.is_some_and(|s| s != ev.at.seq) {
             self.finish_commit(epoch, reloads);
         }
+        if self.current.is_none() {
+            self.current_since = Some(std::time::Instant::now());
+            self.current_changes = 0;
+        }
         self.current = Some(ev.at.seq);
+        self.current_changes += 1;
         let Some(views) = ev.topics.first().and_then(|t| self.tables.get(t)) else {
             return;
         };
@@ -635,6 +645,15 @@ impl State {
         let at = Position::end_of(seq);
         self.relayed = self.relayed.max(at);
         let dirty: Vec<WinId> = self.dirty.drain().collect();
+        if self.current_changes >= BIG_COMMIT {
+            tracing::debug!(
+                seq,
+                changes = self.current_changes,
+                windows = dirty.len(),
+                applied_ms = self.current_since.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
+                "live views applied a big commit"
+            );
+        }
         for id in dirty {
             let Some(slot) = self.windows.get_mut(&id) else {
                 continue;

@@ -31,7 +31,71 @@ struct Entry {
 #[derive(Debug, Clone)]
 struct Shown {
     key: Arc<str>,
+    hash: u64,
     json: Arc<str>,
+}
+
+/// Row keys (with a value each) by their hash computed once per row ([`Parsed::hash`]): every
+/// change meets every window of its table that it may touch, and each probes its sets of keys.
+#[derive(Debug, Clone)]
+struct Keyed<V>(hashbrown::HashTable<(u64, Arc<str>, V)>);
+
+type KeySet = Keyed<()>;
+
+impl<V> Default for Keyed<V> {
+    fn default() -> Self {
+        Keyed(hashbrown::HashTable::new())
+    }
+}
+
+impl<V> Keyed<V> {
+    fn get(&self, hash: u64, key: &str) -> Option<&V> {
+        self.0.find(hash, |e| &*e.1 == key).map(|e| &e.2)
+    }
+
+    fn contains(&self, hash: u64, key: &str) -> bool {
+        self.get(hash, key).is_some()
+    }
+
+    fn remove(&mut self, hash: u64, key: &str) -> Option<V> {
+        let entry = self.0.find_entry(hash, |e| &*e.1 == key).ok()?;
+        Some(entry.remove().0 .2)
+    }
+
+    /// The value of `key`, inserted by `new` when there is none.
+    fn get_or_insert(&mut self, hash: u64, key: &Arc<str>, new: impl FnOnce() -> V) -> &mut V {
+        match self.0.entry(hash, |e| *e.1 == **key, |e| e.0) {
+            hashbrown::hash_table::Entry::Occupied(o) => &mut o.into_mut().2,
+            hashbrown::hash_table::Entry::Vacant(v) => &mut v.insert((hash, key.clone(), new())).into_mut().2,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl KeySet {
+    fn insert(&mut self, hash: u64, key: &Arc<str>) {
+        self.get_or_insert(hash, key, || ());
+    }
+
+    fn of<'a>(keys: impl Iterator<Item = (u64, &'a Arc<str>)>) -> KeySet {
+        let mut set = KeySet::default();
+        for (hash, key) in keys {
+            set.insert(hash, key);
+        }
+        set
+    }
 }
 
 /// What a commit did to one row, for the `why` of its enter or exit.
@@ -89,7 +153,7 @@ pub struct Window {
     pub def: Arc<Def>,
     rows: Vec<Entry>,
     /// Keys of `rows`.
-    keys: FastSet<Arc<str>>,
+    keys: KeySet,
     /// `rows` holds every matching row past the start.
     complete: bool,
     count: Count,
@@ -99,7 +163,7 @@ pub struct Window {
     pub at: Position,
     shown: Vec<Shown>,
     /// Keys of `shown`.
-    shown_keys: FastSet<Arc<str>>,
+    shown_keys: KeySet,
     shown_count: Option<i64>,
     shown_next: Option<String>,
     /// The row `shown_next` was made from: a change of it is a change of `next`, found without
@@ -107,7 +171,7 @@ pub struct Window {
     shown_boundary: Option<Arc<str>>,
     /// The position of what subscribers have.
     pub shown_at: Position,
-    touched: FastMap<Arc<str>, Touch>,
+    touched: Keyed<Touch>,
     /// The rows were read again since subscribers were last told: compare them, even if no change
     /// was applied (a read after the views fell behind the feed holds changes never applied).
     reread: bool,
@@ -172,18 +236,18 @@ impl Window {
         let mut w = Window {
             def,
             rows: Vec::new(),
-            keys: FastSet::default(),
+            keys: KeySet::default(),
             complete: false,
             count: Count::Off,
             counted_at: at,
             at,
             shown: Vec::new(),
-            shown_keys: FastSet::default(),
+            shown_keys: KeySet::default(),
             shown_count: None,
             shown_next: None,
             shown_boundary: None,
             shown_at: at,
-            touched: FastMap::default(),
+            touched: Keyed::default(),
             reread: false,
         };
         w.reload(at, rows, counted);
@@ -210,7 +274,7 @@ impl Window {
                 })
             })
             .collect();
-        self.keys = self.rows.iter().map(|e| e.row.key.clone()).collect();
+        self.keys = KeySet::of(self.rows.iter().map(|e| (e.row.hash, &e.row.key)));
         if self.def.count {
             let count = match counted {
                 // The count kept from changes stands.
@@ -254,13 +318,13 @@ impl Window {
             return;
         }
         self.at = at;
-        let key = match (before, after) {
-            (_, Some((a, _))) => a.key.clone(),
-            (Some(b), None) => b.key.clone(),
+        let (key, hash) = match (before, after) {
+            (_, Some((a, _))) => (&a.key, a.hash),
+            (Some(b), None) => (&b.key, b.hash),
             (None, None) => return,
         };
-        if self.keys.remove(&key) {
-            if let Some(i) = self.rows.iter().position(|e| e.row.key == key) {
+        if self.keys.remove(hash, key).is_some() {
+            if let Some(i) = self.rows.iter().position(|e| e.row.key == *key) {
                 self.rows.remove(i);
             }
         }
@@ -285,7 +349,7 @@ impl Window {
                             json: json.clone(),
                         },
                     );
-                    self.keys.insert(key.clone());
+                    self.keys.insert(hash, key);
                     loaded = true;
                 }
                 true
@@ -294,9 +358,9 @@ impl Window {
         };
         if self.rows.len() > self.cap() {
             for gone in self.rows.drain(self.cap()..) {
-                self.keys.remove(&gone.row.key);
-                if !self.shown_keys.contains(&gone.row.key) {
-                    self.touched.remove(&gone.row.key);
+                self.keys.remove(gone.row.hash, &gone.row.key);
+                if !self.shown_keys.contains(gone.row.hash, &gone.row.key) {
+                    self.touched.remove(gone.row.hash, &gone.row.key);
                 }
             }
             self.complete = false;
@@ -304,15 +368,16 @@ impl Window {
         // Only a row subscribers have, or one the window holds, can be in the next delta: what a
         // commit did to any other is forgotten, so a statement over 100,000 rows leaves each
         // window at most 3 × limit of them to remember, not all 100,000.
-        let held = loaded && self.keys.contains(&key);
-        if !held && !self.shown_keys.contains(&key) {
+        let held = loaded && self.keys.contains(hash, key);
+        if !held && !self.shown_keys.contains(hash, key) {
             if !self.touched.is_empty() {
-                self.touched.remove(&key);
+                self.touched.remove(hash, key);
             }
             return;
         }
-        let touch = self.touched.entry(key).or_insert(Touch {
-            inserted: before.is_none(),
+        let inserted = before.is_none();
+        let touch = self.touched.get_or_insert(hash, key, || Touch {
+            inserted,
             deleted: false,
             member,
         });
@@ -384,10 +449,11 @@ impl Window {
             .visible()
             .map(|e| Shown {
                 key: e.row.key.clone(),
+                hash: e.row.hash,
                 json: e.json.clone(),
             })
             .collect();
-        self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
+        self.shown_keys = KeySet::of(self.shown.iter().map(|s| (s.hash, &s.key)));
         self.shown_count = self.count.known();
         self.shown_next = self.next();
         self.shown_boundary = self.boundary().map(|e| e.json.clone());
@@ -432,6 +498,7 @@ impl Window {
             .visible()
             .map(|e| Shown {
                 key: e.row.key.clone(),
+                hash: e.row.hash,
                 json: e.json.clone(),
             })
             .collect();
@@ -450,11 +517,11 @@ impl Window {
             if wanted.contains(&*s.key) {
                 continue;
             }
-            let why = match self.touched.get(&s.key) {
+            let why = match self.touched.get(s.hash, &s.key) {
                 Some(t) if t.deleted => "delete",
                 Some(t) if !t.member => "unmatch",
                 Some(_) => "overflow",
-                None if self.keys.contains(&s.key) => "overflow",
+                None if self.keys.contains(s.hash, &s.key) => "overflow",
                 None => "unmatch",
             };
             sep(&mut ops);
@@ -479,7 +546,7 @@ impl Window {
                 sep(&mut ops);
                 op_update(&mut ops, &t.key, j, i, &t.json);
             } else {
-                let why = match self.touched.get(&t.key) {
+                let why = match self.touched.get(t.hash, &t.key) {
                     Some(touch) if touch.inserted => "insert",
                     Some(_) => "match",
                     None => "fill",
@@ -499,7 +566,7 @@ impl Window {
             return None;
         }
         self.shown = target;
-        self.shown_keys = self.shown.iter().map(|s| s.key.clone()).collect();
+        self.shown_keys = KeySet::of(self.shown.iter().map(|s| (s.hash, &s.key)));
         self.shown_count = self.count.known();
         self.shown_at = self.at;
         let cursor = epoch.cursor(self.at);

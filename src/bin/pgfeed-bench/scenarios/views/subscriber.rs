@@ -272,6 +272,14 @@ pub fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 /// Waits until no subscriber has received a frame for `quiet` since `since_us`, at most `patience`.
+/// Waits until some subscriber receives a frame after `since_us` (at most `patience`).
+pub async fn wait_for_frame_after(activity: &Activity, since_us: i64, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    while activity.last_frame_us.load(Ordering::Relaxed) <= since_us && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn wait_for_quiet(activity: &Activity, since_us: i64, quiet: Duration, patience: Duration) {
     let deadline = Instant::now() + patience;
     loop {
