@@ -61,6 +61,10 @@ impl Replica {
             .max_connections(POOL_SIZE)
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_lazy_with(options);
+        // Both series from the start, at 0, so that a scrape shows where reads go before any has.
+        for on in [ReadOn::Standby, ReadOn::Primary] {
+            metrics.replica_reads.get_or_create(&ReadLabel { on });
+        }
         Ok(Replica {
             pool,
             usable: AtomicBool::new(false),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::db::log;
+use crate::db::{log, watermark};
 use crate::event::{CursorCheck, Position};
 
 /// The header a write answers with and a read may carry.
@@ -113,6 +113,9 @@ async fn wait_for(state: &AppState, position: &str) -> Result<(), ApiError> {
     }
     if at.seq > log::newest_seq(&state.feed.pool).await? {
         return Err(bad("is past the newest commit"));
+    }
+    if gen > epoch.gen() && !watermark::known(&state.feed.pool, gen).await? {
+        return Err(bad("names a generation this log never had"));
     }
     let until = Instant::now() + WAIT;
     while !passed() {
