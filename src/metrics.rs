@@ -62,9 +62,35 @@ impl EncodeLabelValue for ReadOn {
     }
 }
 
+/// What a read of a server with `--replica-url` was for.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ReadFor {
+    /// The listener's read of the log (a page relayed to the hub).
+    Log,
+    /// A client's resume or long-poll page.
+    Resume,
+    /// A snapshot (`snapshot: true`).
+    Snapshot,
+    /// A live view's rows and count.
+    View,
+}
+
+impl EncodeLabelValue for ReadFor {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let what = match self {
+            ReadFor::Log => "log",
+            ReadFor::Resume => "resume",
+            ReadFor::Snapshot => "snapshot",
+            ReadFor::View => "view",
+        };
+        EncodeLabelValue::encode(&what, encoder)
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadLabel {
     pub on: ReadOn,
+    pub what: ReadFor,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -23,7 +23,7 @@ use sqlx::{PgPool, Row};
 
 use super::watermark::{self, Watermark};
 use crate::event::Position;
-use crate::metrics::{Metrics, ReadLabel, ReadOn};
+use crate::metrics::{Metrics, ReadFor, ReadLabel, ReadOn};
 
 /// `application_name` of this server's connections to the standby (`pg_stat_activity` there).
 pub const APPLICATION_NAME: &str = "pgfeed-replica";
@@ -63,7 +63,9 @@ impl Replica {
             .connect_lazy_with(options);
         // Both series from the start, at 0, so that a scrape shows where reads go before any has.
         for on in [ReadOn::Standby, ReadOn::Primary] {
-            metrics.replica_reads.get_or_create(&ReadLabel { on });
+            for what in [ReadFor::Log, ReadFor::Resume, ReadFor::Snapshot, ReadFor::View] {
+                metrics.replica_reads.get_or_create(&ReadLabel { on, what }).inc_by(0);
+            }
         }
         Ok(Replica {
             pool,
@@ -85,8 +87,8 @@ impl Replica {
     }
 
     /// Counts a read (a log page, a resume's read, a snapshot, a view read) where it went.
-    pub fn count(&self, on: ReadOn) {
-        self.reads.get_or_create(&ReadLabel { on }).inc();
+    pub fn count(&self, on: ReadOn, what: ReadFor) {
+        self.reads.get_or_create(&ReadLabel { on, what }).inc();
     }
 }
 
@@ -154,4 +156,6 @@ pub struct Standby<'a> {
     pub replica: &'a Replica,
     pub at_least: i64,
     pub gen: i32,
+    /// A snapshot's or a view's (for `/metrics`).
+    pub what: ReadFor,
 }

@@ -138,13 +138,13 @@ pub async fn begin_from(
     if let Some(s) = standby {
         match replica::begin_snapshot(s.replica, s.at_least, s.gen).await {
             Ok(Some(taken)) => {
-                s.replica.count(ReadOn::Standby);
+                s.replica.count(ReadOn::Standby, s.what);
                 return Ok(taken);
             }
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "a snapshot on the standby failed; taking it on the primary"),
         }
-        s.replica.count(ReadOn::Primary);
+        s.replica.count(ReadOn::Primary, s.what);
     }
     begin(pool).await
 }

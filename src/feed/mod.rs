@@ -21,7 +21,7 @@ use crate::db::replica::{self, Replica};
 use crate::db::{snapshot, tracked::Tracked, watermark};
 use crate::event::{same_in_generation, CursorCheck, Epoch, Event, Position, Topic};
 use crate::hub::{Delivery, Hub};
-use crate::metrics::ReadOn;
+use crate::metrics::{ReadFor, ReadOn};
 
 /// Why the feed refused or failed a request: the client's mistakes (`BadRequest`, `UnknownTopic`,
 /// `Forbidden`, `Refresh`, `TooLarge`) or the database's faults (`Db`, `Busy`, `Internal`), each
@@ -162,12 +162,13 @@ impl Feed {
         self
     }
 
-    /// Where a snapshot or a view read may be taken besides the primary (`db::replica`).
-    pub fn standby(&self) -> Option<replica::Standby<'_>> {
+    /// Where a snapshot or a view read (`what`) may be taken besides the primary (`db::replica`).
+    pub fn standby(&self, what: ReadFor) -> Option<replica::Standby<'_>> {
         self.replica.as_deref().map(|replica| replica::Standby {
             replica,
             at_least: self.hub.last().seq,
             gen: self.hub.epoch().gen(),
+            what,
         })
     }
 
@@ -280,11 +281,11 @@ impl Feed {
         if let Some(replica) = self.replica.as_deref() {
             if let Some(wm) = replica::watermark(replica).await {
                 if !wm.moved && wm.gen == epoch.gen() && wm.seq >= self.hub.last().seq {
-                    replica.count(ReadOn::Standby);
+                    replica.count(ReadOn::Standby, ReadFor::Resume);
                     return Ok((&replica.pool, wm));
                 }
             }
-            replica.count(ReadOn::Primary);
+            replica.count(ReadOn::Primary, ReadFor::Resume);
         }
         let wm = watermark::read(&self.pool).await?;
         if wm.moved || wm.gen != epoch.gen() {
@@ -370,7 +371,7 @@ impl Feed {
             Some(id) if table.topic == "studies" => snapshot::Of::Room(id.parse().unwrap_or(-1)),
             Some(key) => snapshot::Of::Row(table, key),
         };
-        let (at, data) = snapshot::take(&self.pool, self.standby(), of, self.max_snapshot)
+        let (at, data) = snapshot::take(&self.pool, self.standby(ReadFor::Snapshot), of, self.max_snapshot)
             .await
             .map_err(|e| {
                 if log::is_lock_timeout(&e) {

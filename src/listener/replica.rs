@@ -25,7 +25,7 @@ use sqlx::{Connection, PgConnection};
 use super::{connection_ended, follow_relay, leader, Announced, Listener};
 use crate::db::replica::Replica;
 use crate::db::watermark;
-use crate::metrics::ReadOn;
+use crate::metrics::{ReadFor, ReadOn};
 
 /// The shortest gap between two polls of the standby's watermark: after a poll that relayed
 /// something, the next comes this soon (more commits are likely under way).
@@ -87,7 +87,7 @@ pub(super) async fn follow(
                         switch(client, replica, caught_up, &mut listening).await?;
                     }
                     if !caught_up {
-                        follow_relay(primary_reader, hub, metrics).await?;
+                        relay_from_primary(primary_reader, replica, listener).await?;
                     }
                 }
                 _ = tokio::time::sleep(gap), if usable => {
@@ -99,7 +99,7 @@ pub(super) async fn follow(
                     let before = hub.last();
                     match follow_relay(conn, hub, metrics).await {
                         Ok(()) if hub.last() > before => {
-                            replica.count(ReadOn::Standby);
+                            replica.count(ReadOn::Standby, ReadFor::Log);
                             gap = POLL_MIN;
                         }
                         Ok(()) => gap = (gap * 2).min(POLL_MAX),
@@ -108,14 +108,13 @@ pub(super) async fn follow(
                             standby = None;
                             on_standby = Some(false);
                             switch(client, replica, false, &mut listening).await?;
-                            follow_relay(primary_reader, hub, metrics).await?;
+                            relay_from_primary(primary_reader, replica, listener).await?;
                         }
                     }
                 }
                 _ = announced.wake.notified(), if listening => {
                     if announced.pending(hub.last().seq) {
-                        follow_relay(primary_reader, hub, metrics).await?;
-                        replica.count(ReadOn::Primary);
+                        relay_from_primary(primary_reader, replica, listener).await?;
                     }
                 }
                 ended = &mut *driver => return connection_ended(ended),
@@ -131,6 +130,16 @@ pub(super) async fn follow(
             .context("UNLISTEN")?;
     }
     result
+}
+
+/// A follower's read on the primary, counted when it relayed something.
+async fn relay_from_primary(reader: &mut PgConnection, replica: &Replica, listener: &Listener) -> anyhow::Result<()> {
+    let before = listener.hub.last();
+    follow_relay(reader, &listener.hub, &listener.metrics).await?;
+    if listener.hub.last() > before {
+        replica.count(ReadOn::Primary, ReadFor::Log);
+    }
+    Ok(())
 }
 
 /// Tries the lead and reads the primary's watermark, in one round trip.

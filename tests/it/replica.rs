@@ -34,8 +34,9 @@ async fn wait_usable(node: &TestApp, usable: bool) {
     }
 }
 
-fn reads(node_metrics: &crate::support::app::Scrape, on: &str) -> f64 {
-    node_metrics.value(&format!("pgfeed_replica_reads_total{{on=\"{on}\"}}"))
+/// `pgfeed_replica_reads_total` for reads `on` the standby or the primary, for `what`.
+fn reads(scrape: &crate::support::app::Scrape, on: &str, what: &str) -> f64 {
+    scrape.value(&format!("pgfeed_replica_reads_total{{on=\"{on}\",what=\"{what}\"}}"))
 }
 
 /// Every (cursor, label) of `studies` after `since`, long-polling `node` until `until` comes.
@@ -81,7 +82,7 @@ async fn a_server_on_the_standby_serves_resumes_snapshots_and_views_as_a_server_
     let start = start["cursor"].as_str().expect("cursor").to_owned();
     let (rec, live) = spawn_client(&[node.addr], None, "end");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = reads(&node.metrics().await, "standby");
+    let before = node.metrics().await;
 
     // Writers on the primary; a snapshot through the standby while they write.
     let writer = {
@@ -149,7 +150,13 @@ async fn a_server_on_the_standby_serves_resumes_snapshots_and_views_as_a_server_
 
     // And the reads went to the standby: counted there, and its connections are open on it.
     let scrape = node.metrics().await;
-    assert!(reads(&scrape, "standby") > before, "{}", scrape.0);
+    for what in ["log", "resume", "snapshot", "view"] {
+        assert!(
+            reads(&scrape, "standby", what) > reads(&before, "standby", what),
+            "no {what} read on the standby: {}",
+            scrape.0
+        );
+    }
     assert_eq!(scrape.value("pgfeed_replica_usable"), 1.0);
     let on_standby: i64 = pair
         .standby
@@ -177,7 +184,7 @@ async fn with_the_standby_paused_or_stopped_a_replica_server_reads_from_the_prim
 
     // Replay paused: the standby holds none of "two", so whoever delivers it read the primary.
     pair.standby.db().psql("select pg_wal_replay_pause()");
-    let primary_reads = reads(&node.metrics().await, "primary");
+    let before = node.metrics().await;
     write(&db, "two", 50);
     wait_seen(&rec, "two-49").await;
     wait_usable(&node, false).await;
@@ -187,7 +194,14 @@ async fn with_the_standby_paused_or_stopped_a_replica_server_reads_from_the_prim
         series("two", 50),
         "a resume while the standby is behind"
     );
-    assert!(reads(&node.metrics().await, "primary") > primary_reads);
+    let scrape = node.metrics().await;
+    for what in ["log", "resume"] {
+        assert!(
+            reads(&scrape, "primary", what) > reads(&before, "primary", what),
+            "no {what} read on the primary: {}",
+            scrape.0
+        );
+    }
 
     // Replay resumed: back to the standby.
     pair.standby.db().psql("select pg_wal_replay_resume()");
