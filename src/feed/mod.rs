@@ -302,8 +302,9 @@ impl Feed {
     /// (never before what the hub relayed). Where a live subscription starts.
     pub async fn head(&self) -> Result<Position, FeedError> {
         let last = self.hub.last();
-        if self.bounded {
-            // Nothing past the watermark, which the hub never passes.
+        if self.bounded || self.replica.is_some() {
+            // Nothing past the watermark, which the hub never passes; and with `--replica-url`,
+            // no read on the primary per subscription (the hub is at most a poll behind).
             return Ok(last);
         }
         Ok(log::final_head(&self.pool, last.seq).await?.max(last))

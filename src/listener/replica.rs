@@ -80,7 +80,10 @@ pub(super) async fn follow(
                         },
                         None => None,
                     };
-                    let caught_up = replayed.is_some_and(|wm| primary_before.is_none_or(|p| wm.seq >= p));
+                    // (A standby in an older generation than this server's holds nothing it may serve.)
+                    let caught_up = replayed.is_some_and(|wm| {
+                        wm.gen >= hub.epoch().gen() && primary_before.is_none_or(|p| wm.seq >= p)
+                    });
                     primary_before = Some(primary_seq);
                     if on_standby != Some(caught_up) {
                         on_standby = Some(caught_up);

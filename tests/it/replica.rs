@@ -400,3 +400,82 @@ fn url_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// Transactions `db`'s database has counted (every statement outside a transaction is one),
+/// after waiting out PostgreSQL's statistics flush (an idle backend reports within 10 s).
+async fn transactions(db: &TestDb) -> i64 {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    db.psql("select xact_commit + xact_rollback from pg_stat_database where datname = current_database()")
+        .parse()
+        .expect("a count")
+}
+
+/// A measurement, not a check of behaviour (README "Running many servers and failing over"):
+/// the primary's transactions per commit when three more servers follow on the primary, or one
+/// or three on the standby with `--replica-url`, beside a lone leader; interleaved, twice. Every client
+/// must see every row, or the figures mean nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --test it replica::measure -- --ignored --nocapture"]
+async fn measure_the_primarys_transactions_per_commit_with_followers_on_the_primary_or_the_standby() {
+    const COMMITS: usize = 300;
+    let pair = Pair::start().await;
+    let db = pair.db();
+    let standby_db = pair.standby.db();
+    let leader = TestApp::spawn_on(db.clone()).await;
+    let mut figures = Vec::new();
+    for round in 0..2 {
+        // (followers, on the standby)
+        let variants = [(0, false), (3, false), (1, true), (3, true)];
+        for (v, (followers, on_standby)) in variants.into_iter().enumerate() {
+            let variant = match (followers, on_standby) {
+                (0, _) => "leader alone".to_owned(),
+                (n, false) => format!("{n} followers on the primary"),
+                (n, true) => format!("{n} followers on the standby"),
+            };
+            let mut nodes = Vec::new();
+            for _ in 0..followers {
+                nodes.push(match on_standby {
+                    false => TestApp::spawn_on(db.clone()).await,
+                    true => replica_node(&pair).await,
+                });
+            }
+            let prefix = format!("m{round}{v}");
+            let end = format!("{prefix}-end");
+            let addrs: Vec<_> = if nodes.is_empty() {
+                vec![leader.addr]
+            } else {
+                nodes.iter().map(|n| n.addr).collect()
+            };
+            let clients: Vec<_> = addrs.iter().map(|a| spawn_client(&[*a], None, &end)).collect();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (p0, s0) = (transactions(&db).await, transactions(&standby_db).await);
+            write(&db, &prefix, COMMITS);
+            db.psql(&format!("insert into studies (label, title) values ('{end}', 't')"));
+            for (rec, task) in clients {
+                tokio::time::timeout(PATIENCE, task)
+                    .await
+                    .expect("a client saw everything")
+                    .expect("client");
+                assert_eq!(rec.lock().unwrap().labels().len(), COMMITS + 1);
+            }
+            let (p1, s1) = (transactions(&db).await, transactions(&standby_db).await);
+            let per = |d: i64| d as f64 / (COMMITS + 1) as f64;
+            figures.push(format!(
+                "round {round}, {variant}: primary {:.2} transactions per commit, standby {:.2}",
+                per(p1 - p0),
+                per(s1 - s0)
+            ));
+            for n in nodes {
+                n.stop().await;
+            }
+        }
+    }
+    println!(
+        "load average: {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    for f in figures {
+        println!("{f}");
+    }
+    leader.stop().await;
+}
