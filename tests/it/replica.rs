@@ -479,3 +479,25 @@ async fn measure_the_primarys_transactions_per_commit_with_followers_on_the_prim
     }
     leader.stop().await;
 }
+
+#[tokio::test]
+async fn a_read_waiting_for_a_position_the_server_cannot_reach_is_a_503_within_the_bound() {
+    // With `--durable-watermark standby` and no standby at all, nothing is ever relayed: a real
+    // write's position is never passed.
+    let app = TestApp::spawn_with(TestDb::create().await, |c| {
+        c.durable_watermark = pgfeed::config::DurableWatermark::Standby;
+    })
+    .await;
+    let (_, position) = write_with_position(&app, "never-relayed").await;
+    let bound = pgfeed::http::position::WAIT + Duration::from_secs(3);
+    let reply = tokio::time::timeout(
+        bound,
+        app.request(Method::GET, "/api/changes?topics=studies", |r| {
+            r.header("pgfeed-position", &position)
+        }),
+    )
+    .await
+    .expect("the wait is bounded");
+    reply.assert_error(503, "busy");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+}
