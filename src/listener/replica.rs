@@ -55,7 +55,6 @@ pub(super) async fn follow(
     let mut on_standby: Option<bool> = None;
     let mut gap = POLL_MIN;
     let mut tick = tokio::time::interval(leader::TAKEOVER_TRY);
-    replica.set_usable(false);
     let result = async {
         loop {
             let usable = replica.is_usable();
@@ -125,12 +124,19 @@ pub(super) async fn follow(
         }
     }
     .await;
-    replica.set_usable(false);
-    if listening {
-        client
-            .batch_execute(&format!("unlisten {}", leader::WATERMARK_CHANNEL))
-            .await
-            .context("UNLISTEN")?;
+    // Leading, it reads on the primary. After a failure (the primary's session lost, say) the
+    // flag stays: reads on the standby stay exact whatever the listener does (they need the
+    // standby's watermark to cover what this server relayed), and with the primary away the
+    // standby may be all there is to read.
+    // (After a failure the session is gone, and its LISTEN with it.)
+    if result.is_ok() {
+        replica.set_usable(false);
+        if listening {
+            client
+                .batch_execute(&format!("unlisten {}", leader::WATERMARK_CHANNEL))
+                .await
+                .context("UNLISTEN")?;
+        }
     }
     result
 }
