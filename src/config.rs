@@ -337,6 +337,8 @@ mod tests {
         assert_eq!(c.serve.durable_watermark, DurableWatermark::Standby);
         assert_eq!(c.serve.durable_standby.as_deref(), Some("replica1"));
         assert!(Only::try_parse_from(["pgfeed", "--durable-watermark", "remote"]).is_err());
+        let c = Only::try_parse_from(["pgfeed", "--replica-url", "postgres://r@standby/app"]).unwrap();
+        assert_eq!(c.serve.replica_url.as_deref(), Some("postgres://r@standby/app"));
         let long = "x".repeat(64);
         for bad in ["", long.as_str(), "a\nb"] {
             assert!(

@@ -159,3 +159,22 @@ pub struct Standby<'a> {
     /// A snapshot's or a view's (for `/metrics`).
     pub what: ReadFor,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_replica_url_that_does_not_parse_is_refused_at_start_and_a_good_one_starts_unused() {
+        let metrics = Metrics::new();
+        let err = Replica::connect("not a url", &metrics).expect_err("garbage is refused");
+        assert!(format!("{err:#}").contains("--replica-url"), "{err:#}");
+        let replica = Replica::connect("postgres://u@127.0.0.1:1/db", &metrics).expect("a URL");
+        // Nothing goes to the standby before the listener has looked at it.
+        assert!(!replica.is_usable());
+        assert!(watermark(&replica).await.is_none());
+        assert!(metrics
+            .render()
+            .contains(r#"pgfeed_replica_reads_total{on="standby",what="snapshot"} 0"#));
+    }
+}
