@@ -158,6 +158,8 @@ async fn a_server_on_the_standby_serves_resumes_snapshots_and_views_as_a_server_
         );
     }
     assert_eq!(scrape.value("pgfeed_replica_usable"), 1.0);
+    assert_eq!(health(&node).await["reads_from"], "standby");
+    assert_eq!(health(&primary_node).await["reads_from"], Value::Null);
     let on_standby: i64 = pair
         .standby
         .db()
@@ -500,4 +502,46 @@ async fn a_read_waiting_for_a_position_the_server_cannot_reach_is_a_503_within_t
     .expect("the wait is bounded");
     reply.assert_error(503, "busy");
     assert_eq!(reply.header("retry-after"), Some("1"));
+}
+
+#[tokio::test]
+async fn a_server_whose_standby_never_answers_serves_everything_from_the_primary() {
+    let db = TestDb::create().await;
+    // Nothing listens on port 1.
+    let node = TestApp::spawn_with(db.clone(), |c| {
+        c.replica_url = Some("postgres://postgres@127.0.0.1:1/pgfeed".into());
+    })
+    .await;
+    let (_, start) = node.get_json("/api/changes?topics=studies").await;
+    let start = start["cursor"].as_str().expect("cursor").to_owned();
+    let mut ws = node.ws().await;
+    ws.subscribe("studies").await;
+    write(&db, "p", 5);
+    db.psql("insert into studies (label, title) values ('end', 't')");
+    let live: Vec<String> = ws
+        .events(6)
+        .await
+        .iter()
+        .map(|e| e["data"]["label"].as_str().expect("label").to_owned())
+        .collect();
+    let expected = [series("p", 5), vec!["end".into()]].concat();
+    assert_eq!(live, expected);
+    let resumed: Vec<String> = poll_until(&node, &start, "end")
+        .await
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(resumed, expected);
+    let mut ws = node.ws().await;
+    ws.subscribe_with(json!({"action": "subscribe", "topic": "studies", "snapshot": true}))
+        .await;
+    assert_eq!(ws.next_json().await["data"].as_array().expect("rows").len(), 6);
+    let scrape = node.metrics().await;
+    assert_eq!(scrape.value("pgfeed_replica_usable"), 0.0);
+    assert_eq!(health(&node).await["reads_from"], "primary");
+    for what in ["log", "resume", "snapshot"] {
+        assert_eq!(reads(&scrape, "standby", what), 0.0, "{what}");
+    }
+    assert!(reads(&scrape, "primary", "snapshot") >= 1.0);
+    node.stop().await;
 }
