@@ -116,6 +116,11 @@ impl App {
                 .gen,
         );
         let hub = Arc::new(Hub::new(epoch, head));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let replica = match &config.replica_url {
+            Some(url) => Some(Arc::new(crate::db::replica::Replica::connect(url, &metrics)?)),
+            None => None,
+        };
         let feed = Feed::new(pool.clone(), hub)
             .await
             .context("loading tracked tables")?
@@ -124,6 +129,7 @@ impl App {
                 config.max_resume_scan,
             )
             .bounded_by_watermark(config.durable_watermark == crate::config::DurableWatermark::Standby)
+            .reading_from(replica)
             .with_views(config.view_count_wait, shutdown.token.clone());
         if config.jwt_secret.is_none() && !config.bind.ip().is_loopback() {
             tracing::warn!(
@@ -140,7 +146,7 @@ impl App {
         let state = AppState {
             feed,
             listener: Arc::new(ListenerStatus::default()),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
             session,
             shutdown,
             auth: crate::auth::Auth::new(config.jwt_secret.as_deref())
@@ -197,7 +203,9 @@ impl App {
             durable: config.durable_watermark,
             durable_standby: config.durable_standby.clone(),
             multi_host_url: crate::db::primary::is_multi_host(&database.url).then(|| database.url.clone()),
+            replica: state.feed.replica.clone(),
         };
+        let state_replica = state.feed.replica.clone();
         shutdown.tracker.spawn(listener::run(relay, shutdown.token.clone()));
         shutdown
             .tracker
@@ -216,6 +224,9 @@ impl App {
             tracing::warn!("some sessions did not finish within {GRACE:?}");
         }
         pool.close().await;
+        if let Some(replica) = &state_replica {
+            replica.pool.close().await;
+        }
         database.close().await
     }
 }

@@ -226,6 +226,14 @@ pub struct ServeConfig {
     /// one must be connected.
     #[arg(long, env = "PGFEED_DURABLE_STANDBY", value_parser = parse_standby_name)]
     pub durable_standby: Option<String>,
+
+    /// A hot standby of the database (PostgreSQL URL) to read the log, resumes, snapshots and
+    /// live views from, up to the watermark it has replayed, so the primary's read load stays
+    /// flat as servers are added (README "Running many servers and failing over"). While it is
+    /// down or behind, this server reads from the primary. Writes, REST and the leader stay on
+    /// the primary.
+    #[arg(long, env = "PGFEED_REPLICA_URL", hide_env_values = true)]
+    pub replica_url: Option<String>,
 }
 
 /// `--durable-watermark`.
@@ -308,6 +316,7 @@ mod tests {
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.durable_watermark, DurableWatermark::Local);
         assert_eq!(c.durable_standby, None);
+        assert_eq!(c.replica_url, None);
     }
 
     #[test]
@@ -328,6 +337,8 @@ mod tests {
         assert_eq!(c.serve.durable_watermark, DurableWatermark::Standby);
         assert_eq!(c.serve.durable_standby.as_deref(), Some("replica1"));
         assert!(Only::try_parse_from(["pgfeed", "--durable-watermark", "remote"]).is_err());
+        let c = Only::try_parse_from(["pgfeed", "--replica-url", "postgres://r@standby/app"]).unwrap();
+        assert_eq!(c.serve.replica_url.as_deref(), Some("postgres://r@standby/app"));
         let long = "x".repeat(64);
         for bad in ["", long.as_str(), "a\nb"] {
             assert!(

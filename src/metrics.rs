@@ -45,6 +45,54 @@ pub struct TransportLabel {
     pub transport: Transport,
 }
 
+/// Where a read of a server with `--replica-url` went (`db::replica`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ReadOn {
+    Standby,
+    Primary,
+}
+
+impl EncodeLabelValue for ReadOn {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let on = match self {
+            ReadOn::Standby => "standby",
+            ReadOn::Primary => "primary",
+        };
+        EncodeLabelValue::encode(&on, encoder)
+    }
+}
+
+/// What a read of a server with `--replica-url` was for.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ReadFor {
+    /// The listener's read of the log (a page relayed to the hub).
+    Log,
+    /// A client's resume or long-poll page.
+    Resume,
+    /// A snapshot (`snapshot: true`).
+    Snapshot,
+    /// A live view's rows and count.
+    View,
+}
+
+impl EncodeLabelValue for ReadFor {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let what = match self {
+            ReadFor::Log => "log",
+            ReadFor::Resume => "resume",
+            ReadFor::Snapshot => "snapshot",
+            ReadFor::View => "view",
+        };
+        EncodeLabelValue::encode(&what, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabel {
+    pub on: ReadOn,
+    pub what: ReadFor,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// One of `http::observe::METHODS`, or `other`: never the client's own spelling.
@@ -76,6 +124,10 @@ pub struct Metrics {
     pub log_events: Gauge,
     pub oldest_event_age: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
+    /// `--replica-url`: log reads, resumes, snapshots and view reads, by where they went.
+    pub replica_reads: Family<ReadLabel, Counter>,
+    /// `--replica-url`: 1 while reads may go to the standby, 0 while they go to the primary.
+    pub replica_usable: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,6 +158,8 @@ impl Metrics {
             log_events: Gauge::default(),
             oldest_event_age: Gauge::default(),
             http_requests: Family::default(),
+            replica_reads: Family::default(),
+            replica_usable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open client connections", m.connections.clone());
@@ -176,6 +230,16 @@ impl Metrics {
             "http_requests",
             "HTTP requests by route and status",
             m.http_requests.clone(),
+        );
+        registry.register(
+            "replica_reads",
+            "With --replica-url: log reads, resumes, snapshots and live view reads, by where they went",
+            m.replica_reads.clone(),
+        );
+        registry.register(
+            "replica_usable",
+            "With --replica-url: 1 while reads go to the standby, 0 while it is down or behind",
+            m.replica_usable.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -6,6 +6,7 @@ pub mod literals;
 pub mod log;
 pub mod messages;
 pub mod primary;
+pub mod replica;
 pub mod rows;
 pub mod snapshot;
 pub mod studies;

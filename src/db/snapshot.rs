@@ -10,8 +10,10 @@
 use sqlx::PgPool;
 
 use super::log;
+use super::replica::{self, Standby};
 use super::tracked::Tracked;
 use crate::event::Position;
+use crate::metrics::ReadOn;
 
 /// What to take a snapshot of.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +34,13 @@ static BARRIER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// for a client; and lists of rows are rendered in key order with a running total of their size
 /// that stops the reading once it passes `max_bytes`, so a refusal costs about `max_bytes` of
 /// rendering, not the whole table or room.
-pub async fn take(pool: &PgPool, of: Of<'_>, max_bytes: usize) -> Result<(Position, Option<String>), sqlx::Error> {
-    let (mut tx, at) = begin(pool).await?;
+pub async fn take(
+    pool: &PgPool,
+    standby: Option<Standby<'_>>,
+    of: Of<'_>,
+    max_bytes: usize,
+) -> Result<(Position, Option<String>), sqlx::Error> {
+    let (mut tx, at) = begin_from(pool, standby).await?;
     // `d` is the snapshot as text; `max_bytes` is a number, so formatting it in is safe.
     let capped =
         |inner: String| format!("select case when octet_length(d) <= {max_bytes} then d end from ({inner}) q(d)");
@@ -128,6 +135,26 @@ pub async fn begin(pool: &PgPool) -> Result<(sqlx::Transaction<'static, sqlx::Po
     .await?;
     drop((barrier, one_at_a_time));
     Ok((tx, Position::end_of(seq)))
+}
+
+/// [`begin`] on the standby when it can give such a snapshot now (`replica::begin_snapshot`),
+/// else on the primary.
+pub async fn begin_from(
+    pool: &PgPool,
+    standby: Option<Standby<'_>>,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Position), sqlx::Error> {
+    if let Some(s) = standby {
+        match replica::begin_snapshot(s.replica, s.at_least, s.gen).await {
+            Ok(Some(taken)) => {
+                s.replica.count(ReadOn::Standby, s.what);
+                return Ok(taken);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "a snapshot on the standby failed; taking it on the primary"),
+        }
+        s.replica.count(ReadOn::Primary, s.what);
+    }
+    begin(pool).await
 }
 
 /// A CTE `name(j, total)`: the rows of `relation` that match `filter` as JSON, in `order`, each with

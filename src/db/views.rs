@@ -63,9 +63,13 @@ pub struct Reading {
 
 /// Reads a window's rows (JSON as the capture trigger renders them, in order) at a position of
 /// the log, and leaves the read open for its count.
-pub async fn read(pool: &PgPool, sql: &WindowSql) -> Result<(Reading, Vec<String>), sqlx::Error> {
+pub async fn read(
+    pool: &PgPool,
+    standby: Option<super::replica::Standby<'_>>,
+    sql: &WindowSql,
+) -> Result<(Reading, Vec<String>), sqlx::Error> {
     let started = std::time::Instant::now();
-    let (mut tx, at) = snapshot::begin(pool).await?;
+    let (mut tx, at) = snapshot::begin_from(pool, standby).await?;
     let barrier = started.elapsed();
     // Planned with its values (`snapshot::begin` sets `plan_cache_mode`): a generic plan cannot
     // see that `label >= 'L5'` matches nothing or that an `ilike` pattern has a prefix, and walks

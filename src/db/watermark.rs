@@ -22,12 +22,17 @@ pub struct Watermark {
     pub moved: bool,
 }
 
-/// The watermark as `db` sees it now (a primary's: the timeline is that of its current WAL file).
+/// The watermark as `db` sees it now (a primary's: the timeline is that of its current WAL file;
+/// a standby's: as far as it has replayed).
 pub async fn read(db: impl PgExecutor<'_>) -> Result<Watermark, sqlx::Error> {
     let row = sqlx::query(
         r#"select seq, gen,
-                  timeline is distinct from ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-                      as moved
+                  -- A standby (`--replica-url`) has no current WAL file of its own; it replays
+                  -- the primary's watermark, generation included.
+                  case when pg_is_in_recovery() then false
+                       else timeline is distinct from
+                                ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                  end as moved
            from pgfeed.watermark"#,
     )
     .fetch_one(db)

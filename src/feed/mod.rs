@@ -17,9 +17,11 @@ use sqlx::PgPool;
 
 use crate::auth::Access;
 use crate::db::log::{self, Page, Standing};
+use crate::db::replica::{self, Replica};
 use crate::db::{snapshot, tracked::Tracked, watermark};
 use crate::event::{same_in_generation, CursorCheck, Epoch, Event, Position, Topic};
 use crate::hub::{Delivery, Hub};
+use crate::metrics::{ReadFor, ReadOn};
 
 /// Why the feed refused or failed a request: the client's mistakes (`BadRequest`, `UnknownTopic`,
 /// `Forbidden`, `Refresh`, `TooLarge`) or the database's faults (`Db`, `Busy`, `Internal`), each
@@ -98,6 +100,10 @@ pub struct Feed {
     pub views: Option<views::Views>,
     /// `--durable-watermark standby`: log reads stop at the watermark ([`Feed::changes`]).
     bounded: bool,
+    /// `--replica-url`: the standby that resumes, snapshots and views read from while it is
+    /// usable and has replayed what this server relayed (`db::replica`); the listener holds it
+    /// too, and says whether it is usable.
+    pub replica: Option<Arc<Replica>>,
 }
 
 impl Feed {
@@ -119,6 +125,7 @@ impl Feed {
             resume_scan: log::RESUME_SCAN,
             views: None,
             bounded: false,
+            replica: None,
         }
     }
 
@@ -147,6 +154,22 @@ impl Feed {
     pub fn bounded_by_watermark(mut self, bounded: bool) -> Self {
         self.bounded = bounded;
         self
+    }
+
+    /// With `--replica-url`: reads go to this standby when they can (see [`Feed::settled`]).
+    pub fn reading_from(mut self, replica: Option<Arc<Replica>>) -> Self {
+        self.replica = replica;
+        self
+    }
+
+    /// Where a snapshot or a view read (`what`) may be taken besides the primary (`db::replica`).
+    pub fn standby(&self, what: ReadFor) -> Option<replica::Standby<'_>> {
+        self.replica.as_deref().map(|replica| replica::Standby {
+            replica,
+            at_least: self.hub.last().seq,
+            gen: self.hub.epoch().gen(),
+            what,
+        })
     }
 
     pub fn max_snapshot(&self) -> usize {
@@ -213,7 +236,7 @@ impl Feed {
     /// old one, and is told `log_diverged` past that (`event::same_in_generation`).
     pub async fn parse_cursor(&self, cursor: &str) -> Result<Position, FeedError> {
         let epoch = self.hub.epoch();
-        self.settled_generation(&epoch).await?;
+        let (db, wm) = self.settled(&epoch).await?;
         let at = match epoch.parse_cursor(cursor) {
             Err(_) => return Err(FeedError::BadRequest(format!("malformed cursor {cursor:?}"))),
             Ok(CursorCheck::Foreign) => return Err(FeedError::Refresh("cursor_unknown")),
@@ -234,23 +257,41 @@ impl Feed {
                 });
             }
         };
-        match log::standing(&self.pool, at).await? {
+        // A cursor past what the standby replayed (handed out by a server on the primary) is
+        // judged on the primary: the standby does not know its commit yet.
+        let db = if at.seq <= wm.seq { db } else { &self.pool };
+        match log::standing(db, at).await? {
             Standing::Kept => Ok(at),
             Standing::Expired => Err(FeedError::Refresh("cursor_expired")),
             Standing::Unknown => Err(FeedError::Refresh("cursor_unknown")),
         }
     }
 
-    /// The database's watermark, once this server serves the database's generation: while a
-    /// failover is not settled (a standby promoted a moment ago, whose new generation no leader
-    /// has recorded yet, or one this server has not moved to), nothing is read from the log, since
-    /// it could not be told apart from what diverged; the client is told to try again.
-    async fn settled_generation(&self, epoch: &Epoch) -> Result<watermark::Watermark, FeedError> {
+    /// Where to read the log, and its watermark there, once this server serves the database's
+    /// generation: while a failover is not settled (a standby promoted a moment ago, whose new
+    /// generation no leader has recorded yet, or one this server has not moved to), nothing is
+    /// read from the log, since it could not be told apart from what diverged; the client is told
+    /// to try again.
+    ///
+    /// With `--replica-url`, the standby, when it is usable and has replayed a watermark of this
+    /// generation that covers what this server relayed (so every seq up to the hub's position is
+    /// there); else the primary. Nothing read on the standby differs from the primary's: every
+    /// read stops within the unbroken run of commit rows it sees (`db::log`, "Bounds").
+    async fn settled(&self, epoch: &Epoch) -> Result<(&PgPool, watermark::Watermark), FeedError> {
+        if let Some(replica) = self.replica.as_deref() {
+            if let Some(wm) = replica::watermark(replica).await {
+                if !wm.moved && wm.gen == epoch.gen() && wm.seq >= self.hub.last().seq {
+                    replica.count(ReadOn::Standby, ReadFor::Resume);
+                    return Ok((&replica.pool, wm));
+                }
+            }
+            replica.count(ReadOn::Primary, ReadFor::Resume);
+        }
         let wm = watermark::read(&self.pool).await?;
         if wm.moved || wm.gen != epoch.gen() {
             return Err(FeedError::Busy(MOVING));
         }
-        Ok(wm)
+        Ok((&self.pool, wm))
     }
 
     pub fn cursor(&self, at: Position) -> String {
@@ -261,8 +302,9 @@ impl Feed {
     /// (never before what the hub relayed). Where a live subscription starts.
     pub async fn head(&self) -> Result<Position, FeedError> {
         let last = self.hub.last();
-        if self.bounded {
-            // Nothing past the watermark, which the hub never passes.
+        if self.bounded || self.replica.is_some() {
+            // Nothing past the watermark, which the hub never passes; and with `--replica-url`,
+            // no read on the primary per subscription (the hub is at most a poll behind).
             return Ok(last);
         }
         Ok(log::final_head(&self.pool, last.seq).await?.max(last))
@@ -283,7 +325,7 @@ impl Feed {
     ) -> Result<(Vec<Delivery>, Position, bool), FeedError> {
         let known = self.hub.last().seq;
         let epoch = self.hub.epoch();
-        let wm = self.settled_generation(&epoch).await?;
+        let (db, wm) = self.settled(&epoch).await?;
         // With `--durable-watermark standby`, never past the watermark: what the standby has not
         // flushed is delivered by no one. (With `local`, a commit final on the primary may be
         // read at once: should it be lost in a failover, its cursor is past the new
@@ -294,7 +336,7 @@ impl Feed {
         } else {
             (self.resume_scan, i64::MAX)
         };
-        let read = log::read_after_any(&self.pool, after, topics, limit, known, scan).await?;
+        let read = log::read_after_any(db, after, topics, limit, known, scan).await?;
         let (scanned, upto) = (read.scanned, read.upto.min(cap));
         let rows = match read.page {
             Page::Expired => return Err(FeedError::Refresh("cursor_expired")),
@@ -330,13 +372,15 @@ impl Feed {
             Some(id) if table.topic == "studies" => snapshot::Of::Room(id.parse().unwrap_or(-1)),
             Some(key) => snapshot::Of::Row(table, key),
         };
-        let (at, data) = snapshot::take(&self.pool, of, self.max_snapshot).await.map_err(|e| {
-            if log::is_lock_timeout(&e) {
-                FeedError::Busy("a commit has been in flight for 10 s, so the snapshot could not start; try again")
-            } else {
-                FeedError::from(e)
-            }
-        })?;
+        let (at, data) = snapshot::take(&self.pool, self.standby(ReadFor::Snapshot), of, self.max_snapshot)
+            .await
+            .map_err(|e| {
+                if log::is_lock_timeout(&e) {
+                    FeedError::Busy("a commit has been in flight for 10 s, so the snapshot could not start; try again")
+                } else {
+                    FeedError::from(e)
+                }
+            })?;
         let data = data.ok_or_else(|| {
             FeedError::TooLarge(format!(
                 "the snapshot of {topic:?} is over {} bytes: read the rows page by page through the REST \

@@ -33,6 +33,8 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
             "generation": state.feed.hub.epoch().gen(),
             "relayed_seq": state.feed.hub.last().seq,
             "waiting_for_standby": state.listener.is_waiting_for_standby(),
+            // `--replica-url`: where reads go now (`null` without one).
+            "reads_from": state.feed.replica.as_deref().map(|r| if r.is_usable() { "standby" } else { "primary" }),
         })),
     )
 }

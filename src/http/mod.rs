@@ -11,6 +11,7 @@ pub mod local;
 pub mod messages;
 pub mod observe;
 pub mod openapi;
+pub mod position;
 pub mod rate;
 pub mod serve;
 pub mod socketio;
@@ -149,8 +150,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::IF_MATCH,
                 HeaderName::from_static("last-event-id"),
                 REQUEST_ID,
+                position::HEADER,
             ])
-            .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID])
+            .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID, position::HEADER])
             .max_age(std::time::Duration::from_secs(3600)),
     )
 }
@@ -178,6 +180,11 @@ pub fn router(state: AppState) -> Router {
         // and held to the same Host and Origin rules as the other streams.
         .layer(socketio::layer(&state))
         .layer(Extension(doc))
+        // Inside the Host and Origin rules: a write's `Pgfeed-Position`, a read's wait for one.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            position::read_your_writes,
+        ))
         // Without a secret, only loopback names, and no other site's streams or writes: otherwise
         // any page the local user visits could use pgfeed as a relay (README "Security: auth and
         // limits").

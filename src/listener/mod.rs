@@ -44,6 +44,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 pub mod leader;
+mod replica;
 
 use crate::config::DurableWatermark;
 use crate::db::{log, watermark};
@@ -132,6 +133,8 @@ pub struct Listener {
     /// A `--database-url` naming several hosts: at each connect, the pool is pointed at the one
     /// that is the primary now (`db::primary`).
     pub multi_host_url: Option<String>,
+    /// `--replica-url`: as a follower, read the log from this standby ([`replica`]).
+    pub replica: Option<Arc<crate::db::replica::Replica>>,
 }
 
 /// Runs until `shutdown`: connect, LISTEN, relay, and after any failure reconnect with backoff.
@@ -286,7 +289,12 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         if !leader::try_lead(&client).await? {
             status.set(true);
             tracing::info!("listener connected; following the leader");
-            follow(&client, &mut reader, listener, &announced, &mut driver).await?;
+            match &listener.replica {
+                Some(standby) => {
+                    replica::follow(&client, &mut reader, standby, listener, &announced, &mut driver).await?
+                }
+                None => follow(&client, &mut reader, listener, &announced, &mut driver).await?,
+            }
         }
         status.set_leader(true);
         metrics.leader.set(1);

@@ -21,15 +21,15 @@ use crate::support::{Seen, TestApp, TestDb, WsClient, PATIENCE};
 
 /// What one client saw: every event (cursor, label) and every refresh reason, in order.
 #[derive(Debug, Default)]
-struct Record {
-    events: Vec<(String, String)>,
-    refreshes: Vec<String>,
+pub(crate) struct Record {
+    pub(crate) events: Vec<(String, String)>,
+    pub(crate) refreshes: Vec<String>,
     /// Subscribed live again after a refresh: what is committed from now on reaches it.
     live_again: bool,
 }
 
 impl Record {
-    fn labels(&self) -> Vec<&str> {
+    pub(crate) fn labels(&self) -> Vec<&str> {
         self.events.iter().map(|(_, l)| l.as_str()).collect()
     }
 }
@@ -104,7 +104,7 @@ async fn client(addrs: Vec<SocketAddr>, since: Option<String>, until: String, re
     }
 }
 
-fn spawn_client(
+pub(crate) fn spawn_client(
     addrs: &[SocketAddr],
     since: Option<String>,
     until: &str,
@@ -115,7 +115,7 @@ fn spawn_client(
 }
 
 /// Writes rows labelled `<prefix>-0` … `<prefix>-(n-1)`, one commit each, in order, through psql.
-fn write(db: &TestDb, prefix: &str, n: usize) {
+pub(crate) fn write(db: &TestDb, prefix: &str, n: usize) {
     // Explicit transactions: a multi-statement string is otherwise one transaction.
     let sql: String = (0..n)
         .map(|i| format!("begin; insert into studies (label, title) values ('{prefix}-{i}', 't'); commit;"))
@@ -124,12 +124,12 @@ fn write(db: &TestDb, prefix: &str, n: usize) {
 }
 
 /// The labels of `prefix` rows, in order.
-fn series(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn series(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 /// Every cursor any client saw names one event only.
-fn assert_one_event_per_cursor(records: &[&Arc<Mutex<Record>>]) {
+pub(crate) fn assert_one_event_per_cursor(records: &[&Arc<Mutex<Record>>]) {
     let mut named: HashMap<String, String> = HashMap::new();
     for rec in records {
         for (cursor, label) in &rec.lock().unwrap().events {
@@ -141,7 +141,7 @@ fn assert_one_event_per_cursor(records: &[&Arc<Mutex<Record>>]) {
 }
 
 /// Waits until the client has seen the row labelled `label`.
-async fn wait_seen(rec: &Arc<Mutex<Record>>, label: &str) {
+pub(crate) async fn wait_seen(rec: &Arc<Mutex<Record>>, label: &str) {
     let deadline = Instant::now() + PATIENCE;
     while !rec.lock().unwrap().labels().contains(&label) {
         assert!(Instant::now() < deadline, "{label} not seen: {rec:?}");
@@ -155,7 +155,7 @@ async fn two_nodes(pair: &Pair, tweak: impl Fn(&mut pgfeed::config::ServeConfig)
     (a, b)
 }
 
-async fn health(app: &TestApp) -> Value {
+pub(crate) async fn health(app: &TestApp) -> Value {
     reqwest::get(app.url("/healthz"))
         .await
         .expect("GET /healthz")

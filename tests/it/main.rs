@@ -23,6 +23,7 @@ mod ops;
 mod ordering;
 mod poll;
 mod protocol;
+mod replica;
 mod rest_files;
 mod rest_messages;
 mod rest_schema;

@@ -259,7 +259,12 @@ impl Views {
 
     /// One read of window `id`: its rows installed, and its count when `recount`.
     async fn read(&self, id: WinId, sql: &db::views::WindowSql, recount: bool) -> Result<(), sqlx::Error> {
-        let (reading, rows) = db::views::read(&self.shared.feed.pool, sql).await?;
+        let (reading, rows) = db::views::read(
+            &self.shared.feed.pool,
+            self.shared.feed.standby(crate::metrics::ReadFor::View),
+            sql,
+        )
+        .await?;
         let at = reading.at;
         if !recount {
             reading.end().await?;
