@@ -120,10 +120,7 @@ pub async fn begin_snapshot(
     }
     for _ in 0..SNAPSHOT_TRIES {
         let mut tx = replica.pool.begin().await?;
-        sqlx::query("set transaction isolation level repeatable read, read only")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("set local timezone = 'UTC'").execute(&mut *tx).await?;
+        sqlx::Executor::execute(&mut *tx, super::snapshot::READ_SETTINGS).await?;
         // The snapshot is taken at this first statement: the watermark, the newest commit and
         // the unbroken run of commit rows from the watermark, all as of the same moment.
         let row = sqlx::query(

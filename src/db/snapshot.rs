@@ -104,6 +104,14 @@ pub async fn take(
     Ok((at, data))
 }
 
+/// A snapshot transaction's settings, in one round trip (a `&str` with no binds goes out as one
+/// simple query). The pools plan everything generically (`db::connect`: the log read is planned
+/// once per connection); a snapshot's and a window's statements run once each and are planned
+/// with their values, which a generic plan cannot see (it walked a whole index for a view filter
+/// that matches nothing: 1.5 s against 0.2 ms).
+pub(super) const READ_SETTINGS: &str = "set transaction isolation level repeatable read, read only; \
+     set local timezone = 'UTC'; set local plan_cache_mode = force_custom_plan";
+
 /// A read-only REPEATABLE READ transaction (TimeZone UTC, so rows render as the capture trigger
 /// renders them) that sees exactly the log up to the position returned: what snapshots and live
 /// views (`db::views`) read in.
@@ -116,18 +124,9 @@ pub async fn take(
 pub async fn begin(pool: &PgPool) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, Position), sqlx::Error> {
     let one_at_a_time = BARRIER.lock().await;
     let mut tx = pool.begin().await?;
-    // Before the barrier, in one round trip: its snapshot is taken by its first query, so commits
-    // are held back only for that one. The pool plans everything generically (`db::connect`: the
-    // log read is planned once per connection); a snapshot's and a window's statements run once
-    // each and are planned with their values, which a generic plan cannot see (it walked a whole
-    // index for a view filter that matches nothing: 1.5 s against 0.2 ms).
-    // A `&str` with no binds goes out as one simple query, its three statements together.
-    sqlx::Executor::execute(
-        &mut *tx,
-        "set transaction isolation level repeatable read, read only; \
-         set local timezone = 'UTC'; set local plan_cache_mode = force_custom_plan",
-    )
-    .await?;
+    // Before the barrier: its snapshot is taken by its first query, so commits are held back only
+    // for that one.
+    sqlx::Executor::execute(&mut *tx, READ_SETTINGS).await?;
     let mut barrier = pool.acquire().await?;
     let seq = log::while_commits_held(&mut barrier, async |_: &mut sqlx::PgConnection| {
         log::newest_seq(&mut *tx).await
