@@ -540,7 +540,10 @@ async fn a_database_set_up_by_the_previous_capture_keeps_capturing_once_capture_
         "p1!<-p1 p2!<-p2 p3!<-p3"
     );
     db.psql("update parts set name = 'one' where id = 2");
-    assert_eq!(newest_commit_in(&db), ["1|part_updated|2|{parts,parts:2,kits:1}|-|false|true"]);
+    assert_eq!(
+        newest_commit_in(&db),
+        ["1|part_updated|2|{parts,parts:2,kits:1}|-|false|true"]
+    );
     db.psql("delete from parts where id >= 2");
     let mut deleted = newest_commit_in(&db);
     deleted.sort();
