@@ -557,3 +557,81 @@ async fn a_database_set_up_by_the_previous_capture_keeps_capturing_once_capture_
     // Every commit has its seq, one after the other.
     assert_eq!(seqs_in(&db), "6 6");
 }
+
+/// Runs a capture file with psql as `role` (a login of the test server without a password).
+fn apply_as(db: &TestDb, role: &str, file: &str) -> (bool, String) {
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test server's URL names its user");
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &url, "-f", file])
+        .output()
+        .expect("psql");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// An installer that is not a superuser (it owns the database and may act as `pgfeed_capture`)
+/// cannot create an internal-language function: bulk statements are rendered by the plpgsql
+/// `pgfeed.serialize_bulk` and logged all the same. A superuser's install makes it `to_jsonb`
+/// itself, and that one stays when the other installer applies the file again.
+#[tokio::test]
+async fn an_installer_that_is_not_a_superuser_gets_the_plpgsql_bulk_rendering_and_bulk_capture() {
+    let db = TestDb::create_empty().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let capture = format!("{root}/sql/capture.sql");
+    let role = format!("inst_{}", db.name);
+    // pgfeed_capture is the cluster's; the first test to install capture made it.
+    apply(&db, &capture);
+    db.psql(&format!(
+        "drop schema pgfeed cascade;
+         create role \"{role}\" login nosuperuser; grant pgfeed_capture to \"{role}\";
+         alter database \"{}\" owner to \"{role}\"; alter schema public owner to \"{role}\"",
+        db.name
+    ));
+    let lang = || {
+        db.psql(
+            "select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang
+             where p.oid = 'pgfeed.serialize_bulk(anyelement)'::regprocedure",
+        )
+    };
+    let (ok, stderr) = apply_as(&db, &role, &capture);
+    assert!(ok, "{stderr}");
+    assert_eq!(lang(), "plpgsql");
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let as_installer = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    as_installer(
+        "create table parts (id int primary key, name text); select pgfeed.track('parts');
+         insert into parts select i, 'p' || i from generate_series(1, 3) i",
+    );
+    assert_eq!(
+        newest_commit_in(&db),
+        [
+            "1|parts_created|1|{parts,parts:1}|-|false|false",
+            "2|parts_created|2|{parts,parts:2}|-|false|false",
+            "3|parts_created|3|{parts,parts:3}|-|false|false",
+        ]
+    );
+    apply(&db, &capture);
+    assert_eq!(lang(), "internal");
+    let (ok, stderr) = apply_as(&db, &role, &capture);
+    assert!(ok, "{stderr}");
+    assert_eq!(lang(), "internal");
+    as_installer("update parts set name = name || '!'");
+    assert_eq!(
+        db.psql(
+            "select string_agg(e.op || ':' || e.row_id || ':' || (e.data->>'name') || '<-' || (e.before->>'name'), ' ' order by e.pos)
+             from pgfeed.events e join pgfeed.commits c on c.txid = e.txid where c.seq = (select max(seq) from pgfeed.commits)"
+        ),
+        "update:1:p1!<-p1 update:2:p2!<-p2 update:3:p3!<-p3"
+    );
+    db.psql(&format!(
+        "alter database \"{}\" owner to postgres; alter schema public owner to pg_database_owner;
+         drop owned by \"{role}\" cascade; drop role \"{role}\"",
+        db.name
+    ));
+}
