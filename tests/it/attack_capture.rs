@@ -166,6 +166,66 @@ async fn code_in_a_cast_to_json_can_change_nothing_from_capture_or_snapshot() {
     forget(&app, &role);
 }
 
+// The same code met by bulk statements, whose rows are rendered by `pgfeed.serialize_bulk`
+// (PostgreSQL's `to_jsonb` behind a security-definer wrapper when a superuser installed it): it
+// runs as `pgfeed_capture`, read-only, for the new rows and for the rows as they were, and the
+// statements are logged whole.
+#[tokio::test]
+async fn code_in_a_cast_to_json_met_by_a_bulk_statement_runs_as_pgfeed_capture_read_only() {
+    let app = TestApp::spawn().await;
+    let role = mallory(&app);
+    let attempts = "begin execute 'drop owned by pgfeed_capture'; \
+                    exception when others then raise notice 'drop: % as %', sqlerrm, current_user; end; \
+                    begin execute format('alter role %I superuser', session_user); \
+                    exception when others then raise notice 'escalate: % as %', sqlerrm, current_user; end;";
+    let (ok, _, stderr) = psql_as(
+        &app.db,
+        &role,
+        &format!(
+            "{} insert into mallory_t select i, 'calm' from generate_series(1, 3) i",
+            hooked_type(attempts)
+        ),
+    );
+    assert!(ok, "{stderr}");
+    assert_every_rendering_powerless(&stderr, 3);
+    let (ok, _, stderr) = psql_as(&app.db, &role, "update mallory_t set id = id where id <= 2");
+    assert!(ok, "{stderr}");
+    // Each updated row twice: as it is and as it was.
+    assert_every_rendering_powerless(&stderr, 4);
+    assert!(!is_superuser(&app, &role));
+    assert_eq!(
+        app.psql(
+            "select count(*) from pg_proc where proname in ('serialize', 'serialize_bulk') \
+             and pronamespace = 'pgfeed'::regnamespace"
+        ),
+        "2"
+    );
+    assert_eq!(
+        app.psql(
+            "select string_agg(e.op || ':' || e.row_id || ':' || (e.data->>'m'), ' ' order by c.seq, e.pos) \
+             from pgfeed.events e join pgfeed.commits c on c.txid = e.txid where e.tbl = 'mallory_t'"
+        ),
+        "insert:1:calm insert:2:calm insert:3:calm update:1:calm update:2:calm"
+    );
+    forget(&app, &role);
+}
+
+/// The hooked code ran at least `renderings` times (the 1-row road's look at a statement's first
+/// row renders it once more), each time as `pgfeed_capture`, read-only.
+fn assert_every_rendering_powerless(stderr: &str, renderings: usize) {
+    let runs = stderr.matches("drop: ").count();
+    assert!(runs >= renderings, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("drop: cannot execute DROP OWNED in a read-only transaction as pgfeed_capture")
+            .count(),
+        runs,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("escalate: ").count(), runs, "{stderr}");
+    assert_eq!(stderr.matches(" as pgfeed_capture").count(), 2 * runs, "{stderr}");
+}
+
 /// Studies 1 and 2, message 10 and file 20 in study 1.
 fn rooms(app: &TestApp) {
     app.psql(

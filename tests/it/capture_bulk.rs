@@ -4,11 +4,15 @@
 
 use std::time::Duration;
 
-use crate::support::TestApp;
+use crate::support::{TestApp, TestDb};
 
 /// The events of the newest commit, one line each: `pos|type|row_id|topics|moved_from|old?|before?`.
 fn newest_commit(app: &TestApp) -> Vec<String> {
-    let out = app.psql(
+    newest_commit_in(&app.db)
+}
+
+fn newest_commit_in(db: &TestDb) -> Vec<String> {
+    let out = db.psql(
         "select e.pos || '|' || e.type || '|' || e.row_id::text || '|' || e.topics::text || '|' ||
                 coalesce(e.moved_from, '-') || '|' || (e.old is not null) || '|' || (e.before is not null)
          from pgfeed.events e join pgfeed.commits c on c.txid = e.txid
@@ -20,7 +24,11 @@ fn newest_commit(app: &TestApp) -> Vec<String> {
 
 /// The newest commit's seq and how many commit seqs were ever drawn.
 fn seqs(app: &TestApp) -> String {
-    app.psql("select coalesce(max(seq), 0) || ' ' || (select last_value from pgfeed.commit_seq) from pgfeed.commits")
+    seqs_in(&app.db)
+}
+
+fn seqs_in(db: &TestDb) -> String {
+    db.psql("select coalesce(max(seq), 0) || ' ' || (select last_value from pgfeed.commit_seq) from pgfeed.commits")
 }
 
 #[tokio::test]
@@ -463,4 +471,167 @@ async fn a_table_with_a_composite_key_names_each_row_of_a_bulk_statement_by_its_
     let mut positions: Vec<_> = deleted.iter().map(|(_, pos)| pos.as_str()).collect();
     positions.sort();
     assert_eq!(positions, ["1", "2"]);
+}
+
+/// Applies a capture file with psql, in one transaction, as pgfeed's operators would by hand.
+fn apply(db: &TestDb, file: &str) {
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &db.url, "-f", file])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The upgrade path: a database whose capture was installed by the previous version
+/// (`fixtures/capture_f57e522.sql`, sql/capture.sql as it was before the bulk statements got
+/// cheaper) and whose tables it tracks, then today's sql/capture.sql applied over it (as `pgfeed
+/// migrate` does at every start): every statement is still logged as before, bulk or not.
+#[tokio::test]
+async fn a_database_set_up_by_the_previous_capture_keeps_capturing_once_capture_sql_is_applied_again() {
+    let db = TestDb::create_empty().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    apply(&db, &format!("{root}/tests/it/fixtures/capture_f57e522.sql"));
+    db.psql(
+        "create table parts (id int primary key, kit int, name text);
+         select pgfeed.track_as('parts', 'parts', 'part', 'kit', 'kits');
+         insert into parts select i, 1, 'p' || i from generate_series(1, 3) i",
+    );
+    let logged_before = [
+        "1|part_created|1|{parts,parts:1,kits:1}|-|false|false",
+        "2|part_created|2|{parts,parts:2,kits:1}|-|false|false",
+        "3|part_created|3|{parts,parts:3,kits:1}|-|false|false",
+    ];
+    assert_eq!(newest_commit_in(&db), logged_before);
+    assert_eq!(
+        db.psql("select count(*) from pg_proc where proname = 'serialize_bulk'"),
+        "0",
+        "the fixture is the capture before this version"
+    );
+
+    apply(&db, &format!("{root}/sql/capture.sql"));
+    apply(&db, &format!("{root}/sql/capture.sql"));
+    // Installed by a superuser: the bulk rendering is `to_jsonb` itself behind its wrapper.
+    assert_eq!(
+        db.psql(
+            "select l.lanname || ' ' || p.proowner::regrole || ' ' || p.prosecdef || ' ' || array_to_string(p.proconfig, ',')
+             from pg_proc p join pg_language l on l.oid = p.prolang
+             where p.oid = 'pgfeed.serialize_bulk(anyelement)'::regprocedure"
+        ),
+        "internal pgfeed_capture true transaction_read_only=on"
+    );
+    // The same statement logs the same events, and so do the others, bulk or one row.
+    db.psql("delete from parts");
+    db.psql("insert into parts select i, 1, 'p' || i from generate_series(1, 3) i");
+    assert_eq!(newest_commit_in(&db), logged_before);
+    db.psql("update parts set kit = case when id = 1 then 2 else kit end, name = name || '!'");
+    assert_eq!(
+        newest_commit_in(&db),
+        [
+            "1|part_updated|1|{parts,parts:1,kits:2,kits:1}|kits:1|true|false",
+            "2|part_updated|2|{parts,parts:2,kits:1}|-|false|true",
+            "3|part_updated|3|{parts,parts:3,kits:1}|-|false|true",
+        ]
+    );
+    assert_eq!(
+        db.psql(
+            "select string_agg((e.data->>'name') || '<-' || (coalesce(e.before, e.old)->>'name'), ' ' order by e.pos)
+             from pgfeed.events e join pgfeed.commits c on c.txid = e.txid where c.seq = (select max(seq) from pgfeed.commits)"
+        ),
+        "p1!<-p1 p2!<-p2 p3!<-p3"
+    );
+    db.psql("update parts set name = 'one' where id = 2");
+    assert_eq!(
+        newest_commit_in(&db),
+        ["1|part_updated|2|{parts,parts:2,kits:1}|-|false|true"]
+    );
+    db.psql("delete from parts where id >= 2");
+    let mut deleted = newest_commit_in(&db);
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            "1|part_deleted|2|{parts,parts:2,kits:1}|-|false|false",
+            "2|part_deleted|3|{parts,parts:3,kits:1}|-|false|false",
+        ]
+    );
+    // Every commit has its seq, one after the other.
+    assert_eq!(seqs_in(&db), "6 6");
+}
+
+/// Runs a capture file with psql as `role` (a login of the test server without a password).
+fn apply_as(db: &TestDb, role: &str, file: &str) -> (bool, String) {
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test server's URL names its user");
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &url, "-f", file])
+        .output()
+        .expect("psql");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// An installer that is not a superuser (it owns the database and may act as `pgfeed_capture`)
+/// cannot create an internal-language function: bulk statements are rendered by the plpgsql
+/// `pgfeed.serialize_bulk` and logged all the same. A superuser's install makes it `to_jsonb`
+/// itself, and that one stays when the other installer applies the file again.
+#[tokio::test]
+async fn an_installer_that_is_not_a_superuser_gets_the_plpgsql_bulk_rendering_and_bulk_capture() {
+    let db = TestDb::create_empty().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let capture = format!("{root}/sql/capture.sql");
+    let role = format!("inst_{}", db.name);
+    // pgfeed_capture is the cluster's; the first test to install capture made it.
+    apply(&db, &capture);
+    db.psql(&format!(
+        "drop schema pgfeed cascade;
+         create role \"{role}\" login nosuperuser; grant pgfeed_capture to \"{role}\";
+         alter database \"{}\" owner to \"{role}\"; alter schema public owner to \"{role}\"",
+        db.name
+    ));
+    let lang = || {
+        db.psql(
+            "select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang
+             where p.oid = 'pgfeed.serialize_bulk(anyelement)'::regprocedure",
+        )
+    };
+    let (ok, stderr) = apply_as(&db, &role, &capture);
+    assert!(ok, "{stderr}");
+    assert_eq!(lang(), "plpgsql");
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let as_installer = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    as_installer(
+        "create table parts (id int primary key, name text); select pgfeed.track('parts');
+         insert into parts select i, 'p' || i from generate_series(1, 3) i",
+    );
+    assert_eq!(
+        newest_commit_in(&db),
+        [
+            "1|parts_created|1|{parts,parts:1}|-|false|false",
+            "2|parts_created|2|{parts,parts:2}|-|false|false",
+            "3|parts_created|3|{parts,parts:3}|-|false|false",
+        ]
+    );
+    apply(&db, &capture);
+    assert_eq!(lang(), "internal");
+    let (ok, stderr) = apply_as(&db, &role, &capture);
+    assert!(ok, "{stderr}");
+    assert_eq!(lang(), "internal");
+    as_installer("update parts set name = name || '!'");
+    assert_eq!(
+        db.psql(
+            "select string_agg(e.op || ':' || e.row_id || ':' || (e.data->>'name') || '<-' || (e.before->>'name'), ' ' order by e.pos)
+             from pgfeed.events e join pgfeed.commits c on c.txid = e.txid where c.seq = (select max(seq) from pgfeed.commits)"
+        ),
+        "update:1:p1!<-p1 update:2:p2!<-p2 update:3:p3!<-p3"
+    );
+    db.psql(&format!(
+        "alter database \"{}\" owner to postgres; alter schema public owner to pg_database_owner;
+         drop owned by \"{role}\" cascade; drop role \"{role}\"",
+        db.name
+    ));
 }
