@@ -113,6 +113,8 @@ async fn bench_latency_runs_pgfeed_and_the_bare_relay_in_turn_and_both_deliver_e
     );
     assert_eq!(r["p50_per_pass_ms"].as_array().map(Vec::len), Some(2), "{r}");
     assert_eq!(relay["p50_per_pass_ms"].as_array().map(Vec::len), Some(2), "{r}");
+    // pgfeed's own count of wake-ups read by seq was scraped from its /metrics.
+    assert!(r["commit_reads"].as_f64().is_some(), "{r}");
     // The test cluster runs on this machine, so its CPU is read, and each variant's writers used some.
     for v in [&r, relay] {
         assert!(v["pg_cpu_us_per_row"].as_f64().unwrap() > 0.0, "{r}");

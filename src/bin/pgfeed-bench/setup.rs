@@ -194,6 +194,27 @@ impl Server {
         self.pid().map_or(Duration::ZERO, |pid| cpu_time(&pid.to_string()))
     }
 
+    /// One series' value from the server's `GET /metrics` (the bench runs it without
+    /// `--jwt-secret`, so unauthenticated); `None` when it cannot be read.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+            .await
+            .ok()?
+            .ok()?;
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
     /// SIGTERM, then wait for a graceful exit (sessions closed with 1001).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {

@@ -30,6 +30,9 @@ const ROLES: [(&str, &str); 4] = [
     ("relay LISTEN", relay::LISTEN_APP),
 ];
 
+/// pgfeed's count of wake-ups answered by reading the one commit they announced, by its seq.
+const COMMIT_READS: &str = "pgfeed_listener_commit_reads_total";
+
 /// A quiet moment between passes, so that one variant's tail work is not measured in the other's pass.
 const BETWEEN_PASSES: Duration = Duration::from_millis(500);
 
@@ -64,6 +67,10 @@ struct Totals {
     /// pgfeed's process, or the relay's threads.
     relay_cpu: Duration,
     closed: BTreeMap<u16, usize>,
+    /// pgfeed only: its wake-ups answered by reading the one commit they announced
+    /// (`pgfeed_listener_commit_reads_total` over the passes; `None` where the server has no such
+    /// series, a build before it).
+    commit_reads: Option<f64>,
     /// p50 of each pass, ms.
     pass_p50: Vec<f64>,
 }
@@ -232,6 +239,7 @@ impl Bench<'_> {
         };
         let (target_tx, target_rx) = watch::channel(None);
         let deadline = Instant::now() + self.pass + DRAIN;
+        let reads0 = self.server.metric(COMMIT_READS).await;
         let backends0 = setup::backend_cpu(&self.observer, &ROLES).await;
         let pg0 = self.cluster.as_ref().map(ClusterCpu::total);
         let cpu0 = self.process_cpu(variant);
@@ -287,6 +295,11 @@ impl Bench<'_> {
             .zip(pg0)
             .map(|(c, pg0)| c.total().saturating_sub(pg0));
         totals.relay_cpu += self.process_cpu(variant).saturating_sub(cpu0);
+        if variant == Variant::Pgfeed {
+            if let (Some(r0), Some(r1)) = (reads0, self.server.metric(COMMIT_READS).await) {
+                *totals.commit_reads.get_or_insert(0.0) += r1 - r0;
+            }
+        }
         let mut roles = Duration::ZERO;
         for ((role, pid), cpu) in setup::backend_cpu(&self.observer, &ROLES).await {
             let used = cpu.saturating_sub(backends0.get(&(role, pid)).copied().unwrap_or_default());
@@ -427,6 +440,15 @@ async fn report(
             format!("pgfeed: {} · relay: {}", roles(pgfeed), roles(bare)),
         ),
         (
+            "pgfeed's commits read by seq".to_owned(),
+            pgfeed.commit_reads.map_or("not counted by this build".to_owned(), |r| {
+                format!(
+                    "{r:.0} of {} rows' commits (the others by the general read: several commits a read, or a commit not yet visible)",
+                    pgfeed.rows
+                )
+            }),
+        ),
+        (
             "relay process CPU per row".to_owned(),
             format!(
                 "pgfeed {:.0} µs ({:.2} s) · bare relay's threads {:.0} µs ({:.2} s)",
@@ -474,6 +496,7 @@ async fn report(
         "server_cpu_s": report::round(pgfeed.relay_cpu.as_secs_f64()),
         "pg_cpu_us_per_row": pg_us.map(|x| x.round()), "pg_cpu_us_per_row_by_role": roles_json(pgfeed),
         "pg_cpu_us_per_row_all": pgfeed.pg_us_per_row_all().map(|x| x.round()),
+        "commit_reads": pgfeed.commit_reads,
         "bare_relay": {
             "rows": bare.rows, "deliveries": bare.delivered, "expected": bare.expected,
             "short_subscribers": bare.short, "lost": bare.lost, "doubled": bare.doubled,
