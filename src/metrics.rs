@@ -114,6 +114,8 @@ pub struct Metrics {
     pub listener_reconnects: Counter,
     pub listener_polling: Gauge,
     pub listener_polls: Counter,
+    /// Wake-ups answered by reading the one commit they announced, by its seq.
+    pub listener_commit_reads: Counter,
     pub last_relayed_seq: Gauge,
     /// 1 on the node that leads (settles and writes the watermark), 0 on followers.
     pub leader: Gauge,
@@ -150,6 +152,7 @@ impl Metrics {
             listener_reconnects: Counter::default(),
             listener_polling: Gauge::default(),
             listener_polls: Counter::default(),
+            listener_commit_reads: Counter::default(),
             last_relayed_seq: Gauge::default(),
             leader: Gauge::default(),
             generation: Gauge::default(),
@@ -194,6 +197,11 @@ impl Metrics {
             "listener_polls",
             "Times the listener switched from wake-ups to polling",
             m.listener_polls.clone(),
+        );
+        registry.register(
+            "listener_commit_reads",
+            "Wake-ups answered by reading the one commit they announced, by its seq (the others read from the listener's position)",
+            m.listener_commit_reads.clone(),
         );
         registry.register(
             "last_relayed_seq",

@@ -12,6 +12,8 @@
 // A crate root's modules resolve beside it, so the bench's own folder is named explicitly.
 #[path = "pgfeed-bench/client.rs"]
 mod client;
+#[path = "pgfeed-bench/relay.rs"]
+mod relay;
 #[path = "pgfeed-bench/report.rs"]
 mod report;
 #[path = "pgfeed-bench/scenarios/mod.rs"]

@@ -208,6 +208,62 @@ pub async fn read_after_any(
     read(db, after, Some(topics), limit, known, Some(scan)).await
 }
 
+/// The listener's read when a wake-up announces commit `seq` and the hub stands just after
+/// `seq - 1` (every event up to it relayed, every seq up to it final): that commit's events,
+/// looked up by its seq. No bound is computed and nothing settled, because nothing needs it: a
+/// commit row that is visible is final, so every seq up to `seq` is; and a prune deletes a commit
+/// row with its events in one statement, so a visible row comes with all of them. `None` when the
+/// row is not visible (in flight, never to commit, or pruned) or the commit holds `limit` events
+/// or more: the caller then reads as usual ([`read_all`]), which waits, settles, pages or
+/// reports the gap. A seq marked as never to commit (txid 0) is `Some` of no events.
+///
+/// It answers the listener's usual wake-up (one commit, announced as the next one) with an index
+/// lookup on `commits` and one on `events`, where [`read_all`] also reads `meta`, the newest seq,
+/// and counts the commit rows up to it (README "Performance", the `latency` row).
+pub async fn read_commit(db: impl PgExecutor<'_>, seq: i64, limit: i64) -> Result<Option<Vec<LogRow>>, sqlx::Error> {
+    let rows = sqlx::query(
+        r#"select e.pos, e.type, e.tbl, e.op, e.row_id::text as row_id, e.topics, e.data::text as data,
+                  c.committed_at, e.old::text as old, e.moved_from, e.before::text as before
+           from pgfeed.commits c
+           left join lateral (
+               select * from pgfeed.events e where e.txid = c.txid order by e.pos limit $2
+           ) e on true
+           where c.seq = $1"#,
+    )
+    .bind(seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    if rows.is_empty() || rows.len() as i64 >= limit {
+        return Ok(None);
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // The one row of a commit without events carries only `committed_at`.
+        let Some(pos) = row.try_get::<Option<i32>, _>(0)? else {
+            continue;
+        };
+        events.push(LogRow {
+            seq,
+            pos,
+            kind: row.try_get(1)?,
+            tbl: row.try_get(2)?,
+            op: row.try_get(3)?,
+            row_id: row.try_get(4)?,
+            topics: row.try_get(5)?,
+            data: row.try_get(6)?,
+            committed_at: row.try_get(7)?,
+            old: row.try_get(8)?,
+            moved_from: row.try_get(9)?,
+            before: row.try_get(10)?,
+        });
+    }
+    if !events.is_sorted_by_key(|r| r.pos) {
+        events.sort_by_key(|r| r.pos);
+    }
+    Ok(Some(events))
+}
+
 /// What one read saw.
 #[derive(Debug)]
 pub struct Read {

@@ -285,3 +285,49 @@ async fn a_polling_server_and_a_waiting_one_on_one_database_relay_the_same_event
         "the first server polled"
     );
 }
+
+#[tokio::test]
+async fn a_wake_up_for_the_next_commit_reads_it_by_seq_and_a_commit_past_a_page_is_read_page_by_page() {
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 'x', 'X')");
+    let mut ws = app.ws().await;
+    ws.subscribe("messages").await;
+    // One commit first, so that the listener has surely settled into waiting for wake-ups.
+    app.psql("insert into messages (study_id, author, body) values (1, 'warm', 'up')");
+    ws.events(1).await;
+    let before = app.metrics().await.value("pgfeed_listener_commit_reads_total");
+
+    // Act: single-row commits, each relayed before the next is written.
+    const ONE_BY_ONE: usize = 5;
+    for i in 0..ONE_BY_ONE {
+        app.psql(&format!(
+            "insert into messages (study_id, author, body) values (1, 'one', '{i}')"
+        ));
+        let event = ws.events(1).await.remove(0);
+        assert_eq!(event["data"]["body"], i.to_string());
+    }
+    // Assert: each wake-up announced the commit right after the hub's position, and that commit
+    // was read alone, by its seq; all but one at most, which the listener's safety read (every
+    // 5 s, reading from its position) may have taken first.
+    let by_seq = app.metrics().await.value("pgfeed_listener_commit_reads_total") - before;
+    assert!(
+        by_seq >= (ONE_BY_ONE - 1) as f64,
+        "{ONE_BY_ONE} commits, {by_seq} read by seq"
+    );
+
+    // Act: one commit of more than a page of events.
+    const BIG: usize = 1500;
+    app.psql(&format!(
+        "insert into messages (study_id, author, body) select 1, 'big', g::text from generate_series(1, {BIG}) g"
+    ));
+    // Assert: it arrives whole and in order, read page by page (not by seq).
+    let events = ws.events(BIG).await;
+    let bodies: Vec<String> = events
+        .iter()
+        .map(|e| e["data"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(bodies, (1..=BIG).map(|i| i.to_string()).collect::<Vec<_>>());
+    ws.assert_quiet(Duration::from_millis(200)).await;
+    let after = app.metrics().await.value("pgfeed_listener_commit_reads_total") - before;
+    assert_eq!(after, by_seq, "the big commit was not read by seq");
+}

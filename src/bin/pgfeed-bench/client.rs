@@ -321,6 +321,11 @@ pub async fn receive(mut sub: Sub, target: watch::Receiver<Option<usize>>, deadl
     tally
 }
 
+/// [`receive`] on a socket that stays open afterwards (the next pass reads on it).
+pub async fn receive_pass(sub: &mut Sub, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
+    receive_frames(&mut sub.ws, sub.transport, target, deadline).await
+}
+
 /// [`receive`] on a `/ws` socket that stays open afterwards.
 pub async fn receive_on(ws: &mut Ws, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
     receive_frames(ws, Transport::Ws, target, deadline).await
@@ -388,6 +393,60 @@ async fn receive_frames(
     tally
 }
 
+/// Opens subscriber number `index`'s WebSocket to the bare-NOTIFY relay (`relay.rs`), from the
+/// same source addresses as [`connect`].
+pub async fn connect_relay(relay: SocketAddr, index: usize) -> anyhow::Result<Ws> {
+    open(relay, index, "/ws").await
+}
+
+/// The row id and the writer's timestamp from a bare relay's frame: `row_to_json` of a
+/// `messages` row, `{"id":7,"study_id":…,"body":"1700000000123456",…}`.
+pub fn parse_relay(text: &str) -> Option<(i64, Option<i64>)> {
+    let id = number_after(text, "{\"id\":")?;
+    let stamp_us = string_after(text, "\"body\":\"").and_then(|b| b.parse().ok());
+    Some((id, stamp_us))
+}
+
+/// What one relay subscriber received, until the count published on `target`, a close, or
+/// `deadline`. The relay promises no order, so none is checked.
+pub async fn receive_relay(ws: &mut Ws, mut target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        if let Some(n) = *target.borrow() {
+            if tally.ids.len() >= n {
+                break;
+            }
+        }
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => match parse_relay(t.as_str()) {
+                    Some((id, stamp)) => {
+                        let at = now_us();
+                        tally.ids.push(id);
+                        if let Some(stamp) = stamp {
+                            tally.latencies_us.push((at - stamp).clamp(0, u32::MAX as i64) as u32);
+                        }
+                        tally.last_at_us = at;
+                    }
+                    None => tally.other += 1,
+                },
+                Some(Ok(Message::Close(frame))) => {
+                    tally.closed.get_or_insert(frame.map_or(1005, |f| f.code.into()));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    tally.closed.get_or_insert(1006);
+                    break;
+                }
+            },
+            changed = target.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    tally
+}
+
 impl Tally {
     /// Counts one event; `last` is the (seq, pos) of the one before.
     fn record(&mut self, seen: Seen, last: &mut (i64, i32)) {
@@ -421,6 +480,13 @@ mod tests {
         );
         assert_eq!(seen.committed_us, Some(1_700_000_000_123_457));
         assert!(parse_event(r#"{"type":"pong"}"#).is_none());
+    }
+
+    #[test]
+    fn a_relay_frame_yields_its_row_id_and_stamp() {
+        let frame = r#"{"id":7,"study_id":3,"author":"w1","body":"1700000000123456","version":1}"#;
+        assert_eq!(parse_relay(frame), Some((7, Some(1_700_000_000_123_456))));
+        assert_eq!(parse_relay(r#"{"type":"pong"}"#), None);
     }
 
     #[test]

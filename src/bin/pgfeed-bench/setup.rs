@@ -194,6 +194,27 @@ impl Server {
         self.pid().map_or(Duration::ZERO, |pid| cpu_time(&pid.to_string()))
     }
 
+    /// One series' value from the server's `GET /metrics` (the bench runs it without
+    /// `--jwt-secret`, so unauthenticated); `None` when it cannot be read.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+            .await
+            .ok()?
+            .ok()?;
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
     /// SIGTERM, then wait for a graceful exit (sessions closed with 1001).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
@@ -273,4 +294,100 @@ pub fn cpu_time(pid: &str) -> Duration {
         .flatten()
         .unwrap_or(100) as u64;
     Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
+/// CPU used so far by the client backends of each role (`(role, application_name)` pairs), per
+/// backend pid (read from /proc: only when PostgreSQL runs on this machine; otherwise empty).
+pub async fn backend_cpu(
+    conn: &tokio_postgres::Client,
+    roles: &[(&'static str, &str)],
+) -> std::collections::BTreeMap<(&'static str, i32), Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rows) = conn
+        .query(
+            "select pid, application_name from pg_stat_activity where backend_type = 'client backend'",
+            &[],
+        )
+        .await
+    else {
+        return out;
+    };
+    for row in rows {
+        let (pid, app): (i32, String) = (row.get(0), row.get(1));
+        if let Some((role, _)) = roles.iter().find(|(_, a)| *a == app) {
+            out.insert((*role, pid), cpu_time(&pid.to_string()));
+        }
+    }
+    out
+}
+
+/// The CPU of a PostgreSQL cluster on this machine: its postmaster and every process it started,
+/// those that exited included (their time is added to the postmaster's children's time when it
+/// reaps them), so the difference of two readings is all the cluster used in between.
+pub struct ClusterCpu {
+    postmaster: u32,
+}
+
+impl ClusterCpu {
+    /// The cluster `db` is connected to, when it runs on this machine (its backend's parent in
+    /// /proc); `None` for a remote one.
+    pub async fn find(db: &tokio_postgres::Client) -> Option<ClusterCpu> {
+        let backend: i32 = db.query_one("select pg_backend_pid()", &[]).await.ok()?.get(0);
+        let stat = ProcStat::read(&backend.to_string())?;
+        ProcStat::read(&stat.ppid.to_string())?;
+        Some(ClusterCpu { postmaster: stat.ppid })
+    }
+
+    /// CPU time (user + system) used so far by the postmaster and its children, living or reaped.
+    pub fn total(&self) -> Duration {
+        let Some(postmaster) = ProcStat::read(&self.postmaster.to_string()) else {
+            return Duration::ZERO;
+        };
+        let mut ticks = postmaster.ticks + postmaster.children_ticks;
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let name = p.file_name();
+                let name = name.to_string_lossy();
+                if !name.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                if let Some(s) = ProcStat::read(&name).filter(|s| s.ppid == self.postmaster) {
+                    ticks += s.ticks + s.children_ticks;
+                }
+            }
+        }
+        ticks_to_duration(ticks)
+    }
+}
+
+/// The fields of /proc/<pid>/stat the bench reads.
+struct ProcStat {
+    ppid: u32,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+    /// cutime + cstime: reaped children's, in clock ticks.
+    children_ticks: u64,
+}
+
+impl ProcStat {
+    fn read(pid: &str) -> Option<ProcStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name start at field 3 (state) (proc(5)).
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok());
+        Some(ProcStat {
+            ppid: u32::try_from(field(4)?).ok()?,
+            ticks: field(14)? + field(15)?,
+            children_ticks: field(16)? + field(17)?,
+        })
+    }
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz.max(1))
 }

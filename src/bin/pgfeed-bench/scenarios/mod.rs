@@ -5,6 +5,7 @@ mod admin_page;
 mod bulk;
 mod catchup;
 mod idle;
+mod latency;
 mod streams;
 mod views;
 mod writers;
@@ -29,7 +30,7 @@ use writers::writers;
 
 /// Subscribers connecting at once while a scenario sets up.
 pub(super) const CONNECT_CONCURRENCY: usize = 100;
-/// How long `latency` and `fanout` write for.
+/// How long `fanout` writes for, and `latency` for each of pgfeed and the bare relay.
 const PACED_DURATION: Duration = Duration::from_secs(20);
 /// How long subscribers may take, after the last commit, to receive everything.
 pub(super) const DRAIN: Duration = Duration::from_secs(60);
@@ -45,11 +46,15 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
     eprintln!("pgfeed-bench: {scenario:?} against pgfeed at {}", server.addr);
     let outcome = match scenario {
         Scenario::Latency => {
-            let load = Load::Paced {
-                rate: args.rate.unwrap_or(500),
-                duration: args.duration.unwrap_or(PACED_DURATION),
-            };
-            stream_scenario("latency", args.subscribers.unwrap_or(100), load, args, db, &server).await
+            let (rate, duration) = (args.rate.unwrap_or(500), args.duration.unwrap_or(PACED_DURATION));
+            match args.transport {
+                // Beside the bare-NOTIFY relay, which speaks plain WebSocket only.
+                Transport::Ws => latency::latency(args, db, &server, rate, duration).await,
+                Transport::Socketio => {
+                    let load = Load::Paced { rate, duration };
+                    stream_scenario("latency", args.subscribers.unwrap_or(100), load, args, db, &server).await
+                }
+            }
         }
         Scenario::Fanout => {
             let load = Load::Paced {

@@ -1,6 +1,7 @@
 //! latency, fanout, burst: one scenario over a stream of inserts, paced or all at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -22,27 +23,36 @@ pub(super) enum Load {
 }
 
 /// What the writers did.
-struct Written {
+pub(super) struct Written {
     /// Every inserted row id, sorted.
-    ids: Vec<i64>,
-    first_us: i64,
-    last_commit_us: i64,
+    pub ids: Vec<i64>,
+    pub first_us: i64,
+    pub last_commit_us: i64,
     /// Largest delay of a paced insert behind its schedule.
-    max_behind: Duration,
+    pub max_behind: Duration,
     /// Per row: the writer's own commit, from its row stamp to the acknowledgement (µs).
-    commits_us: Vec<u32>,
+    pub commits_us: Vec<u32>,
 }
 
-async fn write(db: &BenchDb, writers: usize, study: i64, load: Load) -> anyhow::Result<Written> {
-    let clients = db.writers(writers).await?;
+/// The writer connections (`clients`) running `insert` (`$1` the study, `$2` the author;
+/// returning the id and the stamped body, as [`INSERT_STAMPED`]) at `load`.
+pub(super) async fn write(
+    clients: &[Arc<tokio_postgres::Client>],
+    study: i64,
+    load: Load,
+    insert: &str,
+) -> anyhow::Result<Written> {
+    let writers = clients.len();
     let first_us = now_us();
     let t0 = Instant::now();
     let tasks: Vec<_> = clients
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(k, client)| {
+            let client = client.clone();
+            let insert = insert.to_owned();
             tokio::spawn(async move {
-                let stmt = client.prepare(INSERT_STAMPED).await?;
+                let stmt = client.prepare(&insert).await?;
                 let author = format!("w{k}");
                 let mut ids = Vec::new();
                 let mut commits_us = Vec::new();
@@ -122,7 +132,8 @@ pub(super) async fn stream_scenario(
     eprintln!("pgfeed-bench: writing ({load:?}, {} writers)", args.writers);
     let cpu0 = server.cpu_time();
     let own0 = setup::cpu_time("self");
-    let mut written = write(db, args.writers, study, load).await?;
+    let clients: Vec<_> = db.writers(args.writers).await?.into_iter().map(Arc::new).collect();
+    let mut written = write(&clients, study, load, INSERT_STAMPED).await?;
     target_tx.send_replace(Some(written.ids.len()));
     let mut tallies: Vec<Tally> = Vec::with_capacity(n);
     for r in receivers {

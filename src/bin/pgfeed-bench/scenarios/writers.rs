@@ -90,26 +90,8 @@ const BACKEND_ROLES: [(&str, &str); 4] = [
 ];
 const NOTIFY_LISTENER_APP: &str = "pgfeed-bench-notify-listener";
 
-/// CPU used so far by the backends of each role, per backend pid (read from /proc: only when
-/// PostgreSQL runs on this machine; otherwise every figure is 0).
 async fn backend_cpu(conn: &tokio_postgres::Client) -> BTreeMap<(&'static str, i32), Duration> {
-    let mut out = BTreeMap::new();
-    let Ok(rows) = conn
-        .query(
-            "select pid, application_name from pg_stat_activity where backend_type = 'client backend'",
-            &[],
-        )
-        .await
-    else {
-        return out;
-    };
-    for row in rows {
-        let (pid, app): (i32, String) = (row.get(0), row.get(1));
-        if let Some((role, _)) = BACKEND_ROLES.iter().find(|(_, a)| *a == app) {
-            out.insert((*role, pid), setup::cpu_time(&pid.to_string()));
-        }
-    }
-    out
+    setup::backend_cpu(conn, &BACKEND_ROLES).await
 }
 
 /// writers: TPS of 1-row inserts at 1, 4 and 16 writers, per variant, with where writers wait.
