@@ -99,6 +99,35 @@ impl BenchDb {
         Ok(all)
     }
 
+    /// The URL of database `name` on the same server, created when it does not exist yet (the
+    /// `nodes` scenario gives each pgfeed build a database of its own: each installs its own
+    /// capture code).
+    pub async fn sibling(&self, name: &str) -> anyhow::Result<String> {
+        let admin = self.connect("pgfeed-bench").await?;
+        let exists: bool = admin
+            .query_one("select exists (select from pg_database where datname = $1)", &[&name])
+            .await?
+            .get(0);
+        if !exists {
+            admin
+                .batch_execute(&format!("create database {name}"))
+                .await
+                .with_context(|| format!("creating database {name}"))?;
+        }
+        with_database(&self.url, name)
+    }
+
+    /// The postmaster's pid, when PostgreSQL runs on this machine (the parent of a backend of ours).
+    pub async fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let c = self.connect("pgfeed-bench").await?;
+        let backend: i32 = c.query_one("select pg_backend_pid()", &[]).await?.get(0);
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
+            .context("PostgreSQL does not run on this machine (no /proc entry for its backend)")?;
+        proc_stat_field(&stat, 4)
+            .and_then(|p| u32::try_from(p).ok())
+            .context("no parent pid in /proc/<backend>/stat")
+    }
+
     /// The PostgreSQL server version, for the report.
     pub async fn version(&self) -> anyhow::Result<String> {
         let c = self.connect("pgfeed-bench").await?;
@@ -117,17 +146,18 @@ pub struct Server {
 
 impl Server {
     pub async fn start(binary: &std::path::Path, db: &BenchDb) -> anyhow::Result<Server> {
-        let data_dir = std::env::temp_dir().join(format!("pgfeed-bench-data-{}", std::process::id()));
+        Server::start_on(binary, &db.url).await
+    }
+
+    /// A server on database `url` (the `nodes` scenario runs several at once, each with a data
+    /// dir of its own).
+    pub async fn start_on(binary: &std::path::Path, url: &str) -> anyhow::Result<Server> {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data_dir = std::env::temp_dir().join(format!("pgfeed-bench-data-{}-{n}", std::process::id()));
         let verbose = std::env::var("PGFEED_BENCH_LOG").ok();
         let mut child = Command::new(binary)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-                "--data-dir",
-            ])
+            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", url, "--data-dir"])
             .arg(&data_dir)
             .env("NO_COLOR", "1")
             // PGFEED_BENCH_LOG: the server's RUST_LOG, for finding where time goes; its lines are
@@ -167,6 +197,20 @@ impl Server {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Whether `GET /healthz` answers 200 (database and listener up), by a bare HTTP/1.0 request.
+    pub async fn healthy(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let check = async {
+            let mut tcp = tokio::net::TcpStream::connect(self.addr).await?;
+            tcp.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await?;
+            let mut head = [0u8; 12];
+            tcp.read_exact(&mut head).await?;
+            anyhow::Ok(head.ends_with(b"200"))
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(5), check).await, Ok(Ok(true)))
     }
 
     /// The server's resident memory (VmRSS) in KiB.
@@ -257,17 +301,33 @@ pub async fn new_study(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
+/// `url` (`postgres://…/DB?…`) naming database `name` instead.
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let authority = url.find("://").context("a postgres:// URL")? + 3;
+    let path = url[authority..].find('/').map_or(url.len(), |i| authority + i);
+    let query = url[path..].find('?').map_or("", |i| &url[path + i..]);
+    Ok(format!("{}/{name}{query}", &url[..path]))
+}
+
+/// Field `n` (1-based, proc(5)) of a /proc/<pid>/stat line, for the numeric fields after the
+/// parenthesised command name.
+pub fn proc_stat_field(stat: &str, n: usize) -> Option<u64> {
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
 /// CPU time (user + system) used so far by process `pid` (`"self"` for the bench itself).
 pub fn cpu_time(pid: &str) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
-    // Fields after the parenthesised command name start at field 3 (state); utime and stime
-    // are fields 14 and 15 (proc(5)).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(14) + field(15);
+    // utime and stime are fields 14 and 15 (proc(5)).
+    let field = |n: usize| proc_stat_field(&stat, n).unwrap_or(0);
+    ticks(field(14) + field(15))
+}
+
+/// Clock ticks (`CLK_TCK`) as a duration.
+pub fn ticks(ticks: u64) -> Duration {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

@@ -1,6 +1,7 @@
 //! latency, fanout, burst: one scenario over a stream of inserts, paced or all at once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -22,19 +23,29 @@ pub(super) enum Load {
 }
 
 /// What the writers did.
-struct Written {
+pub(super) struct Written {
     /// Every inserted row id, sorted.
-    ids: Vec<i64>,
-    first_us: i64,
-    last_commit_us: i64,
+    pub(super) ids: Vec<i64>,
+    pub(super) first_us: i64,
+    pub(super) last_commit_us: i64,
     /// Largest delay of a paced insert behind its schedule.
-    max_behind: Duration,
+    pub(super) max_behind: Duration,
     /// Per row: the writer's own commit, from its row stamp to the acknowledgement (µs).
-    commits_us: Vec<u32>,
+    pub(super) commits_us: Vec<u32>,
 }
 
 async fn write(db: &BenchDb, writers: usize, study: i64, load: Load) -> anyhow::Result<Written> {
     let clients = db.writers(writers).await?;
+    write_with(clients.into_iter().map(Arc::new).collect(), study, load).await
+}
+
+/// [`write`] on connections the caller keeps (`nodes` reads their backends' CPU afterwards).
+pub(super) async fn write_with(
+    clients: Vec<Arc<tokio_postgres::Client>>,
+    study: i64,
+    load: Load,
+) -> anyhow::Result<Written> {
+    let writers = clients.len();
     let first_us = now_us();
     let t0 = Instant::now();
     let tasks: Vec<_> = clients
