@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 /// `application_name` of the bench's writers, to pick them out in `pg_stat_activity`.
 pub const WRITER_APP: &str = "pgfeed-bench-writer";
 const BENCH_DATABASE: &str = "pgfeed_bench";
+/// `max_connections` of the bench's private cluster.
+const MAX_CONNECTIONS: u32 = 400;
 /// How long `pgfeed serve` may take to say `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -56,10 +58,19 @@ impl BenchDb {
             .await
             .context("connecting to the private cluster")?;
         tokio::spawn(conn);
+        // Room for `nodes`: 8 servers, each with its pool, listener and log reader, beside the
+        // writers (the default 100 is not enough); it takes a restart.
         admin
             .batch_execute(&format!("create database {BENCH_DATABASE}"))
             .await
             .context("creating the bench database")?;
+        admin
+            .batch_execute(&format!("alter system set max_connections = {MAX_CONNECTIONS}"))
+            .await
+            .context("raising max_connections")?;
+        drop(admin);
+        cluster.stop().await?;
+        let cluster = Cluster::start(&dir).await?;
         Ok(BenchDb {
             url: cluster.url(BENCH_DATABASE),
             cluster: Some((cluster, dir)),
@@ -99,22 +110,30 @@ impl BenchDb {
         Ok(all)
     }
 
-    /// The URL of database `name` on the same server, created when it does not exist yet (the
-    /// `nodes` scenario gives each pgfeed build a database of its own: each installs its own
-    /// capture code).
-    pub async fn sibling(&self, name: &str) -> anyhow::Result<String> {
+    /// A database of its own beside the bench's (named after it, with `suffix`), created afresh,
+    /// and its URL: the `nodes` scenario gives each pgfeed build one (each installs its own
+    /// capture code). [`BenchDb::drop_sibling`] removes it.
+    pub async fn sibling(&self, suffix: &str) -> anyhow::Result<(String, String)> {
         let admin = self.connect("pgfeed-bench").await?;
-        let exists: bool = admin
-            .query_one("select exists (select from pg_database where datname = $1)", &[&name])
-            .await?
-            .get(0);
-        if !exists {
+        let here: String = admin.query_one("select current_database()", &[]).await?.get(0);
+        let name = format!("{here}_{suffix}");
+        anyhow::ensure!(name.len() <= 63, "database name {name} is too long");
+        for sql in ["drop database if exists {} with (force)", "create database {}"] {
             admin
-                .batch_execute(&format!("create database {name}"))
+                .batch_execute(&sql.replace("{}", &quote_ident(&name)))
                 .await
                 .with_context(|| format!("creating database {name}"))?;
         }
-        with_database(&self.url, name)
+        let url = with_database(&self.url, &name)?;
+        Ok((name, url))
+    }
+
+    pub async fn drop_sibling(&self, name: &str) -> anyhow::Result<()> {
+        let admin = self.connect("pgfeed-bench").await?;
+        admin
+            .batch_execute(&format!("drop database if exists {} with (force)", quote_ident(name)))
+            .await
+            .with_context(|| format!("dropping database {name}"))
     }
 
     /// The postmaster's pid, when PostgreSQL runs on this machine (the parent of a backend of ours).
@@ -301,12 +320,24 @@ pub async fn new_study(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
-/// `url` (`postgres://…/DB?…`) naming database `name` instead.
+/// `name` as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `url` (`postgres://…/DB?…`) naming database `name` instead (percent-encoded as needed).
 fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
     let authority = url.find("://").context("a postgres:// URL")? + 3;
     let path = url[authority..].find('/').map_or(url.len(), |i| authority + i);
     let query = url[path..].find('?').map_or("", |i| &url[path + i..]);
-    Ok(format!("{}/{name}{query}", &url[..path]))
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("{}/{encoded}{query}", &url[..path]))
 }
 
 /// Field `n` (1-based, proc(5)) of a /proc/<pid>/stat line, for the numeric fields after the

@@ -41,6 +41,8 @@ const ROLES: [&str; 4] = ["writers", "pgfeed sessions", "background", "exited"];
 struct Build {
     label: &'static str,
     binary: PathBuf,
+    /// Its database, beside the bench's, dropped at the end.
+    database: String,
     url: String,
 }
 
@@ -72,50 +74,26 @@ pub(super) async fn nodes(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
         nodes.iter().all(|&n| (1..=32).contains(&n)),
         "--nodes takes server counts from 1 to 32"
     );
+    let postmaster = db.postmaster_pid().await?;
+    let after = setup::pgfeed_binary(args.pgfeed.as_deref())?;
     let mut builds = Vec::new();
-    if let Some(before) = &args.pgfeed_before {
+    for (label, binary) in [("before", args.pgfeed_before.clone()), ("after", Some(after))] {
+        let Some(binary) = binary else { continue };
+        let (database, url) = db.sibling(&format!("nodes_{label}")).await?;
         builds.push(Build {
-            label: "before",
-            binary: before.clone(),
-            url: db.sibling("pgfeed_bench_nodes_before").await?,
+            label,
+            binary,
+            database,
+            url,
         });
     }
-    builds.push(Build {
-        label: "after",
-        binary: setup::pgfeed_binary(args.pgfeed.as_deref())?,
-        url: db.sibling("pgfeed_bench_nodes_after").await?,
-    });
-    let postmaster = db.postmaster_pid().await?;
-    let rounds = args.repeat.max(1);
-    let mut runs: BTreeMap<(usize, &'static str), Vec<Run>> = BTreeMap::new();
-    for round in 0..rounds {
-        for &n in &nodes {
-            // Alternate which build goes first, so drift on the machine lands on both alike.
-            let order: Vec<&Build> = if round % 2 == 0 {
-                builds.iter().collect()
-            } else {
-                builds.iter().rev().collect()
-            };
-            for build in order {
-                let run = run_once(build, n, args, postmaster)
-                    .await
-                    .with_context(|| format!("{} with {n} servers", build.label))?;
-                eprintln!(
-                    "pgfeed-bench: round {}/{rounds}, {n} servers, {}: {} commits at {:.0}/s, PostgreSQL {:.0} µs/commit, pgfeed {:.0} µs/commit, lost {} doubled {}",
-                    round + 1,
-                    build.label,
-                    run.commits,
-                    run.rate,
-                    run.pg_us,
-                    run.pgfeed_us,
-                    run.lost,
-                    run.doubled
-                );
-                runs.entry((n, build.label)).or_default().push(run);
-            }
-        }
+    let outcome = measure_all(&nodes, &builds, args, postmaster).await;
+    for build in &builds {
+        db.drop_sibling(&build.database).await?;
     }
+    let runs = outcome?;
 
+    let rounds = args.repeat.max(1);
     let mut table = Vec::new();
     let mut rows = Vec::new();
     let mut exact = true;
@@ -202,6 +180,46 @@ pub(super) async fn nodes(args: &Args, db: &BenchDb) -> anyhow::Result<()> {
     });
     report::print("nodes", &table, &out);
     Ok(())
+}
+
+/// Every run: for each round, each server count, each build (which goes first alternates).
+async fn measure_all(
+    nodes: &[usize],
+    builds: &[Build],
+    args: &Args,
+    postmaster: u32,
+) -> anyhow::Result<BTreeMap<(usize, &'static str), Vec<Run>>> {
+    let rounds = args.repeat.max(1);
+    let mut runs: BTreeMap<(usize, &'static str), Vec<Run>> = BTreeMap::new();
+    for round in 0..rounds {
+        for &n in nodes {
+            // Alternate which build goes first, so drift on the machine lands on both alike.
+            let order: Vec<&Build> = if round % 2 == 0 {
+                builds.iter().collect()
+            } else {
+                builds.iter().rev().collect()
+            };
+            for build in order {
+                let run = run_once(build, n, args, postmaster)
+                    .await
+                    .with_context(|| format!("{} with {n} servers", build.label))?;
+                eprintln!(
+                    "pgfeed-bench: round {}/{rounds}, {n} servers, {}: {} commits at {:.0}/s, PostgreSQL {:.0} µs/commit, pgfeed {:.0} µs/commit, lost {} doubled {}",
+                    round + 1,
+                    build.label,
+                    run.commits,
+                    run.rate,
+                    run.pg_us,
+                    run.pgfeed_us,
+                    run.lost,
+                    run.doubled
+                );
+                runs.entry((n, build.label)).or_default().push(run);
+            }
+        }
+    }
+
+    Ok(runs)
 }
 
 /// One run: `n` servers of `build`, subscribers on each, the paced writers, every delivery.
