@@ -386,3 +386,35 @@ impl Publisher {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watermark_is_owed_only_past_what_was_written_and_due_after_the_interval() {
+        let mut p = Publisher::new(DurableWatermark::Local, None);
+        assert_eq!(p.due(), None, "nothing delivered, nothing owed");
+        p.owed = 10;
+        let now = tokio::time::Instant::now();
+        assert!(
+            p.due().is_some_and(|d| d <= tokio::time::Instant::now()),
+            "never written: due at once"
+        );
+        p.written = Some(now);
+        p.published = 5;
+        assert_eq!(
+            p.due(),
+            Some(now + FOLLOWED_EVERY),
+            "followers unknown yet: the short interval"
+        );
+        p.followers = Some((false, now));
+        assert_eq!(p.due(), Some(now + ALONE_EVERY), "nobody follows: once a second");
+        p.followers = Some((true, now));
+        assert_eq!(p.due(), Some(now + FOLLOWED_EVERY));
+        p.published = 10;
+        assert_eq!(p.due(), None, "written up to what was delivered");
+        p.restart();
+        assert_eq!((p.published, p.owed, p.due()), (0, 0, None));
+    }
+}

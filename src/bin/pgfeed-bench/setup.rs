@@ -365,3 +365,39 @@ pub fn ticks(ticks: u64) -> Duration {
         .unwrap_or(100) as u64;
     Duration::from_millis(ticks * 1000 / hz.max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sibling_url_names_the_other_database_and_keeps_the_rest() {
+        assert_eq!(
+            with_database(
+                "postgres://postgres@%2Ftmp%2Fx%2Fsock:5432/pgfeed_bench",
+                "pgfeed_bench_nodes_after"
+            )
+            .unwrap(),
+            "postgres://postgres@%2Ftmp%2Fx%2Fsock:5432/pgfeed_bench_nodes_after"
+        );
+        assert_eq!(
+            with_database("postgres://me:pw@db:5433/scratch?sslmode=disable", "a b").unwrap(),
+            "postgres://me:pw@db:5433/a%20b?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://db", "x").unwrap(), "postgres://db/x");
+        assert!(with_database("not a url", "x").is_err());
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+    }
+
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        // A command name with spaces and parentheses, as a process may have.
+        let stat = "42 (post gres: (x)) S 7 42 42 0 -1 4194560 100 0 0 0 250 30 5 6 20 0";
+        assert_eq!(proc_stat_field(stat, 4), Some(7));
+        assert_eq!(proc_stat_field(stat, 14), Some(250));
+        assert_eq!(proc_stat_field(stat, 15), Some(30));
+        assert_eq!(proc_stat_field(stat, 17), Some(6));
+        assert_eq!(proc_stat_field(stat, 2), None);
+        assert_eq!(proc_stat_field("garbage", 4), None);
+    }
+}
