@@ -123,6 +123,9 @@ pub struct Metrics {
     pub watermark_seq: Gauge,
     /// 1 while the leader waits for the durable standby to flush (`--durable-watermark standby`).
     pub watermark_waiting: Gauge,
+    /// How far this server is behind the log (`db::watermark::lag`), set at scrape time.
+    pub lag_seqs: Gauge,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
     pub log_events: Gauge,
     pub oldest_event_age: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -158,6 +161,8 @@ impl Metrics {
             generation: Gauge::default(),
             watermark_seq: Gauge::default(),
             watermark_waiting: Gauge::default(),
+            lag_seqs: Gauge::default(),
+            lag_seconds: Gauge::default(),
             log_events: Gauge::default(),
             oldest_event_age: Gauge::default(),
             http_requests: Family::default(),
@@ -227,6 +232,16 @@ impl Metrics {
             "watermark_waiting",
             "1 while the leader waits for the durable standby to flush (--durable-watermark standby)",
             m.watermark_waiting.clone(),
+        );
+        registry.register(
+            "lag_seqs",
+            "The newest committed seq minus the one this server relayed last (0 when caught up)",
+            m.lag_seqs.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "How long ago the first commit this server has not relayed yet committed (0 when caught up)",
+            m.lag_seconds.clone(),
         );
         registry.register("log_events", "Events kept in the log (estimate)", m.log_events.clone());
         registry.register(

@@ -42,8 +42,9 @@ pub struct Args {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// How long `latency` and `fanout` write for (default 20 s), `views` updates (default 30 s), or
-    /// `idle` connections sit idle before one row wakes them (default 2 s).
+    /// How long `latency` and `fanout` write for (default 20 s), `views` updates (default 30 s),
+    /// `nodes` writes each run (default 15 s), or `idle` connections sit idle before one row wakes
+    /// them (default 2 s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
 
@@ -56,11 +57,13 @@ pub struct Args {
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
 
-    /// Subscribers (default per scenario: latency 100, fanout 1000, burst 10, idle 10000, views 1000).
+    /// Subscribers (default per scenario: latency 100, fanout 1000, burst 10, idle 10000, views
+    /// 1000; nodes: 10 on each server).
     #[arg(long)]
     pub subscribers: Option<usize>,
 
-    /// Rows per second written (default: latency 500, fanout 200), or updates per second (views 1000).
+    /// Rows per second written (default: latency 500, fanout 200, nodes 1000), or updates per
+    /// second (views 1000).
     #[arg(long)]
     pub rate: Option<u32>,
 
@@ -77,6 +80,20 @@ pub struct Args {
     /// The `pgfeed` binary to run (default: next to this executable).
     #[arg(long)]
     pub pgfeed: Option<std::path::PathBuf>,
+
+    /// `nodes`: an older `pgfeed` build to measure beside `--pgfeed` in interleaved runs, each on a
+    /// database of its own (README Performance, "Many servers on one database").
+    #[arg(long, env = "PGFEED_BENCH_BEFORE")]
+    pub pgfeed_before: Option<std::path::PathBuf>,
+
+    /// `writers` and `bulk`: this many more servers on the same database, started after the
+    /// measured one (which so leads): what followers cost writers (README "Running many servers").
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub followers: u8,
+
+    /// `nodes`: the server counts to run, e.g. `1,4,8` (the default), each from 1 to 32.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<usize>,
 
     /// `admin-page`: the script that drives the page (default: this checkout's
     /// scripts/admin-page-bench.mjs), run with `node`.
@@ -103,6 +120,9 @@ pub enum Scenario {
     Views,
     /// Not part of `all`: needs node and Chromium.
     AdminPage,
+    /// PostgreSQL's CPU per commit with 1, 4 and 8 pgfeed servers on one database (`--nodes`),
+    /// against `--pgfeed-before` when given. Not part of `all`.
+    Nodes,
     All,
 }
 

@@ -11,14 +11,19 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::db::log;
+use crate::db::{log, watermark};
 use crate::metrics::HttpLabels;
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    // The log's size and age are read at scrape time; a failed read leaves the last values.
+    // The log's size and age, and this server's lag, are read at scrape time; a failed read
+    // leaves the last values.
     if let Ok(size) = log::size(&state.feed.pool).await {
         state.metrics.log_events.set(size.events);
         state.metrics.oldest_event_age.set(size.oldest_age.unwrap_or(0.0));
+    }
+    if let Ok(lag) = watermark::lag(&state.feed.pool, state.feed.hub.last().seq).await {
+        state.metrics.lag_seqs.set(lag.seqs);
+        state.metrics.lag_seconds.set(lag.ms as f64 / 1000.0);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -23,12 +23,14 @@
 //! it waits for wake-ups: nothing committed without a NOTIFY is left unread.
 //!
 //! With several servers on one database, one listener leads ([`leader`]): it alone does all of
-//! the above, and before it publishes a page, it writes the watermark covering it. The others
+//! the above, and writes the watermark covering what it relays: before it publishes a page with
+//! `--durable-watermark standby`, after it (at most every few ms) with `local`. The others
 //! follow: they wait on the leader's `pgfeed_watermark` wake-ups, read the log up to the
 //! watermark and no further, never settle and never join the idle set (so writers notify only
 //! while the leader waits, however many servers run), and try to take the lead every second.
-//! No server, the leader included, delivers past the watermark; that is what keeps a cursor
-//! valid across a failover (see [`leader`], "Generations").
+//! No follower delivers past the watermark, and a new generation's `last_good_seq` is a
+//! watermark; that is what keeps a cursor valid across a failover (see [`leader`],
+//! "Generations" and "Deliver first").
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -332,7 +334,9 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         // Before anything is relayed: the generation it is relayed under, and a watermark
         // covering what this server relayed (every seq up to it is final).
         lead.check_generation(hub, metrics).await?;
-        lead.publish(hub.last().seq, metrics).await?;
+        lead.publisher
+            .write_now(&client, hub.last().seq, status, metrics)
+            .await?;
         client
             .batch_execute(&format!("listen {CHANNEL}"))
             .await
@@ -371,6 +375,7 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
                     lead.check_generation(hub, metrics).await?;
                     relay(&mut reader, hub, metrics, &mut lead).await?
                 }
+                _ = lead.owed_due() => lead.catch_up(metrics).await?,
                 ended = &mut driver => return connection_ended(ended),
             }
         }
@@ -406,7 +411,7 @@ impl Lead<'_> {
         let current = leader::generation(self.client, serving).await?;
         if current.gen != serving {
             // The feed may start over before what was published: publish from there again.
-            self.publisher.published = 0;
+            self.publisher.restart();
         }
         move_to_generation(hub, metrics, current.gen, current.good_after);
         Ok(())
@@ -414,6 +419,19 @@ impl Lead<'_> {
 
     async fn publish(&mut self, upto: i64, metrics: &Metrics) -> anyhow::Result<()> {
         self.publisher.publish(self.client, upto, self.status, metrics).await
+    }
+
+    /// Writes the watermark owed to the followers when it is due (`leader::Publisher::catch_up`).
+    async fn catch_up(&mut self, metrics: &Metrics) -> anyhow::Result<()> {
+        self.publisher.catch_up(self.client, metrics).await
+    }
+
+    /// Until the owed watermark is due (forever when none is owed).
+    async fn owed_due(&self) {
+        match self.publisher.due() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -604,10 +622,21 @@ async fn leave_idle_set(client: &tokio_postgres::Client) -> anyhow::Result<()> {
 
 /// Publishes every event after the hub's last position, in log order, a page at a time, up to
 /// the newest commit; a seq missing below it is settled first (`log::settle`), and reading stops
-/// before one still in flight after that (the next read goes on from there). Each page is
-/// covered by the watermark before this server publishes it ([`leader::Publisher`]), so no
-/// server delivers past the watermark, the leader included.
+/// before one still in flight after that (the next read goes on from there). Then writes the
+/// watermark the followers are owed, when it is due. With `--durable-watermark standby` each
+/// page is covered by the watermark before this server publishes it; with `local` the leader
+/// delivers first and the watermark follows (see [`leader`], "Deliver first").
 async fn relay(reader: &mut PgConnection, hub: &Hub, metrics: &Metrics, lead: &mut Lead<'_>) -> anyhow::Result<()> {
+    relay_pages(reader, hub, metrics, lead).await?;
+    lead.catch_up(metrics).await
+}
+
+async fn relay_pages(
+    reader: &mut PgConnection,
+    hub: &Hub,
+    metrics: &Metrics,
+    lead: &mut Lead<'_>,
+) -> anyhow::Result<()> {
     loop {
         let after = hub.last();
         let started = Instant::now();

@@ -149,3 +149,81 @@ async fn bench_refuses_socketio_for_a_scenario_that_speaks_ws_only() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `pgfeed-bench nodes`, briefly, with this build as both "before" and "after": its figures mean
+/// something only if every subscriber on every server got every row once, in order, and it
+/// leaves none of the databases it made behind.
+#[tokio::test]
+async fn bench_nodes_checks_every_subscriber_on_every_server_and_cleans_up() {
+    let db = TestDb::create().await;
+    let r = bench_over(
+        &db,
+        "ws",
+        &[
+            "nodes",
+            "--nodes",
+            "1,2",
+            "--duration",
+            "1s",
+            "--rate",
+            "40",
+            "--subscribers",
+            "2",
+            "--writers",
+            "2",
+            "--repeat",
+            "1",
+            "--pgfeed-before",
+            BIN,
+        ],
+    )
+    .await;
+    let results = r["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{r}");
+    for (row, servers) in results.iter().zip([1, 2]) {
+        assert_eq!(row["servers"], servers, "{r}");
+        for build in ["before", "after"] {
+            let b = &row[build];
+            assert!(b["commits"][0].as_u64().unwrap() > 0, "{r}");
+            assert!(
+                b["pg_us_per_commit"].as_f64().unwrap() > 0.0,
+                "PostgreSQL's CPU was read: {r}"
+            );
+            assert_eq!(
+                (&b["lost"], &b["doubled"], &b["out_of_order"], &b["short_subscribers"]),
+                (&0.into(), &0.into(), &0.into(), &0.into()),
+                "{r}"
+            );
+        }
+        assert!(row["after_vs_before"].as_f64().is_some(), "{r}");
+    }
+    assert_eq!(r["meets_target"], true, "{r}");
+    let left = db.psql(&format!(
+        "select count(*) from pg_database where datname like '{}\\_nodes\\_%'",
+        db.name
+    ));
+    assert_eq!(left, "0", "the bench's databases are dropped");
+}
+
+#[tokio::test]
+async fn bench_refuses_server_counts_out_of_bounds() {
+    for args in [
+        &["nodes", "--nodes", "0"][..],
+        &["nodes", "--nodes", "1,33"],
+        &["writers", "--followers", "17"],
+        &["nodes", "--nodes", "many"],
+    ] {
+        let out = Command::new(BENCH)
+            .args(args)
+            .args(["--database-url", "postgres://unused.invalid/x"])
+            .output()
+            .await
+            .expect("running pgfeed-bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains("--nodes takes server counts from 1 to 32") || stderr.contains("invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

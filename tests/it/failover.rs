@@ -273,7 +273,8 @@ async fn lossy_failover(durable: bool) {
             wait_seen(rec, "lost-49").await;
         }
     }
-    pair.primary.stop("immediate");
+    // A crash: the primary's postmaster killed with SIGKILL (issue 18).
+    pair.primary.kill().await;
     pair.promote_standby().await;
     if durable {
         // The new primary has no standby yet: events wait for one, as they should.
@@ -499,4 +500,96 @@ async fn a_server_given_both_hosts_follows_the_primary_through_a_switchover() {
     assert_eq!(status, 200);
     assert_eq!(health(&node).await["generation"], 2);
     node.stop().await;
+}
+
+/// Both lags of a server's `/healthz`, which must be there while its database is.
+async fn lag(app: &TestApp) -> (i64, i64) {
+    let h = health(app).await;
+    let seqs = h["lag_seqs"].as_i64().unwrap_or_else(|| panic!("no lag_seqs: {h}"));
+    let ms = h["lag_ms"].as_i64().unwrap_or_else(|| panic!("no lag_ms: {h}"));
+    (seqs, ms)
+}
+
+async fn wait_caught_up(app: &TestApp) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let l = lag(app).await;
+        if l == (0, 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server never caught up: lag {l:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/healthz` and `/metrics` say how far each node is behind the log. The follower is held back
+/// by a session that locks the watermark row (the leader cannot write it); the leader, with
+/// `--durable-watermark local`, delivers first and is not held back (issue 18: deliver first,
+/// watermark after).
+#[tokio::test]
+async fn each_node_says_how_far_behind_the_log_it_is_and_the_leader_delivers_before_its_watermark() {
+    let db = TestDb::create().await;
+    let a = TestApp::spawn_on(db.clone()).await;
+    let b = TestApp::spawn_on(db.clone()).await;
+    assert_eq!(health(&a).await["role"], "leader");
+    assert_eq!(health(&b).await["role"], "follower");
+    let (on_leader, leader_task) = spawn_client(&[a.addr], None, "held-4");
+    let (on_follower, follower_task) = spawn_client(&[b.addr], None, "held-4");
+    // Subscribed (live, without a cursor) before anything is written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write(&db, "warm", 3);
+    wait_seen(&on_leader, "warm-2").await;
+    wait_seen(&on_follower, "warm-2").await;
+    wait_caught_up(&a).await;
+    wait_caught_up(&b).await;
+
+    let (holder, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("a session of the test's own");
+    let conn = tokio::spawn(conn);
+    holder
+        .batch_execute("begin; select * from pgfeed.watermark for update")
+        .await
+        .expect("locking the watermark row");
+    write(&db, "held", 5);
+    // The leader delivers them although it cannot write the watermark.
+    wait_seen(&on_leader, "held-4").await;
+    wait_caught_up(&a).await;
+    // The follower cannot, and says how far behind it is.
+    let (seqs, ms) = lag(&b).await;
+    assert!(seqs >= 5, "five commits are not relayed: lag_seqs {seqs}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, ms_later) = lag(&b).await;
+    assert!(ms_later > 0 && ms_later >= ms, "lag_ms {ms} then {ms_later}");
+    let scrape = b.metrics().await;
+    assert!(scrape.value("pgfeed_lag_seqs") >= 5.0);
+    assert!(scrape.value("pgfeed_lag_seconds") > 0.0);
+    assert!(
+        !on_follower
+            .lock()
+            .unwrap()
+            .labels()
+            .iter()
+            .any(|l| l.starts_with("held")),
+        "the follower delivered past the watermark"
+    );
+
+    holder.batch_execute("commit").await.expect("releasing the row");
+    drop(holder);
+    let _ = conn.await;
+    wait_seen(&on_follower, "held-4").await;
+    wait_caught_up(&b).await;
+    wait_caught_up(&a).await;
+    let scrape = b.metrics().await;
+    assert_eq!(
+        (scrape.value("pgfeed_lag_seqs"), scrape.value("pgfeed_lag_seconds")),
+        (0.0, 0.0)
+    );
+    for (rec, task) in [(on_leader, leader_task), (on_follower, follower_task)] {
+        task.await.expect("client");
+        let expected = [series("warm", 3), series("held", 5)].concat();
+        assert_eq!(rec.lock().unwrap().labels(), expected);
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 /// `application_name` of the bench's writers, to pick them out in `pg_stat_activity`.
 pub const WRITER_APP: &str = "pgfeed-bench-writer";
 const BENCH_DATABASE: &str = "pgfeed_bench";
+/// `max_connections` of the bench's private cluster.
+const MAX_CONNECTIONS: u32 = 400;
 /// How long `pgfeed serve` may take to say `listening on`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -56,10 +58,19 @@ impl BenchDb {
             .await
             .context("connecting to the private cluster")?;
         tokio::spawn(conn);
+        // Room for `nodes`: 8 servers, each with its pool, listener and log reader, beside the
+        // writers (the default 100 is not enough); it takes a restart.
         admin
             .batch_execute(&format!("create database {BENCH_DATABASE}"))
             .await
             .context("creating the bench database")?;
+        admin
+            .batch_execute(&format!("alter system set max_connections = {MAX_CONNECTIONS}"))
+            .await
+            .context("raising max_connections")?;
+        drop(admin);
+        cluster.stop().await?;
+        let cluster = Cluster::start(&dir).await?;
         Ok(BenchDb {
             url: cluster.url(BENCH_DATABASE),
             cluster: Some((cluster, dir)),
@@ -99,6 +110,43 @@ impl BenchDb {
         Ok(all)
     }
 
+    /// A database of its own beside the bench's (named after it, with `suffix`), created afresh,
+    /// and its URL: the `nodes` scenario gives each pgfeed build one (each installs its own
+    /// capture code). [`BenchDb::drop_sibling`] removes it.
+    pub async fn sibling(&self, suffix: &str) -> anyhow::Result<(String, String)> {
+        let admin = self.connect("pgfeed-bench").await?;
+        let here: String = admin.query_one("select current_database()", &[]).await?.get(0);
+        let name = format!("{here}_{suffix}");
+        anyhow::ensure!(name.len() <= 63, "database name {name} is too long");
+        for sql in ["drop database if exists {} with (force)", "create database {}"] {
+            admin
+                .batch_execute(&sql.replace("{}", &quote_ident(&name)))
+                .await
+                .with_context(|| format!("creating database {name}"))?;
+        }
+        let url = with_database(&self.url, &name)?;
+        Ok((name, url))
+    }
+
+    pub async fn drop_sibling(&self, name: &str) -> anyhow::Result<()> {
+        let admin = self.connect("pgfeed-bench").await?;
+        admin
+            .batch_execute(&format!("drop database if exists {} with (force)", quote_ident(name)))
+            .await
+            .with_context(|| format!("dropping database {name}"))
+    }
+
+    /// The postmaster's pid, when PostgreSQL runs on this machine (the parent of a backend of ours).
+    pub async fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        let c = self.connect("pgfeed-bench").await?;
+        let backend: i32 = c.query_one("select pg_backend_pid()", &[]).await?.get(0);
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
+            .context("PostgreSQL does not run on this machine (no /proc entry for its backend)")?;
+        proc_stat_field(&stat, 4)
+            .and_then(|p| u32::try_from(p).ok())
+            .context("no parent pid in /proc/<backend>/stat")
+    }
+
     /// The PostgreSQL server version, for the report.
     pub async fn version(&self) -> anyhow::Result<String> {
         let c = self.connect("pgfeed-bench").await?;
@@ -117,17 +165,18 @@ pub struct Server {
 
 impl Server {
     pub async fn start(binary: &std::path::Path, db: &BenchDb) -> anyhow::Result<Server> {
-        let data_dir = std::env::temp_dir().join(format!("pgfeed-bench-data-{}", std::process::id()));
+        Server::start_on(binary, &db.url).await
+    }
+
+    /// A server on database `url` (the `nodes` scenario runs several at once, each with a data
+    /// dir of its own).
+    pub async fn start_on(binary: &std::path::Path, url: &str) -> anyhow::Result<Server> {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data_dir = std::env::temp_dir().join(format!("pgfeed-bench-data-{}-{n}", std::process::id()));
         let verbose = std::env::var("PGFEED_BENCH_LOG").ok();
         let mut child = Command::new(binary)
-            .args([
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-                "--data-dir",
-            ])
+            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", url, "--data-dir"])
             .arg(&data_dir)
             .env("NO_COLOR", "1")
             // PGFEED_BENCH_LOG: the server's RUST_LOG, for finding where time goes; its lines are
@@ -167,6 +216,20 @@ impl Server {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Whether `GET /healthz` answers 200 (database and listener up), by a bare HTTP/1.0 request.
+    pub async fn healthy(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let check = async {
+            let mut tcp = tokio::net::TcpStream::connect(self.addr).await?;
+            tcp.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await?;
+            let mut head = [0u8; 12];
+            tcp.read_exact(&mut head).await?;
+            anyhow::Ok(head.ends_with(b"200"))
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(5), check).await, Ok(Ok(true)))
     }
 
     /// The server's resident memory (VmRSS) in KiB.
@@ -278,17 +341,45 @@ pub async fn new_study(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
+/// `name` as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `url` (`postgres://…/DB?…`) naming database `name` instead (percent-encoded as needed).
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let authority = url.find("://").context("a postgres:// URL")? + 3;
+    let path = url[authority..].find('/').map_or(url.len(), |i| authority + i);
+    let query = url[path..].find('?').map_or("", |i| &url[path + i..]);
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("{}/{encoded}{query}", &url[..path]))
+}
+
+/// Field `n` (1-based, proc(5)) of a /proc/<pid>/stat line, for the numeric fields after the
+/// parenthesised command name.
+pub fn proc_stat_field(stat: &str, n: usize) -> Option<u64> {
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
 /// CPU time (user + system) used so far by process `pid` (`"self"` for the bench itself).
 pub fn cpu_time(pid: &str) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
-    // Fields after the parenthesised command name start at field 3 (state); utime and stime
-    // are fields 14 and 15 (proc(5)).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = field(14) + field(15);
+    // utime and stime are fields 14 and 15 (proc(5)).
+    let field = |n: usize| proc_stat_field(&stat, n).unwrap_or(0);
+    ticks(field(14) + field(15))
+}
+
+/// Clock ticks (`CLK_TCK`) as a duration.
+pub fn ticks(ticks: u64) -> Duration {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -390,4 +481,40 @@ fn ticks_to_duration(ticks: u64) -> Duration {
         .flatten()
         .unwrap_or(100) as u64;
     Duration::from_micros(ticks * 1_000_000 / hz.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sibling_url_names_the_other_database_and_keeps_the_rest() {
+        assert_eq!(
+            with_database(
+                "postgres://postgres@%2Ftmp%2Fx%2Fsock:5432/pgfeed_bench",
+                "pgfeed_bench_nodes_after"
+            )
+            .unwrap(),
+            "postgres://postgres@%2Ftmp%2Fx%2Fsock:5432/pgfeed_bench_nodes_after"
+        );
+        assert_eq!(
+            with_database("postgres://me:pw@db:5433/scratch?sslmode=disable", "a b").unwrap(),
+            "postgres://me:pw@db:5433/a%20b?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://db", "x").unwrap(), "postgres://db/x");
+        assert!(with_database("not a url", "x").is_err());
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+    }
+
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        // A command name with spaces and parentheses, as a process may have.
+        let stat = "42 (post gres: (x)) S 7 42 42 0 -1 4194560 100 0 0 0 250 30 5 6 20 0";
+        assert_eq!(proc_stat_field(stat, 4), Some(7));
+        assert_eq!(proc_stat_field(stat, 14), Some(250));
+        assert_eq!(proc_stat_field(stat, 15), Some(30));
+        assert_eq!(proc_stat_field(stat, 17), Some(6));
+        assert_eq!(proc_stat_field(stat, 2), None);
+        assert_eq!(proc_stat_field("garbage", 4), None);
+    }
 }

@@ -89,9 +89,31 @@ impl Node {
         run_pg("pg_ctl", &["-D", path(&self.data), "-m", mode, "-w", "stop"]);
     }
 
+    /// Kills its postmaster with SIGKILL: a crash, as abrupt as a machine's (nothing more is sent
+    /// to a standby; its backends exit as they notice their postmaster gone). Returns once the
+    /// postmaster is gone.
+    pub async fn kill(&self) {
+        let pidfile = std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
+        let pid: i32 = pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid on postmaster.pid's first line");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .expect("SIGKILL the postmaster");
+        wait_for(|| !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)).await;
+    }
+
     pub fn promote(&self) {
         run_pg("pg_ctl", &["-D", path(&self.data), "-w", "promote"]);
     }
+}
+
+/// Whether process `pid` has exited and waits to be reaped (state `Z` in /proc/<pid>/stat).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+        s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
 }
 
 fn path(p: &Path) -> &str {

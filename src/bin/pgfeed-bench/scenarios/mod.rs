@@ -6,6 +6,7 @@ mod bulk;
 mod catchup;
 mod idle;
 mod latency;
+mod nodes;
 mod streams;
 mod views;
 mod writers;
@@ -24,6 +25,7 @@ use admin_page::admin_page;
 use bulk::bulk;
 use catchup::catchup;
 use idle::idle;
+use nodes::nodes;
 use streams::{stream_scenario, Load};
 use views::views;
 use writers::writers;
@@ -41,9 +43,35 @@ pub(super) const INSERT_STAMPED: &str = r#"insert into messages (study_id, autho
     values ($1, $2, (extract(epoch from clock_timestamp()) * 1000000)::bigint::text) returning id, body"#;
 
 pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Result<()> {
+    if scenario == Scenario::Nodes {
+        // It starts servers of its own, several at a time.
+        return nodes(args, db).await;
+    }
     let binary = setup::pgfeed_binary(args.pgfeed.as_deref())?;
     let server = Server::start(&binary, db).await?;
     eprintln!("pgfeed-bench: {scenario:?} against pgfeed at {}", server.addr);
+    let mut followers = Vec::new();
+    if matches!(scenario, Scenario::Writers | Scenario::Bulk) {
+        for _ in 0..args.followers {
+            followers.push(Server::start_on(&binary, &db.url).await?);
+        }
+        for f in &followers {
+            let ready_by = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !f.healthy().await {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < ready_by,
+                    "a follower's listener did not connect"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if !followers.is_empty() {
+            eprintln!(
+                "pgfeed-bench: {} following servers on the same database",
+                followers.len()
+            );
+        }
+    }
     let outcome = match scenario {
         Scenario::Latency => {
             let (rate, duration) = (args.rate.unwrap_or(500), args.duration.unwrap_or(PACED_DURATION));
@@ -79,8 +107,11 @@ pub async fn run(scenario: Scenario, args: &Args, db: &BenchDb) -> anyhow::Resul
         },
         Scenario::Views => views(args, db, &server).await,
         Scenario::AdminPage => admin_page(args, db, &server).await,
-        Scenario::All => unreachable!("expanded by the caller"),
+        Scenario::Nodes | Scenario::All => unreachable!("run above, or expanded by the caller"),
     };
+    for f in followers {
+        f.stop().await?;
+    }
     server.stop().await?;
     outcome
 }

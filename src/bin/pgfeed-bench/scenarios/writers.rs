@@ -329,7 +329,7 @@ pub(super) async fn writers(args: &Args, db: &BenchDb, server: &Server) -> anyho
     ));
     table.push(("verdict".to_owned(), verdict(ok).to_owned()));
     let out = json!({
-        "scenario": "writers", "pass_s": args.pass.as_secs_f64(), "rounds": rounds,
+        "scenario": "writers", "pass_s": args.pass.as_secs_f64(), "rounds": rounds, "followers": args.followers,
         "results": rows, "waits_at_16": wait_json,
         "notifications_received": received.load(std::sync::atomic::Ordering::Relaxed),
         "machine": machine(db).await, "meets_target": ok,
