@@ -313,6 +313,9 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
         let mut reader = PgConnection::connect_with(&options)
             .await
             .context("connecting the listener's log reader")?;
+        // The generation served so far, for followers too (and before `/healthz` can say
+        // "leader"); a leader that finds a newer one sets it again.
+        metrics.generation.set(i64::from(hub.epoch().gen()));
         // One leader per database; the others follow until the lead is free.
         if !leader::try_lead(&client).await? {
             status.set(true);
