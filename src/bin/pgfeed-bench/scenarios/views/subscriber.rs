@@ -230,6 +230,16 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 if frame.cursor.is_some() && frame.cursor == s.last_cursor && !count_came {
                     s.repeated_cursors += 1;
                 }
+                // Latency is of changes: a row an op moves without a change of its own (it shifts
+                // up past an exit, say) comes with the version the subscriber has, and its
+                // `updated_at` may be minutes old.
+                let changed: Vec<bool> = ops
+                    .iter()
+                    .map(|op| {
+                        op.written_row()
+                            .is_some_and(|row| !s.window.rows.iter().any(|&(id, v)| (id, v) == (row.id, row.version)))
+                    })
+                    .collect();
                 let (misfits, first) = s.window.apply(ops, frame.count, limit);
                 s.misfits += misfits as u64;
                 if s.first_misfit.is_none() {
@@ -237,7 +247,7 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 }
                 let from = activity.measure_from_us.load(Ordering::Relaxed);
                 let until = activity.measure_until_us.load(Ordering::Relaxed);
-                for row in ops.iter().filter_map(|op| op.written_row()) {
+                for row in ops.iter().zip(&changed).filter(|(_, c)| **c).filter_map(|(op, _)| op.written_row()) {
                     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&row.updated_at) {
                         let written = t.timestamp_micros();
                         if (from..=until).contains(&written) {
