@@ -247,7 +247,12 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 }
                 let from = activity.measure_from_us.load(Ordering::Relaxed);
                 let until = activity.measure_until_us.load(Ordering::Relaxed);
-                for row in ops.iter().zip(&changed).filter(|(_, c)| **c).filter_map(|(op, _)| op.written_row()) {
+                for row in ops
+                    .iter()
+                    .zip(&changed)
+                    .filter(|(_, c)| **c)
+                    .filter_map(|(op, _)| op.written_row())
+                {
                     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&row.updated_at) {
                         let written = t.timestamp_micros();
                         if (from..=until).contains(&written) {
