@@ -412,75 +412,45 @@ pub async fn backend_cpu(
     out
 }
 
-/// The CPU of a PostgreSQL cluster on this machine: its postmaster and every process it started,
-/// those that exited included (their time is added to the postmaster's children's time when it
-/// reaps them), so the difference of two readings is all the cluster used in between.
+/// The CPU a PostgreSQL cluster on this machine has used so far, from /proc: its postmaster's
+/// own, its children's that exited (added to its cutime + cstime when it reaps them), and each
+/// live child's, so the difference of two readings is all the cluster used in between.
 pub struct ClusterCpu {
-    postmaster: u32,
+    pub postmaster: Duration,
+    pub reaped: Duration,
+    /// Each live child's utime + stime, by pid.
+    pub children: std::collections::BTreeMap<u32, Duration>,
 }
 
 impl ClusterCpu {
-    /// The cluster `db` is connected to, when it runs on this machine (its backend's parent in
-    /// /proc); `None` for a remote one.
-    pub async fn find(db: &tokio_postgres::Client) -> Option<ClusterCpu> {
-        let backend: i32 = db.query_one("select pg_backend_pid()", &[]).await.ok()?.get(0);
-        let stat = ProcStat::read(&backend.to_string())?;
-        ProcStat::read(&stat.ppid.to_string())?;
-        Some(ClusterCpu { postmaster: stat.ppid })
-    }
-
-    /// CPU time (user + system) used so far by the postmaster and its children, living or reaped.
-    pub fn total(&self) -> Duration {
-        let Some(postmaster) = ProcStat::read(&self.postmaster.to_string()) else {
-            return Duration::ZERO;
-        };
-        let mut ticks = postmaster.ticks + postmaster.children_ticks;
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let name = p.file_name();
-                let name = name.to_string_lossy();
-                if !name.bytes().all(|b| b.is_ascii_digit()) {
+    /// The cluster whose postmaster is `postmaster` ([`BenchDb::postmaster_pid`]), now.
+    pub fn read(postmaster: u32) -> ClusterCpu {
+        let field = |stat: &str, n: usize| proc_stat_field(stat, n).unwrap_or(0);
+        let own = std::fs::read_to_string(format!("/proc/{postmaster}/stat")).unwrap_or_default();
+        let mut children = std::collections::BTreeMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                     continue;
-                }
-                if let Some(s) = ProcStat::read(&name).filter(|s| s.ppid == self.postmaster) {
-                    ticks += s.ticks + s.children_ticks;
+                };
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                    continue;
+                };
+                if field(&stat, 4) == u64::from(postmaster) {
+                    children.insert(pid, ticks(field(&stat, 14) + field(&stat, 15)));
                 }
             }
         }
-        ticks_to_duration(ticks)
+        ClusterCpu {
+            postmaster: ticks(field(&own, 14) + field(&own, 15)),
+            reaped: ticks(field(&own, 16) + field(&own, 17)),
+            children,
+        }
     }
-}
 
-/// The fields of /proc/<pid>/stat the bench reads.
-struct ProcStat {
-    ppid: u32,
-    /// utime + stime, in clock ticks.
-    ticks: u64,
-    /// cutime + cstime: reaped children's, in clock ticks.
-    children_ticks: u64,
-}
-
-impl ProcStat {
-    fn read(pid: &str) -> Option<ProcStat> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised command name start at field 3 (state) (proc(5)).
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| f.get(n - 3).and_then(|x| x.parse::<u64>().ok());
-        Some(ProcStat {
-            ppid: u32::try_from(field(4)?).ok()?,
-            ticks: field(14)? + field(15)?,
-            children_ticks: field(16)? + field(17)?,
-        })
+    pub fn total(&self) -> Duration {
+        self.postmaster + self.reaped + self.children.values().sum::<Duration>()
     }
-}
-
-fn ticks_to_duration(ticks: u64) -> Duration {
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz.max(1))
 }
 
 #[cfg(test)]

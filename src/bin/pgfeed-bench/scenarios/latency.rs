@@ -131,7 +131,8 @@ impl Totals {
 struct Bench<'a> {
     server: &'a Server,
     relay: Relay,
-    cluster: Option<ClusterCpu>,
+    /// The cluster's postmaster, when PostgreSQL runs on this machine.
+    cluster: Option<u32>,
     study: i64,
     rate: u32,
     pass: Duration,
@@ -156,7 +157,7 @@ pub(super) async fn latency(
     let setup_conn = db.connect("pgfeed-bench").await?;
     let study = setup::new_study(&setup_conn).await?;
     relay::install(&setup_conn).await?;
-    let cluster = ClusterCpu::find(&setup_conn).await;
+    let cluster = db.postmaster_pid().await.ok();
     if cluster.is_none() {
         eprintln!("pgfeed-bench: PostgreSQL is not on this machine: its CPU is not measured");
     }
@@ -241,7 +242,7 @@ impl Bench<'_> {
         let deadline = Instant::now() + self.pass + DRAIN;
         let reads0 = self.server.metric(COMMIT_READS).await;
         let backends0 = setup::backend_cpu(&self.observer, &ROLES).await;
-        let pg0 = self.cluster.as_ref().map(ClusterCpu::total);
+        let pg0 = self.cluster.map(|pm| ClusterCpu::read(pm).total());
         let cpu0 = self.process_cpu(variant);
         let (written, tallies) = match variant {
             Variant::Pgfeed => {
@@ -293,7 +294,7 @@ impl Bench<'_> {
             .cluster
             .as_ref()
             .zip(pg0)
-            .map(|(c, pg0)| c.total().saturating_sub(pg0));
+            .map(|(&pm, pg0)| ClusterCpu::read(pm).total().saturating_sub(pg0));
         totals.relay_cpu += self.process_cpu(variant).saturating_sub(cpu0);
         if variant == Variant::Pgfeed {
             if let (Some(r0), Some(r1)) = (reads0, self.server.metric(COMMIT_READS).await) {

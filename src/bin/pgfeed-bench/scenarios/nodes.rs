@@ -24,7 +24,7 @@ use super::streams::{write, Load};
 use super::{machine, subscribers, CONNECT_CONCURRENCY, DRAIN, INSERT_STAMPED};
 use crate::client::{self, Tally, Transport};
 use crate::report::{self, lost_and_doubled, verdict};
-use crate::setup::{self, BenchDb, Server, WRITER_APP};
+use crate::setup::{self, BenchDb, ClusterCpu, Server, WRITER_APP};
 use crate::Args;
 
 /// Server counts measured unless `--nodes` says otherwise.
@@ -269,7 +269,7 @@ async fn measure(servers: &[Server], build: &Build, args: &Args, postmaster: u32
     // Let every server settle into its steady state (followers waiting on the leader).
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let pg0 = cluster_cpu(postmaster);
+    let pg0 = ClusterCpu::read(postmaster);
     let pgfeed0: Duration = servers.iter().map(Server::cpu_time).sum();
     let load = Load::Paced {
         rate: args.rate.unwrap_or(1000),
@@ -281,7 +281,7 @@ async fn measure(servers: &[Server], build: &Build, args: &Args, postmaster: u32
     for r in receivers {
         tallies.push(r.await?);
     }
-    let pg1 = cluster_cpu(postmaster);
+    let pg1 = ClusterCpu::read(postmaster);
     let pgfeed1: Duration = servers.iter().map(Server::cpu_time).sum();
 
     // Which process is whose, as PostgreSQL sees it now (writers and pgfeed's sessions still open).
@@ -354,38 +354,4 @@ async fn connect(url: &str, application_name: &str) -> anyhow::Result<tokio_post
         .context("connecting to PostgreSQL")?;
     tokio::spawn(conn);
     Ok(client)
-}
-
-/// The CPU a PostgreSQL cluster has used so far, from /proc.
-struct ClusterCpu {
-    /// The postmaster's own utime + stime.
-    postmaster: Duration,
-    /// Its children's that exited and were reaped (cutime + cstime).
-    reaped: Duration,
-    /// Each live child's utime + stime.
-    children: BTreeMap<u32, Duration>,
-}
-
-fn cluster_cpu(postmaster: u32) -> ClusterCpu {
-    let field = |stat: &str, n: usize| setup::proc_stat_field(stat, n).unwrap_or(0);
-    let own = std::fs::read_to_string(format!("/proc/{postmaster}/stat")).unwrap_or_default();
-    let mut children = BTreeMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            if field(&stat, 4) == u64::from(postmaster) {
-                children.insert(pid, setup::ticks(field(&stat, 14) + field(&stat, 15)));
-            }
-        }
-    }
-    ClusterCpu {
-        postmaster: setup::ticks(field(&own, 14) + field(&own, 15)),
-        reaped: setup::ticks(field(&own, 16) + field(&own, 17)),
-        children,
-    }
 }
