@@ -364,13 +364,32 @@ impl Op {
     /// of type `ty`: literals become parameters appended to `binds` as their JSON text and read
     /// back as `($n::jsonb #>> '{}')::<ty>`; text compares and like/ilike use `COLLATE "C"`.
     /// The parameter numbers continue from `binds.len()` (so `$1` is binds[0]).
+    ///
+    /// Text equality (`eq`, `in`) is also written in the column's own collation, ANDed with the
+    /// exact one: an index on the column (in its collation) cannot serve a clause in `C`, and a
+    /// filter on a rare value then walked an order's whole index; under a deterministic
+    /// collation the two clauses agree, and under another the `C` one keeps it exact.
     pub fn to_sql(&self, column: &str, ty: ColType, binds: &mut Vec<String>) -> String {
         let mut lit = |lit: &Lit| {
             binds.push(lit.json.clone());
             let collate = if ty.is_text() { r#" collate "C""# } else { "" };
             format!("(${}::jsonb #>> '{{}}')::{}{collate}", binds.len(), ty.sql())
         };
+        let uncollated = |exact: &str| exact.trim_end_matches(r#" collate "C""#).to_owned();
         match self {
+            Op::Eq(l) if ty.is_text() => {
+                let exact = lit(l);
+                format!("({column} = {} and {column} = {exact})", uncollated(&exact))
+            }
+            Op::In(lits) if ty.is_text() && !lits.is_empty() => {
+                let exact: Vec<String> = lits.iter().map(&mut lit).collect();
+                let plain: Vec<String> = exact.iter().map(|e| uncollated(e)).collect();
+                format!(
+                    "({column} in ({}) and {column} in ({}))",
+                    plain.join(", "),
+                    exact.join(", ")
+                )
+            }
             Op::Eq(l) => format!("{column} = {}", lit(l)),
             Op::Neq(l) => format!("{column} <> {}", lit(l)),
             Op::Lt(l) => format!("{column} < {}", lit(l)),
@@ -790,7 +809,7 @@ mod tests {
         let sql = Op::In(vec![lit("\"a\""), lit("\"b\"")]).to_sql(r#"r."s""#, ColType::Text, &mut binds);
         assert_eq!(
             sql,
-            r#"r."s" in (($2::jsonb #>> '{}')::text collate "C", ($3::jsonb #>> '{}')::text collate "C")"#
+            r#"(r."s" in (($2::jsonb #>> '{}')::text, ($3::jsonb #>> '{}')::text) and r."s" in (($2::jsonb #>> '{}')::text collate "C", ($3::jsonb #>> '{}')::text collate "C"))"#
         );
         let sql = Op::ILike("a%*".into()).to_sql(r#"r."s""#, ColType::Varchar, &mut binds);
         assert_eq!(sql, r#"r."s" ilike ($4::jsonb #>> '{}') collate "C""#);
