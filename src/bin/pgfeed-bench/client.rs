@@ -316,24 +316,32 @@ fn packet(text: &str) -> Packet<'_> {
 /// Reads events until the count published on `target` is reached, the server closes, or
 /// `deadline` passes; then closes the socket.
 pub async fn receive(mut sub: Sub, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
-    let tally = receive_frames(&mut sub.ws, sub.transport, target, deadline).await;
+    let tally = receive_frames(&mut sub.ws, Speaker::Pgfeed(sub.transport), target, deadline).await;
     let _ = sub.ws.close(None).await;
     tally
 }
 
 /// [`receive`] on a socket that stays open afterwards (the next pass reads on it).
 pub async fn receive_pass(sub: &mut Sub, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
-    receive_frames(&mut sub.ws, sub.transport, target, deadline).await
+    receive_frames(&mut sub.ws, Speaker::Pgfeed(sub.transport), target, deadline).await
 }
 
 /// [`receive`] on a `/ws` socket that stays open afterwards.
 pub async fn receive_on(ws: &mut Ws, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
-    receive_frames(ws, Transport::Ws, target, deadline).await
+    receive_frames(ws, Speaker::Pgfeed(Transport::Ws), target, deadline).await
+}
+
+/// Who is on the other end of a socket the bench reads.
+#[derive(Debug, Clone, Copy)]
+enum Speaker {
+    Pgfeed(Transport),
+    /// The bare-NOTIFY relay (`relay.rs`): rows as `row_to_json` wrote them, in no promised order.
+    Relay,
 }
 
 async fn receive_frames(
     ws: &mut Ws,
-    transport: Transport,
+    speaker: Speaker,
     mut target: watch::Receiver<Option<usize>>,
     deadline: Instant,
 ) -> Tally {
@@ -348,9 +356,16 @@ async fn receive_frames(
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
-                    let event = match transport {
-                        Transport::Ws => Some(t.as_str()),
-                        Transport::Socketio => match packet(t.as_str()) {
+                    let event = match speaker {
+                        Speaker::Relay => {
+                            match parse_relay(t.as_str()) {
+                                Some((id, stamp_us)) => tally.record_unordered(id, stamp_us, None),
+                                None => tally.other += 1,
+                            }
+                            continue;
+                        }
+                        Speaker::Pgfeed(Transport::Ws) => Some(t.as_str()),
+                        Speaker::Pgfeed(Transport::Socketio) => match packet(t.as_str()) {
                             // Before the namespace disconnect, the `/ws` close code.
                             Packet::Event("closing", why) => {
                                 tally.closed = Some(number_after(why, "\"code\":").map_or(1005, |c| c as u16));
@@ -409,57 +424,28 @@ pub fn parse_relay(text: &str) -> Option<(i64, Option<i64>)> {
 
 /// What one relay subscriber received, until the count published on `target`, a close, or
 /// `deadline`. The relay promises no order, so none is checked.
-pub async fn receive_relay(ws: &mut Ws, mut target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
-    let mut tally = Tally::default();
-    loop {
-        if let Some(n) = *target.borrow() {
-            if tally.ids.len() >= n {
-                break;
-            }
-        }
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => match parse_relay(t.as_str()) {
-                    Some((id, stamp)) => {
-                        let at = now_us();
-                        tally.ids.push(id);
-                        if let Some(stamp) = stamp {
-                            tally.latencies_us.push((at - stamp).clamp(0, u32::MAX as i64) as u32);
-                        }
-                        tally.last_at_us = at;
-                    }
-                    None => tally.other += 1,
-                },
-                Some(Ok(Message::Close(frame))) => {
-                    tally.closed.get_or_insert(frame.map_or(1005, |f| f.code.into()));
-                    break;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    tally.closed.get_or_insert(1006);
-                    break;
-                }
-            },
-            changed = target.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    tally
+pub async fn receive_relay(ws: &mut Ws, target: watch::Receiver<Option<usize>>, deadline: Instant) -> Tally {
+    receive_frames(ws, Speaker::Relay, target, deadline).await
 }
 
 impl Tally {
     /// Counts one event; `last` is the (seq, pos) of the one before.
     fn record(&mut self, seen: Seen, last: &mut (i64, i32)) {
-        let at = now_us();
         if (seen.seq, seen.pos) <= *last {
             self.out_of_order += 1;
         }
         *last = (seen.seq, seen.pos);
-        self.ids.push(seen.id);
-        if let Some(stamp) = seen.stamp_us {
+        self.record_unordered(seen.id, seen.stamp_us, seen.committed_us);
+    }
+
+    /// A row received now: its id, and its latencies from the writer's stamp and the commit.
+    fn record_unordered(&mut self, id: i64, stamp_us: Option<i64>, committed_us: Option<i64>) {
+        let at = now_us();
+        self.ids.push(id);
+        if let Some(stamp) = stamp_us {
             self.latencies_us.push((at - stamp).clamp(0, u32::MAX as i64) as u32);
         }
-        if let Some(c) = seen.committed_us {
+        if let Some(c) = committed_us {
             self.relay_us.push((at - c).clamp(0, u32::MAX as i64) as u32);
         }
         self.last_at_us = at;
