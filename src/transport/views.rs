@@ -39,7 +39,8 @@ pub fn from_query(raw: Option<&str>) -> Result<Option<(String, Request)>, FeedEr
             return Err(FeedError::BadRequest(format!("{k:?} given twice")));
         }
         match k.as_str() {
-            "view" | "since" | "token" | "wait" => {}
+            // `position`: read your writes, which `http::position` waits for before the route.
+            "view" | "since" | "token" | "wait" | "position" => {}
             "topic" => req.topic = v,
             "order" => req.order = Some(v),
             "after" => req.after = Some(v).filter(|a| !a.is_empty()),

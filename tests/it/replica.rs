@@ -545,3 +545,35 @@ async fn a_server_whose_standby_never_answers_serves_everything_from_the_primary
     assert!(reads(&scrape, "primary", "snapshot") >= 1.0);
     node.stop().await;
 }
+
+/// README: a read may carry the position as `?position=` on `/ws`, `/events` and `/api/changes`
+/// (both its topic and its view form); each route takes it beside its own parameters, and what
+/// it serves then includes the write.
+#[tokio::test]
+async fn every_stream_route_takes_a_position_in_its_query_and_serves_the_write() {
+    let app = TestApp::spawn().await;
+    let (_, before) = write_with_position(&app, "before").await;
+    let (_, position) = write_with_position(&app, "seen-by-query").await;
+    let (since, p) = (url_escape(&before), url_escape(&position));
+
+    let mut sse = app
+        .sse(&format!("topics=studies&since={since}&position={p}"), None)
+        .await;
+    assert_eq!(sse.next().await.expect("subscribed").event, "subscribed");
+    let first = sse.next_event().await;
+    assert!(first.to_string().contains("seen-by-query"), "{first}");
+
+    let (status, body) = app
+        .get_json(&format!(
+            "/api/changes?topics=studies&since={since}&wait=0&position={p}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("seen-by-query"), "{body}");
+
+    let (status, body) = app
+        .get_json(&format!("/api/changes?view=v&topic=studies&wait=0&position={p}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.to_string().contains("seen-by-query"), "{body}");
+}
