@@ -341,7 +341,8 @@ async function viewsScenario() {
   for (const [col, order, clicks] of [
     ["title", `title collate "C", id`, 1],
     ["title", `title collate "C" desc, id`, 1],
-    ["status", `status collate "C", id`, 1],
+    ["status", `status collate "C", title collate "C", id`, 1],
+    ["status", `status collate "C" desc, title collate "C" desc, id`, 1],
     ["updated_at", "updated_at desc, id", 1],
     ["version", "version desc, id", 1],
     ["label", `label collate "C" desc, id`, 2],

@@ -34,4 +34,5 @@ mod socketio;
 mod sse;
 mod tail;
 mod views;
+mod views_indexes;
 mod views_values;

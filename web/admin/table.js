@@ -56,7 +56,17 @@ function definition() {
   // Filters are ANDed; one selector over two columns searches either (`*` is the wildcard, so a
   // typed one is dropped rather than widened).
   if (filter.q) f[searchKey] = `ilike.*${filter.q.replace(/\*/g, "")}*`;
-  return { topic: "studies", filter: f, order: `${sort.key}.${sort.dir === 1 ? "asc" : "desc"}`, limit: PAGE, after, count: true };
+  return { topic: "studies", filter: f, order: orderOf(sort), limit: PAGE, after, count: true };
+}
+
+/**
+ * The view's order for a column's sort. Status has four values: within each, studies go by title
+ * (one index serves both, migrations/0004_admin_sort_indexes.sql), not by the key a lone status
+ * sort would fall back on.
+ */
+function orderOf({ key, dir }) {
+  const d = dir === 1 ? "asc" : "desc";
+  return key === "status" ? `status.${d},title.${d}` : `${key}.${d}`;
 }
 
 export function openTable() {

@@ -508,6 +508,9 @@ impl Totals {
             if let Some(m) = &s.first_misfit {
                 eprintln!("pgfeed-bench: an op did not fit: {m}");
             }
+            if let Some(r) = &s.first_repeat {
+                eprintln!("pgfeed-bench: a delta repeated its cursor: {r}");
+            }
         }
         t
     }

@@ -68,6 +68,10 @@ pub struct State {
     pub oversized: u64,
     /// Deltas whose cursor equals the previous frame's: two deltas for one commit.
     pub repeated_cursors: u64,
+    /// The first such delta, and what came before it (for the report).
+    pub first_repeat: Option<String>,
+    /// What the last frame was: its type, ops and count (for [`State::first_repeat`]).
+    last_frame: String,
     /// `error` frames, and frames of a type the bench does not know.
     pub unexpected: Vec<String>,
     /// Receipt − `updated_at` of each row a delta carries that its commit wrote (µs).
@@ -229,6 +233,15 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 }
                 if frame.cursor.is_some() && frame.cursor == s.last_cursor && !count_came {
                     s.repeated_cursors += 1;
+                    if s.first_repeat.is_none() {
+                        s.first_repeat = Some(format!(
+                            "{} ops, count {:?}, after {} (closes so far {:?})",
+                            ops.len(),
+                            frame.count,
+                            s.last_frame,
+                            s.closes
+                        ));
+                    }
                 }
                 // Latency is of changes: a row an op moves without a change of its own (it shifts
                 // up past an exit, say) comes with the version the subscriber has, and its
@@ -268,6 +281,12 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 continue;
             }
         }
+        s.last_frame = format!(
+            "{} of {} ops, count {:?}",
+            frame.kind,
+            frame.ops.as_ref().map_or(0, Vec::len),
+            frame.count
+        );
         if frame.cursor.is_some() {
             s.last_cursor = frame.cursor;
         }
