@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Feed, FeedError};
@@ -56,6 +56,9 @@ const BIG_COMMIT: usize = 10_000;
 const RETRY: Duration = Duration::from_secs(1);
 /// A window's first read is tried this often before its subscribers are told it failed.
 const FIRST_TRIES: u32 = 3;
+/// How long a re-read that keeps its count waits for the engine to reach the read's position
+/// (see [`Views::caught_up`]); past it, the read is installed anyway.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// What a connection's views queue receives: a frame for one of its subscriptions, or word that
 /// the subscription failed and is gone.
@@ -161,6 +164,8 @@ struct Shared {
     state: Mutex<State>,
     tables: Mutex<HashMap<String, Arc<Table>>>,
     count_wait: Duration,
+    /// The engine's `State::relayed`, for reads waiting to be installed.
+    relayed: watch::Sender<Position>,
 }
 
 impl Views {
@@ -170,15 +175,17 @@ impl Views {
     /// the rows go out with `"count":null` and the count follows in a delta.
     pub fn start(feed: Feed, count_wait: Duration, stop: CancellationToken) -> Views {
         let rx = feed.hub.tap();
+        let relayed = feed.hub.last();
         let views = Views {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    relayed: feed.hub.last(),
+                    relayed,
                     ..State::default()
                 }),
                 feed,
                 tables: Mutex::default(),
                 count_wait,
+                relayed: watch::Sender::new(relayed),
             }),
         };
         let engine = views.clone();
@@ -199,7 +206,7 @@ impl Views {
         while let Some(item) = rx.recv().await {
             let mut reloads = Vec::new();
             let lost = self.shared.feed.hub.tap_lost();
-            {
+            let relayed = {
                 let mut state = self.lock();
                 let epoch = self.shared.feed.hub.epoch();
                 match item {
@@ -221,7 +228,13 @@ impl Views {
                     tracing::warn!("live views fell behind the feed; reading every window again");
                     state.reset(&mut reloads);
                 }
-            }
+                state.relayed
+            };
+            self.shared.relayed.send_if_modified(|p| {
+                let moved = *p != relayed;
+                *p = relayed;
+                moved
+            });
             for id in reloads {
                 self.spawn_read(id);
             }
@@ -268,6 +281,9 @@ impl Views {
         let at = reading.at;
         if !recount {
             reading.end().await?;
+            if sql.count.is_some() {
+                self.caught_up(at).await;
+            }
             self.install(id, at, rows, Counted::Kept);
             return Ok(());
         }
@@ -292,6 +308,19 @@ impl Views {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the engine has applied every commit up to `at` (at most [`CATCH_UP`]). A
+    /// re-read that keeps its window's count (the count goes on from the changes the engine
+    /// applied) may see commits the engine has not reached yet: installed at once, its frame would
+    /// carry the read's cursor with a count that misses those commits, and a second frame at the
+    /// same cursor would correct it when they come. Installed once the engine is there, its one
+    /// frame is exact: those commits' changes waited with the others and count as they apply.
+    async fn caught_up(&self, at: Position) {
+        let mut relayed = self.shared.relayed.subscribe();
+        if tokio::time::timeout(CATCH_UP, relayed.wait_for(|p| *p >= at)).await.is_err() {
+            tracing::debug!(?at, "a live view's read is installed before the engine reached it");
+        }
     }
 
     /// Installs a read (see [`State::install`]) and starts the reads it asks for; returns the

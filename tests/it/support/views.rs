@@ -13,6 +13,9 @@ pub struct ViewRows {
     pub count: Option<i64>,
     pub next: Option<String>,
     pub deltas: usize,
+    /// The last `view` came with `"count":null`: the delta that brings the count may share the
+    /// cursor of the frame before it (README "Live views"), and it alone.
+    count_pending: bool,
 }
 
 impl ViewRows {
@@ -28,9 +31,21 @@ impl ViewRows {
                     .map(|r| (key_of(r), r.clone()))
                     .collect();
                 self.next = frame["next"].as_str().map(str::to_owned);
+                self.count_pending = frame.get("count").is_some_and(Value::is_null);
             }
             Some("view_delta") => {
                 self.deltas += 1;
+                // One delta per commit (PROTOCOL §9): never two at one cursor, but for the count
+                // that follows its rows.
+                let count_came = self.count_pending && frame["ops"] == json!([]) && frame["count"].is_i64();
+                assert!(
+                    frame["cursor"].as_str() != Some(self.cursor.as_str()) || count_came,
+                    "a second delta at cursor {}: {frame}",
+                    self.cursor
+                );
+                if frame["count"].is_i64() {
+                    self.count_pending = false;
+                }
                 for op in frame["ops"].as_array().expect("ops") {
                     let key = op["key"].as_str().expect("key").to_owned();
                     match op["op"].as_str() {
