@@ -272,10 +272,17 @@ pub async fn load(db: &BenchDb, n: i64) -> anyhow::Result<Loaded> {
 /// What a writer sets: one of four statuses, a title (half of them near the top of title
 /// order, where the windows are), or only the description (which moves the row in
 /// `updated_at` order).
+/// The writers' statements ([`random_update`] draws one).
+pub const UPDATES: [&str; 3] = [
+    "update studies set status = $2 where id = $1",
+    "update studies set title = $2 where id = $1",
+    "update studies set description = $2 where id = $1",
+];
+
 pub fn random_update(rng: &mut Rng) -> (&'static str, String) {
     match rng.below(100) {
         0..=34 => (
-            "update studies set status = $2 where id = $1",
+            UPDATES[0],
             STATUSES[rng.below(4) as usize].to_owned(),
         ),
         35..=69 => {
@@ -285,12 +292,12 @@ pub fn random_update(rng: &mut Rng) -> (&'static str, String) {
                 rng.below(500_000)
             };
             (
-                "update studies set title = $2 where id = $1",
+                UPDATES[1],
                 format!("{}{number:06}", TITLE_PREFIXES[rng.below(4) as usize]),
             )
         }
         _ => (
-            "update studies set description = $2 where id = $1",
+            UPDATES[2],
             format!("touched {}", rng.below(1_000_000)),
         ),
     }

@@ -38,6 +38,8 @@ const RATE: u32 = 1_000;
 const DURATION: Duration = Duration::from_secs(30);
 /// Subscriptions opened one after another on a table already served by 1,000 subscribers.
 const NEW_SUBSCRIPTIONS: usize = 200;
+/// Updates a writer may have sent and not yet seen acknowledged.
+const IN_FLIGHT: usize = 16;
 /// Rows of the bulk UPDATE.
 const BULK_ROWS: i64 = 100_000;
 
@@ -551,32 +553,20 @@ async fn write(
             tokio::spawn(async move {
                 let mut rng = Rng::new(0x5eed + k as u64);
                 let mut statements = BTreeMap::new();
+                for sql in definitions::UPDATES {
+                    let returning = format!("{sql} returning (extract(epoch from updated_at) * 1000000)::bigint");
+                    statements.insert(sql, client.prepare(&returning).await?);
+                }
                 let (mut updates, mut changed, mut last) = (0u64, 0u64, 0i64);
                 let mut behind = Duration::ZERO;
                 let mut commits_us = Vec::new();
-                for i in 0.. {
-                    let at = Duration::from_secs_f64((i * writers + k) as f64 / f64::from(rate));
-                    if at >= duration {
-                        break;
-                    }
-                    tokio::time::sleep_until(t0 + at).await;
-                    behind = behind.max(t0.elapsed().saturating_sub(at));
-                    let id = if rng.below(2) == 0 && !hot.is_empty() {
-                        hot[rng.below(hot.len() as u64) as usize]
-                    } else {
-                        span.0 + rng.below((span.1 - span.0 + 1) as u64) as i64
-                    };
-                    let (sql, value) = definitions::random_update(&mut rng);
-                    let stmt = match statements.get(sql) {
-                        Some(s) => s,
-                        None => {
-                            let returning =
-                                format!("{sql} returning (extract(epoch from updated_at) * 1000000)::bigint");
-                            let s = client.prepare(&returning).await?;
-                            statements.entry(sql).or_insert(s)
-                        }
-                    };
-                    let row = client.query_opt(stmt, &[&id, &value]).await?;
+                // Open loop: each update goes at its time without waiting for the ones before it
+                // to be acknowledged (tokio-postgres pipelines them on the connection), up to
+                // `IN_FLIGHT`; the rate is what the scenario imposes, not what one round trip
+                // after another allows.
+                let mut in_flight = futures::stream::FuturesUnordered::new();
+                let mut acked = |row: Result<Option<tokio_postgres::Row>, tokio_postgres::Error>| {
+                    let row = row?;
                     last = now_us();
                     updates += 1;
                     if let Some(row) = row {
@@ -584,7 +574,34 @@ async fn write(
                         let stamp: i64 = row.get(0);
                         commits_us.push((last - stamp).clamp(0, i64::from(u32::MAX)) as u32);
                     }
+                    anyhow::Ok(())
+                };
+                for i in 0.. {
+                    let at = Duration::from_secs_f64((i * writers + k) as f64 / f64::from(rate));
+                    if at >= duration {
+                        break;
+                    }
+                    loop {
+                        tokio::select! {
+                            Some(row) = in_flight.next(), if !in_flight.is_empty() => acked(row)?,
+                            _ = tokio::time::sleep_until(t0 + at), if in_flight.len() < IN_FLIGHT => break,
+                        }
+                    }
+                    behind = behind.max(t0.elapsed().saturating_sub(at));
+                    let id = if rng.below(2) == 0 && !hot.is_empty() {
+                        hot[rng.below(hot.len() as u64) as usize]
+                    } else {
+                        span.0 + rng.below((span.1 - span.0 + 1) as u64) as i64
+                    };
+                    let (sql, value) = definitions::random_update(&mut rng);
+                    let stmt = &statements[sql];
+                    let client = &client;
+                    in_flight.push(async move { client.query_opt(stmt, &[&id, &value]).await });
                 }
+                while let Some(row) = in_flight.next().await {
+                    acked(row)?;
+                }
+                drop(acked);
                 anyhow::Ok((updates, changed, last, behind, commits_us))
             })
         })
