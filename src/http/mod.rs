@@ -158,7 +158,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = api(state.max_upload);
+    let (api, mut doc) = api(state.max_upload);
+    openapi::with_positions(&mut doc);
     // Who may call what (README "Security: auth and limits"), for REST and metrics; the streams
     // check tokens on connect, since a browser cannot send headers with a WebSocket or EventSource.
     let admin_only = axum::middleware::from_fn_with_state(state.clone(), guard::guard);

@@ -10,6 +10,10 @@ use std::sync::Arc;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Extension;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, Required, ResponseBuilder};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,6 +35,70 @@ use super::AppState;
     ),
 )]
 pub struct ApiDoc;
+
+/// Routes that take the position as `?position=` (a browser cannot send headers with a WebSocket
+/// or an EventSource, and a long-poll takes the same parameters).
+const POSITION_IN_QUERY: [&str; 3] = ["/ws", "/events", "/api/changes"];
+
+/// Read your writes (`http::position`), which a middleware does for every route, so no handler's
+/// annotation says it: each successful REST write answers the `Pgfeed-Position` header, and each
+/// read takes it (a header; `?position=` on the streams), answering 400 for a position this server
+/// cannot judge and 503 `busy` when it has not caught up within the wait.
+pub fn with_positions(doc: &mut utoipa::openapi::OpenApi) {
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let what = "A position a REST write answered: the read is served once this server has relayed past it";
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if let Some(get) = item.get.as_mut() {
+            let (name, place) = match POSITION_IN_QUERY.contains(&path.as_str()) {
+                true => ("position", ParameterIn::Query),
+                false => ("Pgfeed-Position", ParameterIn::Header),
+            };
+            get.parameters.get_or_insert_with(Vec::new).push(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(place)
+                    .required(Required::False)
+                    .description(Some(what))
+                    .schema(Some(string()))
+                    .build(),
+            );
+            let answers = &mut get.responses.responses;
+            answers
+                .entry("400".into())
+                .or_insert_with(|| error("A malformed or foreign position, or one past the newest commit"));
+            answers.entry("503".into()).or_insert_with(|| {
+                error("`busy`: this server has not relayed the position within the wait; try again (`Retry-After`)")
+            });
+        }
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let writes: [&mut Option<Operation>; 4] = [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+        for op in writes.into_iter().flatten() {
+            for (status, answer) in op.responses.responses.iter_mut() {
+                if let (true, RefOr::T(answer)) = (status.starts_with('2'), answer) {
+                    let mut header = Header::new(string());
+                    header.description = Some("A position at or after this write's commit, for a later read".into());
+                    answer.headers.insert("Pgfeed-Position".into(), header);
+                }
+            }
+        }
+    }
+}
+
+fn error(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))))
+                    .build(),
+            )
+            .build(),
+    )
+}
 
 /// The rendered document, handed to [`document`] as an extension once the router is built.
 #[derive(Clone)]

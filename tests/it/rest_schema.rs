@@ -94,6 +94,31 @@ async fn the_openapi_document_lists_every_route_the_router_serves() {
             }
         }
     }
+    // Read your writes: every successful REST write declares the header it answers, every read
+    // the header (the streams: `?position=`) it takes, and what a bad or unreached one gets.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let answers = op["responses"].as_object().unwrap();
+            if method == "get" {
+                let takes = op["parameters"].as_array().into_iter().flatten().any(|p| {
+                    (p["name"] == "Pgfeed-Position" && p["in"] == "header")
+                        || (p["name"] == "position" && p["in"] == "query")
+                });
+                assert!(takes, "GET {path} does not declare a position");
+                assert!(
+                    answers.contains_key("400") && answers.contains_key("503"),
+                    "GET {path}: {answers:?}"
+                );
+            } else if path.starts_with("/api/") {
+                for (status, answer) in answers.iter().filter(|(s, _)| s.starts_with('2')) {
+                    assert!(
+                        answer["headers"].get("Pgfeed-Position").is_some(),
+                        "{method} {path} {status} does not declare Pgfeed-Position"
+                    );
+                }
+            }
+        }
+    }
     // Routes added with a plain `.route(` (not through `utoipa_axum::routes!`) must be documented.
     let mut literal = BTreeSet::new();
     routes_in_source(

@@ -81,10 +81,16 @@ async fn every_sort_and_filter_of_the_admin_page_reads_an_index() {
                 if after {
                     req.after = Some(next_token(&pool, &table, &req).await);
                 }
-                let def = Def::parse(&req, table.clone(), &pool).await.expect("a valid definition");
+                let def = Def::parse(&req, table.clone(), &pool)
+                    .await
+                    .expect("a valid definition");
                 let sql = def.sql(2 * 50);
                 let what = format!("order {order}, status {status:?}, after the first page {after}");
-                unserved.extend(full_scans(&pool, &sql.rows, &sql.binds).await.map(|p| format!("{what}: rows {p}")));
+                unserved.extend(
+                    full_scans(&pool, &sql.rows, &sql.binds)
+                        .await
+                        .map(|p| format!("{what}: rows {p}")),
+                );
                 if status.is_some() && !after {
                     let count = sql.count.as_deref().expect("count asked");
                     unserved.extend(

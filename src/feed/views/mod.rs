@@ -318,7 +318,10 @@ impl Views {
     /// frame is exact: those commits' changes waited with the others and count as they apply.
     async fn caught_up(&self, at: Position) {
         let mut relayed = self.shared.relayed.subscribe();
-        if tokio::time::timeout(CATCH_UP, relayed.wait_for(|p| *p >= at)).await.is_err() {
+        if tokio::time::timeout(CATCH_UP, relayed.wait_for(|p| *p >= at))
+            .await
+            .is_err()
+        {
             tracing::debug!(?at, "a live view's read is installed before the engine reached it");
         }
     }

@@ -281,10 +281,7 @@ pub const UPDATES: [&str; 3] = [
 
 pub fn random_update(rng: &mut Rng) -> (&'static str, String) {
     match rng.below(100) {
-        0..=34 => (
-            UPDATES[0],
-            STATUSES[rng.below(4) as usize].to_owned(),
-        ),
+        0..=34 => (UPDATES[0], STATUSES[rng.below(4) as usize].to_owned()),
         35..=69 => {
             let number = if rng.below(2) == 0 {
                 rng.below(3_000)
@@ -296,10 +293,7 @@ pub fn random_update(rng: &mut Rng) -> (&'static str, String) {
                 format!("{}{number:06}", TITLE_PREFIXES[rng.below(4) as usize]),
             )
         }
-        _ => (
-            UPDATES[2],
-            format!("touched {}", rng.below(1_000_000)),
-        ),
+        _ => (UPDATES[2], format!("touched {}", rng.below(1_000_000))),
     }
 }
 
