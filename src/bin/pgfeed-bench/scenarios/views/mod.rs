@@ -601,7 +601,6 @@ async fn write(
                 while let Some(row) = in_flight.next().await {
                     acked(row)?;
                 }
-                drop(acked);
                 anyhow::Ok((updates, changed, last, behind, commits_us))
             })
         })

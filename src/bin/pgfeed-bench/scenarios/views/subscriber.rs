@@ -1,6 +1,7 @@
 //! A view subscriber: one WebSocket, one view, a task that applies every frame to its window and
 //! records what the scenario reports (latency, misfits, frames since a mark).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,16 +115,17 @@ pub async fn open(
     let frame = def.subscribe_frame("v");
     let t0 = Instant::now();
     ws.send(Message::text(frame.to_string())).await?;
-    let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, first_view(&mut ws))
+    let text = tokio::time::timeout(SUBSCRIBE_TIMEOUT, first_view(&mut ws))
         .await
         .with_context(|| format!("no `view` within {SUBSCRIBE_TIMEOUT:?} for {frame}"))?
         .with_context(|| format!("subscribing {frame}"))?;
     let took = t0.elapsed();
+    let first: Frame = serde_json::from_str(&text)?;
     let mut state = State::default();
     state
         .window
         .replace(first.rows.as_deref().unwrap_or_default(), first.count);
-    state.last_cursor = first.cursor;
+    state.last_cursor = first.cursor.map(Cow::into_owned);
     state.count_coming = def.count && first.count.is_none();
     let state = Arc::new(Mutex::new(state));
     let task = tokio::spawn(run(
@@ -143,12 +145,13 @@ pub async fn open(
     ))
 }
 
-async fn first_view(ws: &mut Ws) -> anyhow::Result<Frame> {
+/// The text of the `view` that answers a subscribe.
+async fn first_view(ws: &mut Ws) -> anyhow::Result<String> {
     while let Some(msg) = ws.next().await {
         let Message::Text(text) = msg? else { continue };
         let frame: Frame = serde_json::from_str(text.as_str()).with_context(|| format!("reading {text}"))?;
-        match frame.kind.as_str() {
-            "view" => return Ok(frame),
+        match &*frame.kind {
+            "view" => return Ok(text.as_str().to_owned()),
             "error" => bail!("answered {text}"),
             // Whatever else may precede the window (an acknowledgement) is not the answer.
             _ => {}
@@ -214,7 +217,7 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
             }
         };
         let mut s = lock(state);
-        match frame.kind.as_str() {
+        match &*frame.kind {
             "view" => {
                 s.views += 1;
                 s.since_mark.views += 1;
@@ -231,7 +234,7 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
                 if frame.count.is_some() {
                     s.count_coming = false;
                 }
-                if frame.cursor.is_some() && frame.cursor == s.last_cursor && !count_came {
+                if frame.cursor.is_some() && frame.cursor.as_deref() == s.last_cursor.as_deref() && !count_came {
                     s.repeated_cursors += 1;
                     if s.first_repeat.is_none() {
                         s.first_repeat = Some(format!(
@@ -288,7 +291,7 @@ async fn receive(ws: &mut Ws, state: &Mutex<State>, activity: &Activity, limit: 
             frame.count
         );
         if frame.cursor.is_some() {
-            s.last_cursor = frame.cursor;
+            s.last_cursor = frame.cursor.map(Cow::into_owned);
         }
         s.frames += 1;
         s.since_mark.frames += 1;
