@@ -8,8 +8,8 @@
 //! because NOTIFY carries none.
 //!
 //! Why a wake-up does not carry its commit's rows, though relaying them from the payload would
-//! save the read (its round trip is most of what pgfeed's p50 adds to a bare NOTIFY relay's:
-//! README "Performance"):
+//! save the read (its round trip is a third of what pgfeed's p50 adds to a bare NOTIFY relay's;
+//! the writer's commit, longer by capture's work, is half: README "Performance"):
 //! - Any role that can connect may LISTEN on any channel and would hear every row. A secret
 //!   channel could hide them, but only while its name stays out of everything that shows a
 //!   LISTEN (`pg_stat_activity.query`, `pg_stat_statements`, logs) and out of the writers'
