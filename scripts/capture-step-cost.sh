@@ -15,6 +15,7 @@
 #   pgfeed      `messages` tracked by pgfeed: capture, the stamp, its commit row and its NOTIFY
 # A session holding the idle set's lock (as a waiting listener does) listens throughout, so that
 # the stamp notifies as under `pgfeed-bench latency`.
+# CAPTURE_SQL names another capture.sql to measure (default: this checkout's sql/capture.sql).
 # Run as a user that may run initdb (not root): `su postgres -c scripts/capture-step-cost.sh`.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +33,7 @@ trap cleanup EXIT
 "$bin/initdb" -D "$work/data" -U postgres >/dev/null
 "$bin/pg_ctl" -D "$work/data" -o "-k $work -c listen_addresses='' -c shared_buffers=256MB" -l "$work/log" start >/dev/null
 psql=(psql -X -q -h "$work" -U postgres -d postgres)
-"${psql[@]}" -1 -f "$repo/sql/capture.sql" >/dev/null
+"${psql[@]}" -1 -f "${CAPTURE_SQL:-$repo/sql/capture.sql}" >/dev/null
 "${psql[@]}" -f "$repo/migrations/0001_schema.sql" >/dev/null
 "${psql[@]}" <<'SQL' >/dev/null
 insert into studies (id, label, title) values (1, 's', 'S');
