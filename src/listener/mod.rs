@@ -7,6 +7,24 @@
 //! folded by PostgreSQL, therefore costs latency and never data; rows of any size arrive whole
 //! because NOTIFY carries none.
 //!
+//! Why a wake-up does not carry its commit's rows, though relaying them from the payload would
+//! save the read (its round trip is a third of what pgfeed's p50 adds to a bare NOTIFY relay's;
+//! the writer's commit, longer by capture's work, is half: README "Performance"):
+//! - Any role that can connect may LISTEN on any channel and would hear every row. A secret
+//!   channel could hide them, but only while its name stays out of everything that shows a
+//!   LISTEN (`pg_stat_activity.query`, `pg_stat_statements`, logs) and out of the writers'
+//!   reach (a function body is readable by all, a setting by the session that set it).
+//! - A notification cannot be taken back. A transaction whose stamp ran early (`set constraints
+//!   all immediate`, or a deferred trigger of its own writing a tracked table after the stamp)
+//!   draws a new seq at its next change (`pgfeed.restamp`), and the first draw's notification,
+//!   already queued, is still delivered at commit, before the second's. When the stamp runs it
+//!   cannot know whether a change will follow, and when the listener gets the first notification
+//!   it cannot know whether another from the same transaction is coming (it may arrive in a later
+//!   pass of the LISTEN backend) without waiting for a later notification or asking the
+//!   database: a round trip either way, which is what the payload was to save. Relaying it would
+//!   deliver the transaction's events under a seq the log calls a hole, then again under the
+//!   new one.
+//!
 //! Commits that happen at the same moment may become visible out of seq order, so the listener
 //! relays no seq before every smaller one is final: when a read finds a seq missing below the
 //! newest commit, it *settles* it (`log::settle`: waits for its writer, or marks it as never to
@@ -177,10 +195,16 @@ struct Announced {
     newest: AtomicI64,
     unknown: AtomicBool,
     wake: Notify,
+    /// When the last notification arrived: the trace of a by-seq read tells how long its wake-up
+    /// waited for the listener's task (README "Performance", latency beside a bare relay).
+    noted_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Announced {
     fn note(&self, payload: &str) {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            *self.noted_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
         match payload.parse::<i64>() {
             Ok(seq) => {
                 self.newest.fetch_max(seq, Ordering::SeqCst);
@@ -369,6 +393,10 @@ async fn listen_and_relay(listener: &Listener) -> anyhow::Result<()> {
                         poll(&mut reader, hub, metrics, &mut lead, PollFrom::IdleSet).await?;
                         rate = Rate::new(Instant::now(), hub.last().seq, poll_above);
                     } else if let Wanted::Commit(seq) = wanted {
+                        let noted_at = announced.noted_at.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(at) = noted_at {
+                            tracing::trace!(seq, wait_us = at.elapsed().as_micros() as u64, "a wake-up taken");
+                        }
                         relay_commit(&mut reader, hub, metrics, &mut lead, seq).await?;
                     } else {
                         relay(&mut reader, hub, metrics, &mut lead).await?;
@@ -704,16 +732,24 @@ async fn relay_commit(
     lead: &mut Lead<'_>,
     seq: i64,
 ) -> anyhow::Result<()> {
+    let started = Instant::now();
     let Some(rows) = log::read_commit(&mut *reader, seq, log::PAGE)
         .await
         .context("reading a commit")?
     else {
         return relay(reader, hub, metrics, lead).await;
     };
+    let read = started.elapsed();
     metrics.listener_commit_reads.inc();
     lead.publish(seq, metrics).await?;
     publish_page(hub, metrics, rows).await;
     hub.advance(Position::end_of(seq));
+    tracing::trace!(
+        seq,
+        read_us = read.as_micros() as u64,
+        publish_us = (started.elapsed() - read).as_micros() as u64,
+        "a commit read by seq"
+    );
     Ok(())
 }
 

@@ -120,6 +120,76 @@ async fn two_servers_on_one_database_relay_the_same_events_with_the_same_cursors
     assert_eq!(b.next_event().await["data"]["label"], "c");
 }
 
+/// Any role that can connect may LISTEN on any channel (PostgreSQL checks no right for it), so
+/// whatever pgfeed's writers and leader notify is heard by roles that may read none of the rows.
+/// The notifications must carry commit numbers only (README "How it works": a wake-up, not the
+/// data); a wake-up that carried rows would hand every tracked row to every such role.
+#[tokio::test]
+async fn a_role_without_rights_that_listens_on_pgfeeds_channels_hears_commit_numbers_and_no_row() {
+    use futures::StreamExt;
+    let app = TestApp::spawn().await;
+    app.psql("insert into studies (id, label, title) values (1, 's', 'S')");
+    let mut ws = app.ws().await;
+    ws.subscribe("messages").await;
+    // A role of its own (roles are cluster-wide: named after this test's database) that may read
+    // nothing of pgfeed's, listening on every channel pgfeed notifies.
+    let role = format!("l_{}", app.psql("select current_database()"));
+    app.psql(&format!("create role \"{role}\""));
+    let (session, mut connection) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
+        .await
+        .expect("listening session");
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    session
+        .batch_execute(&format!(
+            "set role \"{role}\"; listen pgfeed; listen {}",
+            pgfeed::listener::leader::WATERMARK_CHANNEL
+        ))
+        .await
+        .expect("LISTEN needs no right");
+    assert_eq!(
+        app.psql(&format!(
+            "select has_table_privilege('{role}', 'pgfeed.events', 'select'), \
+                    has_table_privilege('{role}', 'messages', 'select')"
+        )),
+        "f|f"
+    );
+
+    // Act: rows with a recognisable body, through the feed to a subscriber.
+    for n in 0..3 {
+        app.psql(&format!(
+            "insert into messages (study_id, author, body) values (1, 'w', 'private body {n}')"
+        ));
+        assert_eq!(ws.next_event().await["data"]["body"], format!("private body {n}"));
+    }
+
+    // Assert: the listening role heard wake-ups (the server was waiting for them), each a commit
+    // number, and nothing of the rows.
+    let mut payloads = Vec::new();
+    while let Ok(Some((channel, payload))) = tokio::time::timeout(Duration::from_millis(500), heard.recv()).await {
+        payloads.push((channel, payload));
+    }
+    assert!(
+        payloads.iter().any(|(channel, _)| channel == "pgfeed"),
+        "the role hears the wake-ups: {payloads:?}"
+    );
+    for (channel, payload) in &payloads {
+        assert!(
+            payload.parse::<i64>().is_ok(),
+            "a commit number on {channel}, not {payload:?}"
+        );
+    }
+    drop(session);
+    app.psql(&format!("drop role \"{role}\""));
+}
+
 #[tokio::test]
 async fn writers_notify_only_while_a_listener_waits_in_the_idle_set() {
     // No pgfeed server: the test's own session plays the listener.
