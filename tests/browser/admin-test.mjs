@@ -145,6 +145,11 @@ async function tableScenario() {
   await a.locator('#studies th[data-sort="title"] button').click();
   await a.locator('#studies th[data-sort="title"] button').click();
   assert((await a.getAttribute('#studies th[data-sort="title"]', "aria-sort")) === "descending", "A sorts by title descending");
+  // The new order's window has come (a row that lands before it is in that window, unhighlighted).
+  await a.waitForFunction(() => {
+    const t = [...document.querySelectorAll("#studies tbody tr[data-id] td.title")].map((td) => td.textContent);
+    return t.length === 4 && t.every((x, i) => i === 0 || t[i - 1].localeCompare(x) > 0);
+  });
 
   // psql INSERT: the row appears in both, highlighted, in each page's own order.
   let t = Date.now();

@@ -432,6 +432,47 @@ async fn a_view_resumed_with_its_cursor_after_a_disconnect_and_a_restart_is_exac
     ws.open_view("y", foreign).await;
 }
 
+/// A view resumed with a cursor that retention has pruned past (PROTOCOL §9 "Resume"): where a
+/// topic answers `refresh_needed`, a view has nothing to refresh by hand; it comes whole, as of
+/// now, and its deltas follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_resumed_with_a_cursor_retention_pruned_comes_whole_and_goes_on() {
+    let app = TestApp::spawn_with(crate::support::db::TestDb::create().await, |c| {
+        c.retention = Duration::from_secs(1);
+    })
+    .await;
+    seed(&app, 30);
+    let def =
+        json!({"topic": "studies", "filter": {"status": "eq.active"}, "order": "title", "limit": 4, "count": true});
+    let (filter, order) = ("status = 'active'", r#"title collate "C", id"#);
+    let mut ws = app.ws().await;
+    let mut v = ViewRows::default();
+    v.apply(&ws.open_view("main", def.clone()).await);
+    ws.close().await;
+    app.psql("update studies set status = 'active' where id in (1, 2); delete from studies where id = 3");
+    app.psql("update studies set title = '0 first' where status = 'active' and id = 2");
+    tokio::time::timeout(crate::support::PATIENCE, async {
+        while app.psql("select count(*) from pgfeed.commits") != "0" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("retention did not prune");
+
+    let mut ws = app.ws().await;
+    let mut resumed = def.clone();
+    resumed["since"] = json!(v.cursor);
+    let view = ws.open_view("main", resumed).await;
+    assert_eq!(view["type"], "view", "{view}");
+    v.apply(&view);
+    assert_rows(&v, &app.oracle("studies", filter, order, 4), "resumed past retention");
+    assert_eq!(v.count, Some(app.count("studies", filter)));
+    app.psql("update studies set status = 'active' where id = 4");
+    delta(&mut ws, &mut v, "main").await;
+    assert_rows(&v, &app.oracle("studies", filter, order, 4), "live after it");
+    assert_eq!(v.count, Some(app.count("studies", filter)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_views_only_windows_confined_to_its_studies_and_a_row_moved_away_leaves_without_its_data() {
     use crate::auth::{in_an_hour, secured, token};
