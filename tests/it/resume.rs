@@ -134,14 +134,7 @@ async fn a_cursor_older_than_retention_gets_refresh_needed() {
     let old = ws.next_event().await["cursor"].clone();
     app.psql("insert into studies (label, title) values ('b', 'B')");
     ws.next_event().await;
-    // Retention runs every second with this setting; wait until it has pruned both commits.
-    tokio::time::timeout(crate::support::PATIENCE, async {
-        while app.psql("select count(*) from pgfeed.commits") != "0" {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("retention did not prune");
+    app.wait_until_every_commit_is_pruned().await;
 
     let mut again = app.ws().await;
     again

@@ -451,13 +451,7 @@ async fn a_view_resumed_with_a_cursor_retention_pruned_comes_whole_and_goes_on()
     ws.close().await;
     app.psql("update studies set status = 'active' where id in (1, 2); delete from studies where id = 3");
     app.psql("update studies set title = '0 first' where status = 'active' and id = 2");
-    tokio::time::timeout(crate::support::PATIENCE, async {
-        while app.psql("select count(*) from pgfeed.commits") != "0" {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("retention did not prune");
+    app.wait_until_every_commit_is_pruned().await;
 
     let mut ws = app.ws().await;
     let mut resumed = def.clone();

@@ -72,6 +72,17 @@ impl TestApp {
         self.db.psql(sql)
     }
 
+    /// Waits until retention (run every second when it is short) has pruned every commit.
+    pub async fn wait_until_every_commit_is_pruned(&self) {
+        tokio::time::timeout(super::PATIENCE, async {
+            while self.psql("select count(*) from pgfeed.commits") != "0" {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("retention did not prune");
+    }
+
     /// Stops the server as SIGTERM would, and waits for it.
     pub async fn stop(self) {
         self.shutdown.token.cancel();
