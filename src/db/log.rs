@@ -208,6 +208,26 @@ pub async fn read_after_any(
     read(db, after, Some(topics), limit, known, Some(scan)).await
 }
 
+/// A log row from the columns of a read, from `at` on: kind, tbl, op, row_id, topics, data,
+/// committed_at, old, moved_from, before (by index: by name, each would be a lookup, and a profile
+/// of a resume shows them).
+fn log_row(row: &sqlx::postgres::PgRow, seq: i64, pos: i32, at: usize) -> Result<LogRow, sqlx::Error> {
+    Ok(LogRow {
+        seq,
+        pos,
+        kind: row.try_get(at)?,
+        tbl: row.try_get(at + 1)?,
+        op: row.try_get(at + 2)?,
+        row_id: row.try_get(at + 3)?,
+        topics: row.try_get(at + 4)?,
+        data: row.try_get(at + 5)?,
+        committed_at: row.try_get(at + 6)?,
+        old: row.try_get(at + 7)?,
+        moved_from: row.try_get(at + 8)?,
+        before: row.try_get(at + 9)?,
+    })
+}
+
 /// The listener's read when a wake-up announces commit `seq` and the hub stands just after
 /// `seq - 1` (every event up to it relayed, every seq up to it final): that commit's events,
 /// looked up by its seq. No bound is computed and nothing settled, because nothing needs it: a
@@ -243,20 +263,7 @@ pub async fn read_commit(db: impl PgExecutor<'_>, seq: i64, limit: i64) -> Resul
         let Some(pos) = row.try_get::<Option<i32>, _>(0)? else {
             continue;
         };
-        events.push(LogRow {
-            seq,
-            pos,
-            kind: row.try_get(1)?,
-            tbl: row.try_get(2)?,
-            op: row.try_get(3)?,
-            row_id: row.try_get(4)?,
-            topics: row.try_get(5)?,
-            data: row.try_get(6)?,
-            committed_at: row.try_get(7)?,
-            old: row.try_get(8)?,
-            moved_from: row.try_get(9)?,
-            before: row.try_get(10)?,
-        });
+        events.push(log_row(row, seq, pos, 1)?);
     }
     if !events.is_sorted_by_key(|r| r.pos) {
         events.sort_by_key(|r| r.pos);
@@ -377,25 +384,11 @@ async fn read<'e>(
     }
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        // The one row of an empty page carries only `pruned_upto`, `upto` and `newest`. Columns
-        // by index: by name, each one would be a lookup, and a profile of a resume shows them.
+        // The one row of an empty page carries only `pruned_upto`, `upto` and `newest`.
         let Some(seq) = row.try_get::<Option<i64>, _>(3)? else {
             continue;
         };
-        events.push(LogRow {
-            seq,
-            pos: row.try_get(4)?,
-            kind: row.try_get(5)?,
-            tbl: row.try_get(6)?,
-            op: row.try_get(7)?,
-            row_id: row.try_get(8)?,
-            topics: row.try_get(9)?,
-            data: row.try_get(10)?,
-            committed_at: row.try_get(11)?,
-            old: row.try_get(12)?,
-            moved_from: row.try_get(13)?,
-            before: row.try_get(14)?,
-        });
+        events.push(log_row(row, seq, row.try_get(4)?, 5)?);
     }
     // The page comes in (seq, pos) order from the statement's inner `order by` through a join
     // with one row (no outer sort: it copied the page once more); checked, not assumed.
