@@ -11,17 +11,11 @@
 #    many rendered event rows into a copy of `pgfeed.events`, with its index and without.
 # Run as a user that may run initdb (not root): `su postgres -c scripts/capture-bulk-cost.sh`.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
 old_rev=${OLD_REV:-f57e522}
 rounds=${ROUNDS:-10}
-bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-work=$(mktemp -d)
-trap '"$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+. "$(dirname "$0")/throwaway-cluster.sh" -c shared_buffers=256MB
 git -c safe.directory="$repo" -C "$repo" show "$old_rev:sql/capture.sql" > "$work/old.sql"
 cp "$repo/sql/capture.sql" "$work/new.sql"
-"$bin/initdb" -D "$work/data" -U postgres >/dev/null
-"$bin/pg_ctl" -D "$work/data" -o "-k $work -c listen_addresses='' -c shared_buffers=256MB" -l "$work/log" start >/dev/null
-psql=(psql -X -q -h "$work" -U postgres)
 for v in old new; do
   "${psql[@]}" -c "create database $v"
   "${psql[@]}" -d "$v" -1 -f "$work/$v.sql" >/dev/null

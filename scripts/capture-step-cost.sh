@@ -18,21 +18,12 @@
 # CAPTURE_SQL names another capture.sql to measure (default: this checkout's sql/capture.sql).
 # Run as a user that may run initdb (not root): `su postgres -c scripts/capture-step-cost.sh`.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
 n=${N:-10000}
 rounds=${ROUNDS:-3}
-bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-work=$(mktemp -d)
 listener=
-cleanup() {
-  [ -n "$listener" ] && kill "$listener" 2>/dev/null || true
-  "$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$bin/initdb" -D "$work/data" -U postgres >/dev/null
-"$bin/pg_ctl" -D "$work/data" -o "-k $work -c listen_addresses='' -c shared_buffers=256MB" -l "$work/log" start >/dev/null
-psql=(psql -X -q -h "$work" -U postgres -d postgres)
+. "$(dirname "$0")/throwaway-cluster.sh" -c shared_buffers=256MB
+on_exit='[ -n "$listener" ] && kill "$listener" 2>/dev/null || true'
+psql+=(-d postgres)
 "${psql[@]}" -1 -f "${CAPTURE_SQL:-$repo/sql/capture.sql}" >/dev/null
 "${psql[@]}" -f "$repo/migrations/0001_schema.sql" >/dev/null
 "${psql[@]}" <<'SQL' >/dev/null

@@ -5,16 +5,10 @@
 # in a throwaway cluster with fsync off (the capture's CPU, not the disk). Run as a user that may
 # run initdb (not root): `su postgres -c scripts/capture-update-cost.sh`.
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
 old_rev=${OLD_REV:-679bf52}
-bin=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-work=$(mktemp -d)
-trap '"$bin/pg_ctl" -D "$work/data" stop -m fast >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+. "$(dirname "$0")/throwaway-cluster.sh" -c fsync=off
 git -c safe.directory="$repo" -C "$repo" show "$old_rev:sql/capture.sql" > "$work/old.sql"
 cp "$repo/sql/capture.sql" "$work/new.sql"
-"$bin/initdb" -D "$work/data" -U postgres >/dev/null
-"$bin/pg_ctl" -D "$work/data" -o "-k $work -c listen_addresses='' -c fsync=off" -l "$work/log" start >/dev/null
-psql=(psql -X -q -h "$work" -U postgres)
 printf '\\set id random(1, 100000)\nupdate studies set title = title || %sx%s where id = :id;\n' "'" "'" > "$work/one.sql"
 for v in old new; do
   "${psql[@]}" -c "create database $v"
