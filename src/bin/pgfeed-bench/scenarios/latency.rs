@@ -238,7 +238,6 @@ impl Bench<'_> {
             rate: self.rate,
             duration: self.pass,
         };
-        let (target_tx, target_rx) = watch::channel(None);
         let deadline = Instant::now() + self.pass + DRAIN;
         let reads0 = self.server.metric(COMMIT_READS).await;
         let backends0 = setup::backend_cpu(&self.observer, &ROLES).await;
@@ -246,48 +245,20 @@ impl Bench<'_> {
         let cpu0 = self.process_cpu(variant);
         let (written, tallies) = match variant {
             Variant::Pgfeed => {
-                let readers: Vec<_> = self
-                    .pgfeed_subs
-                    .drain(..)
-                    .map(|mut sub| {
-                        let target = target_rx.clone();
-                        tokio::spawn(async move {
-                            let tally = client::receive_pass(&mut sub, target, deadline).await;
-                            (sub, tally)
-                        })
-                    })
-                    .collect();
-                let written = write(&self.writers, self.study, load, INSERT_STAMPED).await;
-                target_tx.send_replace(Some(written.as_ref().map_or(0, |w| w.ids.len())));
-                let mut tallies = Vec::with_capacity(readers.len());
-                for r in readers {
-                    let (sub, tally) = r.await?;
-                    self.pgfeed_subs.push(sub);
-                    tallies.push(tally);
-                }
-                (written?, tallies)
+                let receive = |mut sub: Sub, target| async move {
+                    let tally = client::receive_pass(&mut sub, target, deadline).await;
+                    (sub, tally)
+                };
+                let writing = write(&self.writers, self.study, load, INSERT_STAMPED);
+                receive_while(&mut self.pgfeed_subs, receive, writing).await?
             }
             Variant::Relay => {
-                let readers: Vec<_> = self
-                    .relay_subs
-                    .drain(..)
-                    .map(|mut ws| {
-                        let target = target_rx.clone();
-                        tokio::spawn(async move {
-                            let tally = client::receive_relay(&mut ws, target, deadline).await;
-                            (ws, tally)
-                        })
-                    })
-                    .collect();
-                let written = write(&self.writers, self.study, load, &self.relay_insert).await;
-                target_tx.send_replace(Some(written.as_ref().map_or(0, |w| w.ids.len())));
-                let mut tallies = Vec::with_capacity(readers.len());
-                for r in readers {
-                    let (ws, tally) = r.await?;
-                    self.relay_subs.push(ws);
-                    tallies.push(tally);
-                }
-                (written?, tallies)
+                let receive = |mut ws: Ws, target| async move {
+                    let tally = client::receive_relay(&mut ws, target, deadline).await;
+                    (ws, tally)
+                };
+                let writing = write(&self.writers, self.study, load, &self.relay_insert);
+                receive_while(&mut self.relay_subs, receive, writing).await?
             }
         };
         let pg = self
@@ -521,4 +492,31 @@ fn mark(ok: bool) -> &'static str {
     } else {
         "✗"
     }
+}
+
+/// One pass: every subscriber of `subs` receives (in a task of its own) while `writing` writes,
+/// until it has the rows written; each comes back to `subs`, and its tally with it.
+async fn receive_while<S, Fut>(
+    subs: &mut Vec<S>,
+    receive: impl Fn(S, watch::Receiver<Option<usize>>) -> Fut,
+    writing: impl std::future::Future<Output = anyhow::Result<Written>>,
+) -> anyhow::Result<(Written, Vec<Tally>)>
+where
+    S: Send + 'static,
+    Fut: std::future::Future<Output = (S, Tally)> + Send + 'static,
+{
+    let (target_tx, target_rx) = watch::channel(None);
+    let readers: Vec<_> = subs
+        .drain(..)
+        .map(|s| tokio::spawn(receive(s, target_rx.clone())))
+        .collect();
+    let written = writing.await;
+    target_tx.send_replace(Some(written.as_ref().map_or(0, |w| w.ids.len())));
+    let mut tallies = Vec::with_capacity(readers.len());
+    for r in readers {
+        let (s, tally) = r.await?;
+        subs.push(s);
+        tallies.push(tally);
+    }
+    Ok((written?, tallies))
 }
